@@ -1,0 +1,167 @@
+"""Teacher files in, our files out.
+
+`load_teacher` reads three formats and returns a frozen `EDMPrecond`:
+  * an EDM network snapshot `.pkl` (read by `edm_pickle`, nothing in it runs; the architecture
+    comes from the recorded constructor keywords);
+  * our own `{state_dict, config}` file (what `scripts/convert_edm_pkl.py` writes);
+  * a state dict extracted from EDM (the original PID README's `.ckpt`: keys `model.*`, perhaps
+    `map_augment.*`), whose architecture comes from the official network flags.
+Every file we write goes to a temporary name in the same folder and is renamed into place.
+"""
+
+import os
+import tempfile
+import zipfile
+
+import torch
+
+from . import arch
+from .edm_pickle import EDMPickleError, load_edm_snapshot
+from .networks import EDMPrecond
+
+EDM_TEACHER_HELP = (
+    "EDM teachers are NVIDIA's released snapshots, e.g. "
+    "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl and "
+    "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl; "
+    "put them in model_zoo/ (see model_zoo/README.md)")
+MAX_LISTED = 5
+
+
+class TeacherLoadError(ValueError):
+    """A teacher file that cannot be turned into the network asked for."""
+
+
+class TeacherNotFoundError(TeacherLoadError, FileNotFoundError):
+    pass
+
+
+def atomic_torch_save(obj, path):
+    """torch.save to `path` through a temporary file in the same folder and a rename, so that a
+    crash or a full disk never leaves a half-written file under the final name."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def network_state_dict(state_dict):
+    """EDM `EDMPrecond` keys → raw network keys: strip the leading `model.`, drop `map_augment`
+    (PID never conditions on augmentation). Keys already without the prefix pass unchanged."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key[len("model."):] if key.startswith("model.") else key
+        if not key.startswith("map_augment."):
+            out[key] = value
+    return out
+
+
+def _describe_mismatch(expected, found):
+    """The first missing, unexpected and wrongly shaped keys between two state dicts."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k}: file {tuple(found[k].shape)} vs network {tuple(expected[k].shape)}"
+              for k in expected if k in found and found[k].shape != expected[k].shape]
+    lines = []
+    for title, items in (("missing from the file", missing), ("not in the network", unexpected),
+                         ("shape differs", shapes)):
+        if items:
+            more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+            lines.append(f"  {title}: {', '.join(items[:MAX_LISTED])}{more}")
+    return "\n".join(lines)
+
+
+def build_teacher(config, state_dict, source):
+    """An EDMPrecond from a config and an EDMPrecond state dict (`model.*` keys; `map_augment`
+    weights dropped when the config has no augmentation input), frozen in eval mode."""
+    try:
+        teacher = EDMPrecond(**config)
+    except (TypeError, ValueError) as e:
+        raise TeacherLoadError(f"{source}: cannot build the recorded network ({e})") from e
+    expected = teacher.state_dict()
+    found = {("model." + k if not k.startswith("model.") else k): v for k, v in state_dict.items()}
+    if not config.get("augment_dim"):
+        found = {k: v for k, v in found.items() if not k.startswith("model.map_augment.")}
+    problems = _describe_mismatch(expected, found)
+    if problems:
+        raw = network_state_dict(found)
+        fitting = arch.infer_flags(raw)
+        hint = (f"\nflags that fit this file: {arch.format_flags(fitting)}" if fitting
+                else "\nthe file's keys are not those of an EDM SongUNet/DhariwalUNet")
+        raise TeacherLoadError(f"{source}: the weights do not fit the network asked for "
+                               f"({arch.format_flags(arch.flags_from_config(config))}):\n{problems}{hint}")
+    teacher.load_state_dict(found, strict=True)
+    return teacher.eval().requires_grad_(False)
+
+
+def _read_torch_file(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated / foreign archives
+        raise TeacherLoadError(f"{path}: cannot read this torch file (truncated, corrupt, or holding "
+                               f"objects other than tensors and plain data): {type(e).__name__}: {e}") from e
+
+
+def _check_given_flags(path, config, network_flags):
+    recorded = arch.flags_from_config(config)
+    wrong = arch.mismatched_flags(network_flags, recorded)
+    if wrong:
+        listed = ", ".join(f"--{n} {g!r} (file: {r!r})" for n, g, r in wrong)
+        raise TeacherLoadError(f"{path} records its architecture and it differs from the flags given: {listed}. "
+                               f"Drop these flags or use: {arch.format_flags(recorded)}")
+
+
+def read_teacher_file(path, **network_flags):
+    """(config, EDMPrecond state dict) from any teacher file format; see the module docstring."""
+    path = os.fspath(path)
+    unknown = sorted(set(network_flags) - set(arch.NETWORK_FLAG_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown network flag(s) {unknown}; valid: {sorted(arch.NETWORK_FLAG_DEFAULTS)}")
+    if not os.path.isfile(path):
+        raise TeacherNotFoundError(f"teacher file not found: {path}. {EDM_TEACHER_HELP}")
+    if zipfile.is_zipfile(path):
+        data = _read_torch_file(path)
+        if isinstance(data, dict) and {"state_dict", "config"} <= set(data):
+            config, state_dict = dict(data["config"]), data["state_dict"]
+            _check_given_flags(path, config, network_flags)
+        elif isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            try:
+                config = arch.config_from_flags(**network_flags)
+            except arch.ArchitectureError as e:
+                raise TeacherLoadError(f"{path} is a bare state dict, so the network flags describe it: {e}") from e
+            state_dict = data
+        else:
+            raise TeacherLoadError(f"{path}: a torch file, but neither a state dict nor a "
+                                   "{state_dict, config} checkpoint")
+        return config, state_dict
+    try:
+        class_name, config, state_dict = load_edm_snapshot(path)
+    except EDMPickleError as e:
+        raise TeacherLoadError(str(e)) from e
+    if class_name != "EDMPrecond":
+        raise TeacherLoadError(f"{path}: the snapshot holds a {class_name}; PID distils EDM-preconditioned "
+                               "teachers (EDMPrecond), e.g. EDM's edm-*.pkl releases")
+    _check_given_flags(path, config, network_flags)
+    return config, state_dict
+
+
+def load_teacher(path, **network_flags):
+    """A frozen EDMPrecond (eval mode, no gradients) from any teacher file format.
+
+    Files that record their architecture need no flags; flags given for them are only checked.
+    """
+    config, state_dict = read_teacher_file(path, **network_flags)
+    return build_teacher(config, state_dict, path)
+
+
+def save_teacher(teacher, path, config):
+    """Write an EDMPrecond as our `{state_dict, config}` file, readable with `weights_only=True`."""
+    atomic_torch_save({"state_dict": teacher.state_dict(), "config": dict(config)}, path)

@@ -1,0 +1,63 @@
+"""Noise-level grids (Karras et al. 2022) and the PID finite-difference partner, as pure functions.
+
+The ρ-grid has `num_scales` points from σ_max (index 0) down to σ_min (index N−1):
+    σ(i) = (σ_max^(1/ρ) + i/(N−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ.
+"""
+
+import torch
+
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+RHO = 7.0
+SIGMA_DATA = 0.5
+
+
+def _check_num_scales(num_scales):
+    if int(num_scales) != num_scales or num_scales < 2:
+        raise ValueError(f"the ρ-grid needs at least 2 noise levels, got num_scales={num_scales}")
+
+
+def index_to_sigma(index, num_scales, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
+    """σ of grid index `index` (tensor or number) on the `num_scales`-point ρ-grid, in float64."""
+    _check_num_scales(num_scales)
+    index = torch.as_tensor(index, dtype=torch.float64)
+    max_root = sigma_max ** (1 / rho)
+    min_root = sigma_min ** (1 / rho)
+    return (max_root + index / (num_scales - 1) * (min_root - max_root)) ** rho
+
+
+def karras_sigmas(num_steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, device=None):
+    """The `num_steps` noise levels σ_max … σ_min of the ρ-grid (float64, no trailing zero)."""
+    return index_to_sigma(torch.arange(num_steps), num_steps, sigma_min, sigma_max, rho).to(device)
+
+
+def append_zero(sigmas):
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def pid_partner_index(index, num_scales):
+    """The finite-difference partner of each grid index: the next (smaller) σ, except at the last
+    index N−1 (σ_min), whose partner is N−2 — a backward difference, as in the official code."""
+    _check_num_scales(num_scales)
+    index = torch.as_tensor(index)
+    return torch.where(index + 1 == num_scales, index - 1, index + 1)
+
+
+def sample_pid_times(batch_size, num_scales, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
+                     generator=None, device=None):
+    """The official draw: index i ~ U{0..N−1} per sample, t = σ(i), t_next = σ(partner(i)).
+
+    Returns (indices int64 [B], t float32 [B], t_next float32 [B]).
+    """
+    _check_num_scales(num_scales)
+    indices = torch.randint(0, num_scales, (batch_size,), generator=generator,
+                            device=generator.device if generator is not None else "cpu")
+    partners = pid_partner_index(indices, num_scales)
+    t = index_to_sigma(indices, num_scales, sigma_min, sigma_max, rho).to(torch.float32)
+    t_next = index_to_sigma(partners, num_scales, sigma_min, sigma_max, rho).to(torch.float32)
+    return indices.to(device), t.to(device), t_next.to(device)
+
+
+def to_d(x, sigma, denoised):
+    """The probability-flow ODE slope dx/dσ = (x − D(x; σ)) / σ."""
+    return (x - denoised) / sigma

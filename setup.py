@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pid_diffusion",
+    version="0.1.0",
+    description="Physics Informed Distillation (PID) of EDM diffusion teachers into one-step generators",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pid_diffusion", "pid_diffusion.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.23",
+        "scipy>=1.9",
+        "pillow>=9",
+        "tqdm>=4.60",
+        "blobfile>=2.0",
+        "mpi4py>=3.1",
+    ],
+    extras_require={
+        # An MPI runtime from PyPI, for machines without a system MPI (clusters bring their own).
+        "mpich": ["mpich"],
+        # piq is only the reference for the LPIPS parity test.
+        "test": ["pytest>=7", "piq>=0.7"],
+    },
+)
