@@ -11,8 +11,6 @@ Every file we write goes to a temporary name in the same folder and is renamed i
 
 import os
 import tempfile
-import zipfile
-
 import torch
 
 from . import arch
@@ -25,6 +23,7 @@ EDM_TEACHER_HELP = (
     "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl; "
     "put them in model_zoo/ (see model_zoo/README.md)")
 MAX_LISTED = 5
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class TeacherLoadError(ValueError):
@@ -127,7 +126,9 @@ def read_teacher_file(path, **network_flags):
         raise TypeError(f"unknown network flag(s) {unknown}; valid: {sorted(arch.NETWORK_FLAG_DEFAULTS)}")
     if not os.path.isfile(path):
         raise TeacherNotFoundError(f"teacher file not found: {path}. {EDM_TEACHER_HELP}")
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        is_torch_archive = f.read(4) == ZIP_MAGIC  # torch.save's format; EDM snapshots are plain pickles
+    if is_torch_archive:
         data = _read_torch_file(path)
         if isinstance(data, dict) and {"state_dict", "config"} <= set(data):
             config, state_dict = dict(data["config"]), data["state_dict"]

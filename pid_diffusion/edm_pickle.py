@@ -102,7 +102,7 @@ def read_snapshot(path):
     except EDMPickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, RuntimeError) as e:
+            KeyError, RuntimeError, MemoryError) as e:
         raise EDMPickleError(f"{path}: not a readable EDM network snapshot "
                              f"(truncated or corrupt pickle: {type(e).__name__}: {e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("ema"), PersistentRecord):

@@ -28,6 +28,8 @@ def index_to_sigma(index, num_scales, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, 
 
 def karras_sigmas(num_steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, device=None):
     """The `num_steps` noise levels σ_max … σ_min of the ρ-grid (float64, no trailing zero)."""
+    if num_steps == 1:  # a one-point grid is its start, as torch.linspace(0, 1, 1) gives
+        return torch.tensor([float(sigma_max)], dtype=torch.float64, device=device)
     return index_to_sigma(torch.arange(num_steps), num_steps, sigma_min, sigma_max, rho).to(device)
 
 

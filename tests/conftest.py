@@ -1,0 +1,42 @@
+import os
+
+import pytest
+import torch
+
+FIXTURES = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "edm"))
+FIXTURE_NETWORKS = ("edm_ddpmpp_small_seed0", "edm_adm_small_seed0")
+
+
+def relative_error(actual, expected):
+    actual, expected = actual.to(torch.float64), expected.to(torch.float64)
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def fixture_path(name):
+    path = os.path.join(FIXTURES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"reference fixture {path} not found: ../shared/fixtures exists only in the "
+                    "developers' checkout, not in a user's clone")
+    return path
+
+
+def load_fixture(name):
+    return torch.load(fixture_path(name + ".pt"), weights_only=True)
+
+
+@pytest.fixture(params=FIXTURE_NETWORKS)
+def edm_fixture(request):
+    return load_fixture(request.param)
+
+
+def tiny_song_config(**overrides):
+    """EDMPrecond keywords of a small DDPM++ that runs in milliseconds on CPU."""
+    config = dict(img_resolution=8, img_channels=3, label_dim=0, model_type="SongUNet", model_channels=16,
+                  channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)

@@ -1,0 +1,178 @@
+import pytest
+import torch
+
+from conftest import relative_error
+from pid_diffusion.checkpoint import network_state_dict
+from pid_diffusion.losses import LPIPS, implied_denoised, pid_loss, weightings
+from pid_diffusion.networks import MODEL_TYPES, EDMPrecond, SongUNet
+from pid_diffusion.precond import PIDStudent
+from pid_diffusion.schedules import index_to_sigma, karras_sigmas, pid_partner_index, sample_pid_times
+from pid_diffusion.teachers import GaussianMixtureDenoiser, gaussian_teacher
+
+
+def _fixture_models(fixture):
+    config = dict(fixture["config"])
+    teacher = EDMPrecond(**config).eval()
+    teacher.load_state_dict(fixture["state_dict"])
+    size, channels, model_type = (config.pop(k) for k in ("img_resolution", "img_channels", "model_type"))
+    net = MODEL_TYPES[model_type](img_resolution=size, in_channels=channels, out_channels=channels,
+                                  **{**config, "augment_dim": 0}).eval()
+    net.load_state_dict(network_state_dict(fixture["pid"]["student_state_dict"]), strict=True)
+    return PIDStudent(net), teacher
+
+
+def test_pid_terms_match_the_official_code(edm_fixture):
+    pid = edm_fixture["pid"]
+    student, teacher = _fixture_models(edm_fixture)
+    labels = edm_fixture.get("class_labels")
+    z, t, t_next = pid["z"], pid["t"], pid["t_next"]
+    assert torch.equal(index_to_sigma(pid["indices"], pid["num_scales"]).float(), t)
+    assert torch.equal(index_to_sigma(pid_partner_index(pid["indices"], pid["num_scales"]),
+                                      pid["num_scales"]).float(), t_next)
+    with torch.no_grad():
+        x_t, x_t_next = student(z, t, labels), student(z, t_next, labels)
+        loss_l2 = pid_loss(student, teacher, z, t, t_next, labels, loss_norm="l2")
+        loss_l1 = pid_loss(student, teacher, z, t, t_next, labels, loss_norm="l1")
+        teacher_denoised = teacher(x_t, t, labels)
+    assert relative_error(x_t, pid["x_t"]) <= 1e-5
+    assert relative_error(x_t_next, pid["x_t_next"]) <= 1e-5
+    assert relative_error(teacher_denoised, pid["teacher_denoised"]) <= 1e-5
+    assert relative_error(loss_l2, pid["loss_l2"]) <= 1e-5
+    assert relative_error(loss_l1, pid["loss_l1"]) <= 1e-5
+    # The finite difference is the official formula, operation for operation ...
+    assert relative_error(implied_denoised(pid["x_t"], pid["x_t_next"], t, t_next), pid["implied_denoised"]) <= 1e-6
+    # ... but it cancels catastrophically: x_t ≈ t·ε is ~40× larger than the implied image and the
+    # difference is amplified by t/(t − t') ≈ 46, so float32 rounding of x_t (the fixture's and
+    # ours, computed on different hardware) reaches ~1e-5 of the implied image.
+    assert relative_error(implied_denoised(x_t, x_t_next, t, t_next), pid["implied_denoised"]) <= 5e-5
+
+
+def test_student_returns_the_noise_at_sigma_max():
+    net = SongUNet(img_resolution=8, in_channels=3, out_channels=3, model_channels=16, channel_mult=[1, 2],
+                   num_blocks=1, attn_resolutions=[4])
+    for p in net.parameters():
+        p.data.normal_(0, 0.5)
+    z = torch.randn(4, 3, 8, 8) * 80
+    student = PIDStudent(net)
+    assert torch.equal(student(z, 80.0), z)
+    assert not torch.allclose(student(z, 0.002), z)
+
+
+def _tiny_student():
+    return PIDStudent(SongUNet(img_resolution=8, in_channels=3, out_channels=3, model_channels=16,
+                               channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0))
+
+
+def test_gradient_reaches_both_student_calls_and_never_the_teacher():
+    student = _tiny_student()
+    teacher = EDMPrecond(img_resolution=8, img_channels=3, model_type="SongUNet", model_channels=16,
+                         channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+    calls = []
+    original_forward = student.forward
+    student.forward = lambda z, t, labels=None: calls.append(t) or original_forward(z, t, labels)
+    z = torch.randn(3, 3, 8, 8) * 80
+    _, t, t_next = sample_pid_times(3, 250)
+    pid_loss(student, teacher, z, t, t_next).mean().backward()
+    assert len(calls) == 2 and all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+def test_partner_index_wraps_at_the_last_level():
+    assert pid_partner_index(torch.tensor([0, 5, 248, 249]), 250).tolist() == [1, 6, 249, 248]
+    indices, t, t_next = sample_pid_times(4000, 250, generator=torch.Generator().manual_seed(1))
+    assert indices.min() == 0 and indices.max() == 249
+    last = indices == 249
+    assert torch.all(t_next[~last] < t[~last]) and torch.all(t_next[last] > t[last])
+    assert torch.allclose(t[last], torch.tensor(0.002)) and t.max() == 80.0
+    with pytest.raises(ValueError, match="at least 2 noise levels"):
+        sample_pid_times(4, 1)
+
+
+def test_grid_values_of_the_official_code():
+    grid = karras_sigmas(250)
+    expected = {0: 80, 1: 78.262, 2: 76.557, 3: 74.884, 124: 2.5608, 125: 2.4704, 246: 0.0026800,
+                247: 0.0024342, 248: 0.0022080, 249: 0.002}  # official-pid.md §1.2
+    for index, value in expected.items():
+        assert grid[index].item() == pytest.approx(value, rel=2e-4)
+
+
+def test_weightings():
+    t = torch.tensor([0.5, 2.0])
+    assert torch.allclose(weightings("snr", t), torch.tensor([4.0, 0.25]))
+    assert torch.allclose(weightings("snr+1", t), torch.tensor([5.0, 1.25]))
+    assert torch.allclose(weightings("karras", t), torch.tensor([8.0, 4.25]))
+    assert torch.allclose(weightings("truncated-snr", t), torch.tensor([4.0, 1.0]))
+    assert torch.equal(weightings("uniform", t), torch.ones(2))
+
+
+def test_bad_names_list_the_valid_ones():
+    student, teacher = _tiny_student(), gaussian_teacher(torch.zeros(3, 8, 8), 0.5)
+    z, t = torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0])
+    with pytest.raises(ValueError, match="valid: l1, l2, lpips"):
+        pid_loss(student, teacher, z, t, t / 2, loss_norm="l3")
+    with pytest.raises(ValueError, match="valid: snr, snr\\+1, karras, truncated-snr, uniform"):
+        pid_loss(student, teacher, z, t, t / 2, weight_schedule="sqrt")
+    with pytest.raises(ValueError, match="pass lpips="):
+        pid_loss(student, teacher, z, t, t / 2, loss_norm="lpips")
+
+
+def test_missing_lpips_weights_name_each_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError) as info:
+        LPIPS()
+    message = str(info.value)
+    assert "vgg16-397923af.pth" in message and "lpips_weights.pt" in message and "model_zoo" in message
+
+
+def _residual_of(trajectory, teacher, num_scales):
+    indices = torch.arange(num_scales)
+    t = index_to_sigma(indices, num_scales)
+    t_next = index_to_sigma(pid_partner_index(indices, num_scales), num_scales)
+    z = torch.randn(num_scales, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80
+    x_t = trajectory(z, t)
+    target = teacher(x_t, t)
+    residual = implied_denoised(x_t, trajectory(z, t_next), t, t_next) - target
+    return (residual.flatten(1).norm(dim=1) / target.flatten(1).norm(dim=1)).max().item()
+
+
+def test_exact_ode_trajectory_has_a_vanishing_pid_residual():
+    teacher = gaussian_teacher(torch.randn(3, 8, 8, dtype=torch.float64) * 0.3, 0.5)
+
+    def exact(z, t):
+        return teacher.ode_solution(z, 80.0, t)
+
+    def perturbed(z, t):  # same end points, wrong path in between
+        w = (t / 80 * (1 - t / 80)).reshape(-1, 1, 1, 1)
+        return exact(z, t) + 0.05 * w * z
+
+    coarse, fine = _residual_of(exact, teacher, 250), _residual_of(exact, teacher, 1000)
+    assert coarse < 0.02
+    assert fine < coarse / 3  # first-order finite difference: the residual shrinks with the grid step
+    assert _residual_of(perturbed, teacher, 250) > 50 * coarse
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_short_pid_run_lowers_the_loss(seed):
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    teacher = GaussianMixtureDenoiser(torch.rand(4, 3, 8, 8, generator=generator) * 1.6 - 0.8, stds=0.05)
+    student = _tiny_student()
+    optimizer = torch.optim.Adam(student.parameters(), lr=2e-3)
+    held_out = torch.Generator().manual_seed(100)
+    z_eval = torch.randn(64, 3, 8, 8, generator=held_out) * 80
+    _, t_eval, t_next_eval = sample_pid_times(64, 40, generator=held_out)
+
+    def held_out_loss():
+        with torch.no_grad():
+            return pid_loss(student, teacher, z_eval, t_eval, t_next_eval).mean().item()
+
+    before = held_out_loss()
+    for _ in range(40):
+        z = torch.randn(32, 3, 8, 8, generator=generator) * 80
+        _, t, t_next = sample_pid_times(32, 40, generator=generator)
+        loss = pid_loss(student, teacher, z, t, t_next).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert held_out_loss() < 0.6 * before  # measured: 0.31–0.41 × before for seeds 0–2
