@@ -9,13 +9,15 @@
 Every file we write goes to a temporary name in the same folder and is renamed into place.
 """
 
+import json
 import os
 import tempfile
 import torch
 
 from . import arch
 from .edm_pickle import EDMPickleError, load_edm_snapshot
-from .networks import EDMPrecond
+from .networks import EDMPrecond, network_from_config
+from .precond import PIDStudent
 
 EDM_TEACHER_HELP = (
     "EDM teachers are NVIDIA's released snapshots, e.g. "
@@ -166,3 +168,37 @@ def load_teacher(path, **network_flags):
 def save_teacher(teacher, path, config):
     """Write an EDMPrecond as our `{state_dict, config}` file, readable with `weights_only=True`."""
     atomic_torch_save({"state_dict": teacher.state_dict(), "config": dict(config)}, path)
+
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def load_student(path, **network_flags):
+    """A PIDStudent (eval mode) from a training checkpoint (`model*.pt`, `ema_*.pt`: bare network
+    state dicts). The architecture and σ_max come from the run folder's run_config.json; for a file
+    without one (e.g. the released pid_cifar.pt) the official network flags describe it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"student checkpoint not found: {path}")
+    run_config_path = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
+    sigma_max = None
+    if os.path.isfile(run_config_path) and not network_flags:
+        with open(run_config_path) as f:
+            run_config = json.load(f)
+        config, sigma_max = run_config["network_config"], run_config.get("sigma_max")
+    else:
+        try:
+            config = arch.config_from_flags(**network_flags)
+        except arch.ArchitectureError as e:
+            raise TeacherLoadError(f"{path} has no {RUN_CONFIG_FILE} beside it, so the network flags describe it: {e}") from e
+    state = _read_torch_file(path)
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise TeacherLoadError(f"{path}: not a network state dict (optimizer and trainer-state files are not models)")
+    net = network_from_config(config)
+    state = network_state_dict(state)
+    problems = _describe_mismatch(net.state_dict(), state)
+    if problems:
+        raise TeacherLoadError(f"{path}: the weights do not fit the network described:\n{problems}")
+    net.load_state_dict(state, strict=True)
+    student = PIDStudent(net) if sigma_max is None else PIDStudent(net, sigma_max=sigma_max)
+    return student.eval().requires_grad_(False)

@@ -16,14 +16,26 @@ def edm_scalings(sigma, sigma_data):
     return c_skip, c_out, c_in, c_noise
 
 
+PRECOND_KEYS = ("use_fp16", "sigma_min", "sigma_max", "sigma_data")
+
+
+def network_from_config(config):
+    """The raw network (no preconditioning) that an EDMPrecond with these keywords wraps."""
+    config = {k: v for k, v in config.items() if k not in PRECOND_KEYS}
+    model_type = config.pop("model_type", "DhariwalUNet")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type={model_type!r} is not supported; valid: {', '.join(MODEL_TYPES)}")
+    channels = config.pop("img_channels")
+    return MODEL_TYPES[model_type](img_resolution=config.pop("img_resolution"), in_channels=channels,
+                                   out_channels=channels, **config)
+
+
 class EDMPrecond(torch.nn.Module):
     """The EDM teacher: keyword arguments, forward signature and state-dict keys (`model.*`) as
     in NVlabs/edm, so that EDM's network snapshots and extracted state dicts load strictly."""
 
     def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0,
                  sigma_max=float("inf"), sigma_data=0.5, model_type="DhariwalUNet", **model_kwargs):
-        if model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type={model_type!r} is not supported; valid: {', '.join(MODEL_TYPES)}")
         super().__init__()
         self.img_resolution = img_resolution
         self.img_channels = img_channels
@@ -32,8 +44,8 @@ class EDMPrecond(torch.nn.Module):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
-        self.model = MODEL_TYPES[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                             out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+        self.model = network_from_config(dict(img_resolution=img_resolution, img_channels=img_channels,
+                                              label_dim=label_dim, model_type=model_type, **model_kwargs))
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
         x = x.to(torch.float32)

@@ -1,0 +1,107 @@
+"""The official flag surface (names, defaults, meanings; official-pid.md §9), turned into objects once.
+
+Flags are typed by their default as in the original (`bool` flags accept yes/true/t/y/1 and
+no/false/f/n/0). Flags the original accepts but PID never uses are still accepted, and a warning
+says so when one is given.
+"""
+
+import argparse
+import sys
+
+MODEL_FLAGS = {
+    "sigma_min": (0.002, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)"),
+    "sigma_max": (80.0, "largest noise level σ_max; the noise z = σ_max·ε"),
+    "image_size": (64, "image side: 32 builds DDPM++ (SongUNet), 64 builds ADM (DhariwalUNet); only needed "
+                       "for teacher files that do not record their architecture"),
+    "num_channels": (128, "base channel count (model_channels)"),
+    "num_res_blocks": (2, "residual blocks per resolution (num_blocks)"),
+    "attention_resolutions": ("32,16,8", "attention at image_size // r for each downsampling factor r "
+                                         "(\"2\" at 32×32 means 16×16; ADM ImageNet-64 is \"2,4,8\")"),
+    "channel_mult": ("", "per-level channel multipliers, e.g. \"2,2,2\"; empty = by image size"),
+    "dropout": (0.0, "student dropout (the teacher runs in eval mode)"),
+    "class_cond": (False, "class-conditional network (10 classes at 32×32, 1000 at 64×64)"),
+    "use_fp16": (False, "mixed precision with float16 autocast and the original's dynamic loss scaling"),
+    "learn_sigma": (False, "6 output channels (unsupported: EDM teachers predict 3)"),
+    "weight_schedule": ("karras", "loss weighting λ(t): snr, snr+1, karras, truncated-snr, uniform"),
+    "loss_norm": ("lpips", "distance between implied and teacher denoised images: l1, l2, lpips"),
+    "num_heads": (4, None), "num_heads_upsample": (-1, None), "num_head_channels": (-1, None),
+    "use_checkpoint": (False, None), "use_scale_shift_norm": (True, None), "resblock_updown": (False, None),
+    "use_new_attention_order": (False, None), "continuous": (False, None),
+}
+
+TRAIN_FLAGS = {
+    "teacher_model_path": ("", "teacher file: an EDM .pkl, our .pt, or an extracted EDM state dict (.ckpt)"),
+    "teacher_dropout": (0.1, None),
+    "training_mode": ("one_shot_pinn_edm_edm", "must be one_shot_pinn_edm_edm (PID); the original's default "
+                                               "consistency_distillation is not part of this package"),
+    "target_ema_mode": ("fixed", None),
+    "scale_mode": ("fixed", "N schedule: fixed (N = start_scales) or progressive (grows to end_scales)"),
+    "total_training_steps": (600000, "stop after this many optimizer steps"),
+    "start_ema": (0.0, None),
+    "start_scales": (40, "N, the number of ρ-grid noise levels (the scripts use 250)"),
+    "end_scales": (40, "final N with --scale_mode progressive"),
+    "distill_steps_per_iter": (50000, None),
+    "data_dir": ("../cifar10/train", None),
+    "schedule_sampler": ("uniform", None),
+    "lr": (1e-4, "learning rate"),
+    "weight_decay": (0.0, "weight decay"),
+    "lr_anneal_steps": (0, "linear decay of the learning rate to 0 over this many steps (0 = constant)"),
+    "global_batch_size": (2048, "images per step over all processes"),
+    "batch_size": (-1, "images per step per process (-1 = global_batch_size / number of processes)"),
+    "microbatch": (-1, "gradient-accumulation chunk per process (-1 = whole batch); gradients are summed"),
+    "ema_rate": ("0.9999", "comma-separated EMA rates, e.g. 0.999,0.9999,0.99995"),
+    "log_interval": (10, "log every this many steps"),
+    "save_interval": (10000, "checkpoint every this many steps (and at the end)"),
+    "resume_checkpoint": ("", "model%06d.pt to resume from (default: newest complete checkpoint in the run folder)"),
+    "fp16_scale_growth": (1e-3, "log2 loss-scale growth per fp16 step"),
+    "methodology": ("Euler", None),
+    "use_target_model": (False, None),
+    "optimizer": ("radam", "radam or adam"),
+    "opt_eps": (1e-8, "optimizer epsilon"),
+    "eval_interval": (10000, None),
+    "random_init_stu": (False, None),
+    "seed": (0, "seed of the training noise: the global batch of a step depends only on (seed, step)"),
+    "mixed_precision": ("", "fp32, fp16 or bf16 autocast (default: fp16 if --use_fp16 else fp32)"),
+    "lpips_vgg_weights": ("", "path of torchvision's vgg16-397923af.pth (default: model_zoo/, torch hub cache)"),
+    "lpips_lin_weights": ("", "path of piq's lpips_weights.pt or lpips' vgg.pth (default: model_zoo/, hub cache)"),
+}
+
+TRAINING_MODES = ("one_shot_pinn_edm_edm",)
+NETWORK_FLAG_NAMES = ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "channel_mult",
+                      "class_cond", "learn_sigma")
+
+
+def str2bool(value):
+    if isinstance(value, bool):
+        return value
+    lowered = value.lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def add_flags(parser, flags):
+    for name, (default, help_text) in flags.items():
+        kind = str2bool if isinstance(default, bool) else (str if default is None else type(default))
+        parser.add_argument(f"--{name}", default=default, type=kind, metavar=type(default).__name__.upper(),
+                            help=(help_text or "accepted for compatibility; PID ignores it") + f" (default: {default!r})")
+
+
+def given_flags(argv):
+    """Names of the flags that appear on the command line."""
+    return {token[2:].split("=", 1)[0] for token in argv if token.startswith("--")}
+
+
+def warn_ignored(given, flags, stream=sys.stderr):
+    ignored = sorted(name for name in given if name in flags and flags[name][1] is None)
+    if ignored:
+        print(f"warning: accepted but ignored by PID (as in the original): {', '.join('--' + n for n in ignored)}",
+              file=stream)
+
+
+def network_flags(args, given):
+    """The architecture flags the user gave, for load_teacher (files that record their
+    architecture need none; a bare state dict takes the official defaults for the rest)."""
+    return {name: getattr(args, name) for name in NETWORK_FLAG_NAMES if name in given}

@@ -1,0 +1,155 @@
+"""One place that understands the launcher: mpirun (Open MPI or MPICH, through mpi4py), torchrun, or a
+plain single process. One process per GPU; NCCL on CUDA, gloo on CPU.
+
+Under mpirun, rank 0 picks a free TCP port and shares its address over MPI (as the original code
+does), so `mpirun -np 8 python ...` and multi-node `mpirun -H host1:8,host2:8 ...` need no extra
+environment. Under torchrun the usual MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK
+are used. Without a launcher there is no process group and every helper acts on one process.
+"""
+
+import datetime
+import gc
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+MPI_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
+INIT_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launcher: str = "none"
+    device: torch.device = torch.device("cpu")
+
+
+_info = DistInfo()
+
+
+def launcher_from_environment(environ=None):
+    """'torchrun', 'mpirun' or 'none', from the variables the launchers set."""
+    environ = os.environ if environ is None else environ
+    if "TORCHELASTIC_RUN_ID" in environ or ("RANK" in environ and "WORLD_SIZE" in environ):
+        return "torchrun"
+    if any(v in environ for v in MPI_RANK_VARIABLES):
+        return "mpirun"
+    return "none"
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _local_rank(default):
+    for name in LOCAL_RANK_VARIABLES:
+        if name in os.environ:
+            return int(os.environ[name])
+    return default
+
+
+def _mpi_rendezvous():
+    try:
+        from mpi4py import MPI
+    except Exception as e:  # ImportError, or "cannot load MPI library"
+        raise RuntimeError(
+            f"launched by mpirun but mpi4py cannot be used ({e}). Install an MPI runtime with the "
+            "package (pip install -e '.[mpich]') or launch with torchrun / a single process") from e
+    comm = MPI.COMM_WORLD
+    rank, world = comm.Get_rank(), comm.Get_size()
+    single_host = len(set(comm.allgather(socket.gethostname()))) == 1
+    address = None
+    if rank == 0:
+        host = "127.0.0.1" if single_host else socket.gethostbyname(socket.getfqdn())
+        address = (host, _free_port())
+    address = comm.bcast(address, root=0)
+    local = _local_rank(comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank())
+    return rank, world, local, address
+
+
+def init(device=None):
+    """Start the process group for whatever launched us. Returns the DistInfo (also kept for
+    `info()`). `device` overrides the default: cuda:<local rank> when CUDA exists, else cpu."""
+    global _info
+    launcher = launcher_from_environment()
+    if launcher == "torchrun":
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = _local_rank(0)
+        init_method = "env://"
+    elif launcher == "mpirun":
+        rank, world, local, (host, port) = _mpi_rendezvous()
+        init_method = f"tcp://{host}:{port}"
+    else:
+        rank, world, local, init_method = 0, 1, 0, None
+    if device is None:
+        device = torch.device("cuda", local % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch_dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
+                                      timeout=INIT_TIMEOUT)
+    _info = DistInfo(rank, world, local, launcher, device)
+    return _info
+
+
+def info():
+    return _info
+
+
+def is_distributed():
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def is_main():
+    return _info.rank == 0
+
+
+def print0(*args, **kwargs):
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def barrier():
+    if is_distributed():
+        torch_dist.barrier()
+
+
+def all_reduce_sum(tensor):
+    """Sum a tensor over processes in place (no-op for one process). Returns it."""
+    if is_distributed():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_tensors(tensors, src=0):
+    if is_distributed():
+        for tensor in tensors:
+            torch_dist.broadcast(tensor, src)
+
+
+def broadcast_object(obj, src=0):
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    torch_dist.broadcast_object_list(holder, src)
+    return holder[0]
+
+
+def shutdown():
+    """Collect garbage (DDP wrappers alive at exit can abort the interpreter) and end the group."""
+    global _info
+    gc.collect()
+    if is_distributed():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+    _info = DistInfo()

@@ -1,0 +1,382 @@
+"""The PID distillation loop (official-pid.md §4–5, with its bugs fixed).
+
+One process per device. Each step draws the *global* batch of noise, noise levels and labels from
+a generator seeded by (seed, step) and takes this process's slice, so a run is reproducible, survives
+resume bit for bit, and computes the same step on 1 or 8 GPUs. Gradients of micro-batches are
+summed (the original's definition, §1.10) and averaged over processes by DDP.
+
+Files in the run folder (rank 0 writes, each through a temporary name and a rename):
+  model%06d.pt            the student network's state dict (bare keys, as the original)
+  ema_{rate}_%06d.pt      one per EMA rate, same keys
+  opt%06d.pt              the optimizer state
+  trainer_state%06d.pt    step, RNG states, fp16 loss scale
+  run_config.json         the resolved configuration (architecture included) and git revision
+  log.txt, progress.csv   the log
+A checkpoint is complete when all its files exist; the model file is written last.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from . import dist
+from .checkpoint import atomic_torch_save, build_teacher, network_state_dict, read_teacher_file
+from .ema import EMA
+from .log import RunLogger, prepare_log_dir
+from .losses import LOSS_NORMS, LPIPS, WEIGHTINGS, pid_loss
+from .networks import network_from_config
+from .precond import PIDStudent
+from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
+
+OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
+MIXED_PRECISION = ("fp32", "fp16", "bf16")
+SCALE_MODES = ("fixed", "progressive")
+FP16_INITIAL_LOG2_SCALE = 20.0
+MODEL_FILE = re.compile(r"^model(\d{6})\.pt$")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    teacher_model_path: str
+    log_dir: str
+    network_flags: dict = dataclasses.field(default_factory=dict)
+    global_batch_size: int = 2048
+    batch_size: int = -1
+    microbatch: int = -1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_anneal_steps: int = 0
+    optimizer: str = "radam"
+    opt_eps: float = 1e-8
+    ema_rate: str = "0.9999"
+    log_interval: int = 10
+    save_interval: int = 10000
+    total_training_steps: int = 600000
+    resume_checkpoint: str = ""
+    start_scales: int = 40
+    end_scales: int = 40
+    scale_mode: str = "fixed"
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
+    loss_norm: str = "lpips"
+    weight_schedule: str = "karras"
+    dropout: float = 0.0
+    mixed_precision: str = "fp32"
+    fp16_scale_growth: float = 1e-3
+    seed: int = 0
+    lpips_vgg_weights: str = ""
+    lpips_lin_weights: str = ""
+
+    def validate(self):
+        choices = dict(optimizer=OPTIMIZERS, mixed_precision=MIXED_PRECISION, scale_mode=SCALE_MODES,
+                       loss_norm=LOSS_NORMS, weight_schedule=WEIGHTINGS)
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
+        for name in ("global_batch_size", "log_interval", "total_training_steps", "start_scales"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.save_interval == 0 or self.save_interval < -1:
+            raise ValueError("--save_interval must be positive, or -1 to save only at the end")
+        if self.start_scales < 2 or self.end_scales < 2:
+            raise ValueError("--start_scales/--end_scales: the ρ-grid needs at least 2 noise levels")
+        ema_rates(self.ema_rate)
+
+    @property
+    def ema_rates(self):
+        return ema_rates(self.ema_rate)
+
+
+def ema_rates(text):
+    try:
+        return tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--ema_rate must be comma-separated numbers, got {text!r}") from None
+
+
+def num_scales_at(config, step):
+    """N of the ρ-grid at a training step: `fixed` keeps start_scales; `progressive` grows it to
+    end_scales with the original's square-root schedule (cm/script_util.py)."""
+    if config.scale_mode == "fixed":
+        return config.start_scales
+    fraction = step / config.total_training_steps
+    grown = math.ceil(math.sqrt(fraction * ((config.end_scales + 1) ** 2 - config.start_scales ** 2)
+                                + config.start_scales ** 2) - 1)
+    return max(grown, 1) + 1
+
+
+def per_process_batch(config, world_size):
+    """(per-process batch, global batch); an error, not a warning, when it does not divide."""
+    if config.batch_size > 0:
+        return config.batch_size, config.batch_size * world_size
+    if config.global_batch_size % world_size:
+        raise ValueError(f"--global_batch_size {config.global_batch_size} does not divide over {world_size} "
+                         f"processes; choose a multiple of {world_size} or set --batch_size per process")
+    return config.global_batch_size // world_size, config.global_batch_size
+
+
+def student_network_config(teacher_config, dropout):
+    """The student has the teacher's architecture without the augmentation input, with its own dropout."""
+    return {**teacher_config, "augment_dim": 0, "dropout": dropout, "use_fp16": False}
+
+
+def checkpoint_files(log_dir, step, rates):
+    names = dict(model=f"model{step:06d}.pt", opt=f"opt{step:06d}.pt", state=f"trainer_state{step:06d}.pt")
+    names.update({f"ema_{rate}": f"ema_{rate}_{step:06d}.pt" for rate in rates})
+    return {key: os.path.join(log_dir, name) for key, name in names.items()}
+
+
+def latest_complete_checkpoint(log_dir, rates):
+    """The largest step whose every checkpoint file exists, or None."""
+    steps = sorted((int(m.group(1)) for m in (MODEL_FILE.match(n) for n in os.listdir(log_dir)) if m), reverse=True)
+    for step in steps:
+        if all(os.path.isfile(p) for p in checkpoint_files(log_dir, step, rates).values()):
+            return step
+    return None
+
+
+def step_from_checkpoint_name(path):
+    """The original's rule: the integer after the last 'model' in the file name (0 if none)."""
+    match = re.search(r"model(\d+)\.[^.]*$", os.path.basename(path))
+    return int(match.group(1)) if match else 0
+
+
+class PIDTrainer:
+    def __init__(self, config, dist_info=None):
+        config.validate()
+        self.config = config
+        self.info = dist_info or dist.info()
+        self.device = self.info.device
+        self.batch, self.global_batch = per_process_batch(config, self.info.world_size)
+        self.microbatch = config.microbatch if config.microbatch > 0 else self.batch
+        self.logger = RunLogger(config.log_dir)
+        if dist.is_main():
+            prepare_log_dir(config.log_dir)
+        dist.barrier()
+
+        teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
+        self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path).to(self.device)
+        self.network_config = student_network_config(teacher_config, config.dropout)
+        net = network_from_config(self.network_config)
+        net.load_state_dict(network_state_dict(teacher_state), strict=True)
+        self.student = PIDStudent(net, config.sigma_max).to(self.device).train()
+        self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
+                            teacher_config["img_resolution"])
+        self.label_dim = teacher_config.get("label_dim", 0)
+
+        self.optimizer = OPTIMIZERS[config.optimizer](self.student.net.parameters(), lr=config.lr,
+                                                      weight_decay=config.weight_decay, eps=config.opt_eps)
+        self.ema = EMA(self.student.net, config.ema_rates)
+        self.lpips = None
+        if config.loss_norm == "lpips":
+            self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(self.device)
+        self.step = 0
+        self.log2_loss_scale = FP16_INITIAL_LOG2_SCALE
+        self._resume()
+        dist.broadcast_tensors(list(self.student.state_dict().values()))
+        self.model = self.student
+        if self.info.world_size > 1:
+            self.model = DistributedDataParallel(self.student,
+                                                 device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    # ----------------------------------------------------------------------------- noise
+    def step_inputs(self, step):
+        """This process's share of the step's global batch: z = σ_max·ε, t, t', one-hot labels."""
+        generator = torch.Generator(device=self.device).manual_seed((self.config.seed * 2 ** 32 + step) % 2 ** 63)
+        num_scales = num_scales_at(self.config, step)
+        noise = torch.randn((self.global_batch, *self.image_shape), generator=generator, device=self.device)
+        indices = torch.randint(0, num_scales, (self.global_batch,), generator=generator, device=self.device)
+        labels = None
+        if self.label_dim:
+            classes = torch.randint(0, self.label_dim, (self.global_batch,), generator=generator, device=self.device)
+            labels = F.one_hot(classes, self.label_dim).to(torch.float32)
+        share = slice(self.info.rank * self.batch, (self.info.rank + 1) * self.batch)
+        indices = indices[share]
+        grid = dict(sigma_min=self.config.sigma_min, sigma_max=self.config.sigma_max, rho=self.config.rho)
+        t = index_to_sigma(indices, num_scales, **grid).to(torch.float32)
+        t_next = index_to_sigma(pid_partner_index(indices, num_scales), num_scales, **grid).to(torch.float32)
+        return (self.config.sigma_max * noise[share], t.to(self.device), t_next.to(self.device),
+                None if labels is None else labels[share])
+
+    # ----------------------------------------------------------------------------- one step
+    def _autocast(self):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.mixed_precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def train_step(self):
+        """One optimizer step over the process's batch. Returns (loss sum over micro-batches as a
+        device tensor, whether the step was applied)."""
+        z, t, t_next, labels = self.step_inputs(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        scale = 2.0 ** self.log2_loss_scale if self.config.mixed_precision == "fp16" else 1.0
+        loss_sum = torch.zeros((), device=self.device)
+        starts = range(0, self.batch, self.microbatch)
+        for index, start in enumerate(starts):
+            part = slice(start, start + self.microbatch)
+            last = index == len(starts) - 1
+            sync = contextlib.nullcontext() if last or self.model is self.student else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    losses = pid_loss(self.model, self.teacher, z[part], t[part], t_next[part],
+                                      None if labels is None else labels[part], self.config.loss_norm,
+                                      self.config.weight_schedule, self.lpips)
+                loss = losses.float().mean()
+                (loss * scale).backward()
+            loss_sum += loss.detach()
+        return loss_sum, self._optimizer_step(scale)
+
+    def _optimizer_step(self, scale):
+        params = [p for p in self.student.net.parameters() if p.grad is not None]
+        if self.config.mixed_precision == "fp16":
+            grads = [p.grad for p in params]
+            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
+            if not bool(finite):  # the original's dynamic loss scale: halve and skip the step
+                self.log2_loss_scale -= 1
+                return False
+            torch._foreach_mul_(grads, 1.0 / scale)
+        self.optimizer.step()
+        if self.config.mixed_precision == "fp16":
+            self.log2_loss_scale += self.config.fp16_scale_growth
+        self.ema.update()
+        self.step += 1
+        if self.config.lr_anneal_steps:
+            fraction = min(self.step / self.config.lr_anneal_steps, 1.0)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr * (1 - fraction)
+        return True
+
+    # ----------------------------------------------------------------------------- the loop
+    def run(self):
+        cfg = self.config
+        self.logger.save_config({**dataclasses.asdict(cfg), "network_config": self.network_config,
+                                 "world_size": self.info.world_size, "per_process_batch": self.batch,
+                                 "torch_version": torch.__version__})
+        self.logger.log(f"PID distillation: teacher {cfg.teacher_model_path}, {self.info.world_size} process(es) on "
+                        f"{self.device.type}, global batch {self.global_batch} ({self.batch} per process, "
+                        f"micro-batch {self.microbatch}), steps {self.step} → {cfg.total_training_steps}, "
+                        f"run folder {cfg.log_dir}")
+        loss_total = torch.zeros((), device=self.device)
+        first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        steps_in_interval, started = 0, time.time()
+        last_saved = self.step
+        while self.step < cfg.total_training_steps:
+            target_step = self.step + 1
+            loss, applied = self.train_step()
+            bad = ~torch.isfinite(loss) & (first_bad_step < 0)
+            first_bad_step = torch.where(bad, torch.full_like(first_bad_step, target_step), first_bad_step)
+            if not applied:
+                continue
+            loss_total += loss.nan_to_num(0.0, 0.0, 0.0)
+            steps_in_interval += 1
+            due_log = self.step % cfg.log_interval == 0
+            due_save = cfg.save_interval > 0 and self.step % cfg.save_interval == 0
+            if due_log or due_save or self.step == cfg.total_training_steps:
+                self._check_finite(first_bad_step, last_saved)
+            if due_log:
+                elapsed = time.time() - started
+                self._log(loss_total / steps_in_interval, steps_in_interval, elapsed)
+                loss_total.zero_()
+                steps_in_interval, started = 0, time.time()
+            if due_save or self.step == cfg.total_training_steps:
+                self.save()
+                last_saved = self.step
+        self.logger.log(f"done: {self.step} steps; checkpoints in {cfg.log_dir}")
+
+    def _check_finite(self, first_bad_step, last_saved):
+        processes_with_bad_loss = int(dist.all_reduce_sum((first_bad_step >= 0).long()).item())
+        if processes_with_bad_loss:
+            where = (f"in the update to step {int(first_bad_step.item())}" if first_bad_step.item() >= 0
+                     else "on another process")
+            kept = f"model{last_saved:06d}.pt" if last_saved else "no checkpoint was written"
+            raise NonFiniteLossError(f"the PID loss became NaN or infinite {where}; stopping without saving. "
+                                     f"Last good checkpoint: {kept} in {self.config.log_dir}. Lower --lr, "
+                                     "or use --use_fp16 False / --mixed_precision bf16.")
+
+    def _log(self, mean_loss, steps, elapsed):
+        loss = float(dist.all_reduce_sum(mean_loss.clone()).item()) / self.info.world_size
+        images_per_second = steps * self.global_batch / max(elapsed, 1e-9)
+        remaining = (self.config.total_training_steps - self.step) * elapsed / max(steps, 1)
+        row = dict(step=self.step, loss=loss, images_per_second=images_per_second,
+                   samples=self.step * self.global_batch, lr=self.optimizer.param_groups[0]["lr"])
+        if self.config.mixed_precision == "fp16":
+            row["lg_loss_scale"] = self.log2_loss_scale
+        self.logger.metrics(row)
+        eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} days"
+        self.logger.log(f"step {self.step:>7d}  loss {loss:.6f}  {images_per_second:8.1f} img/s  ETA {eta}")
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def save(self):
+        if dist.is_main():
+            files = checkpoint_files(self.config.log_dir, self.step, self.ema.rates)
+            for rate in self.ema.rates:
+                atomic_torch_save(self.ema.state_dict(rate), files[f"ema_{rate}"])
+            atomic_torch_save(self.optimizer.state_dict(), files["opt"])
+            state = dict(step=self.step, log2_loss_scale=self.log2_loss_scale, cpu_rng=torch.get_rng_state(),
+                         cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+            atomic_torch_save(state, files["state"])
+            atomic_torch_save(self.student.net.state_dict(), files["model"])  # last: marks it complete
+            self.logger.log(f"saved checkpoint {self.step:06d}")
+        dist.barrier()
+
+    def _resume(self):
+        cfg = self.config
+        if cfg.resume_checkpoint:
+            self._load(cfg.resume_checkpoint, step_from_checkpoint_name(cfg.resume_checkpoint), explicit=True)
+            return
+        step = latest_complete_checkpoint(cfg.log_dir, self.ema.rates) if os.path.isdir(cfg.log_dir) else None
+        if step is not None:
+            self._load(checkpoint_files(cfg.log_dir, step, self.ema.rates)["model"], step, explicit=False)
+
+    def _load(self, model_path, step, explicit):
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"--resume_checkpoint {model_path}: no such file")
+        folder = os.path.dirname(os.path.abspath(model_path))
+        files = checkpoint_files(folder, step, self.ema.rates)
+        read = lambda path: torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            self.student.net.load_state_dict(network_state_dict(read(model_path)), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{model_path} does not fit the teacher's architecture: {str(e)[:500]}") from e
+        for rate in self.ema.rates:
+            path = files[f"ema_{rate}"]
+            self.ema.load_state_dict(rate, read(path) if os.path.isfile(path) else self.student.net.state_dict())
+        if os.path.isfile(files["opt"]):
+            self.optimizer.load_state_dict(read(files["opt"]))
+        if os.path.isfile(files["state"]):
+            state = read(files["state"])
+            self.log2_loss_scale = state["log2_loss_scale"]
+            torch.set_rng_state(state["cpu_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = step
+        missing = [key for key, path in files.items() if key != "model" and not os.path.isfile(path)]
+        note = f" (not found, started fresh: {', '.join(missing)})" if missing else ""
+        self.logger.log(f"resumed from {model_path} at step {step}{note}")
+
+    def close(self):
+        """Release the DDP wrapper and optimizer before the process group ends (see dist.shutdown)."""
+        self.model = self.optimizer = self.ema = None
+
+
+def train(config):
+    """Run a whole distillation in this process (the caller has called dist.init)."""
+    trainer = PIDTrainer(config)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return trainer

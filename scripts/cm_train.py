@@ -1,0 +1,56 @@
+"""Distil an EDM teacher into a one-step PID student.
+
+    mpirun -np 8 python scripts/cm_train.py --teacher_model_path model_zoo/edm-cifar10-32x32-uncond-vp.pkl \
+        --global_batch_size 512 --lr 0.0002 --start_scales 250 --loss_norm lpips ...
+
+Runs under mpirun, torchrun or as a single process. The run folder is $OPENAI_LOGDIR (default
+./experiment/openai-<time>); training resumes from its newest complete checkpoint and stops at
+--total_training_steps. See scripts/distill_pid_diffusion.sh for the paper's commands.
+"""
+
+import argparse
+import dataclasses
+import sys
+
+from pid_diffusion import cli, dist
+from pid_diffusion.checkpoint import TeacherLoadError
+from pid_diffusion.log import default_log_dir
+from pid_diffusion.trainer import NonFiniteLossError, TrainConfig, train
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.TRAIN_FLAGS})
+    args = parser.parse_args(argv)
+    given = cli.given_flags(argv)
+    if args.training_mode not in cli.TRAINING_MODES:
+        parser.error(f"--training_mode {args.training_mode!r} is not supported; valid: {', '.join(cli.TRAINING_MODES)}")
+    if not args.teacher_model_path:
+        parser.error("--teacher_model_path is required: the teacher is what PID distils (see model_zoo/README.md)")
+    cli.warn_ignored(given, {**cli.MODEL_FLAGS, **cli.TRAIN_FLAGS})
+    return args, given
+
+
+def config_from_args(args, given, log_dir):
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    values.update(log_dir=log_dir, network_flags=cli.network_flags(args, given),
+                  mixed_precision=args.mixed_precision or ("fp16" if args.use_fp16 else "fp32"))
+    return TrainConfig(**values)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args, given = parse(argv)
+    dist.init()
+    try:
+        log_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
+        train(config_from_args(args, given, log_dir))
+    except (TeacherLoadError, NonFiniteLossError, FileNotFoundError, PermissionError, ValueError, OSError) as e:
+        print(f"error (rank {dist.info().rank}): {e}", file=sys.stderr, flush=True)
+        sys.exit(1)  # no shutdown barrier: the launcher ends the other processes
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import tiny_song_config
+from pid_diffusion import trainer as trainer_module
+from pid_diffusion.checkpoint import load_student, save_teacher
+from pid_diffusion.losses import pid_loss
+from pid_diffusion.networks import EDMPrecond
+from pid_diffusion.samplers import sample
+from pid_diffusion.trainer import NonFiniteLossError, PIDTrainer, TrainConfig, per_process_batch, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_SCRIPT = os.path.join(REPO, "scripts", "cm_train.py")
+MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+TINY_FLAGS = ["--global_batch_size", "8", "--loss_norm", "l2", "--ema_rate", "0.9,0.99", "--log_interval", "2",
+              "--lr", "0.001"]
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    """A tiny class-conditional DDPM++ teacher with random non-zero weights, in our file format."""
+    torch.manual_seed(0)
+    config = tiny_song_config(label_dim=3)
+    teacher = EDMPrecond(**config)
+    for p in teacher.parameters():
+        p.data.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("teacher") / "tiny_teacher.pt"
+    save_teacher(teacher, path, config)
+    return str(path)
+
+
+def make_config(teacher_path, log_dir, **overrides):
+    values = dict(teacher_model_path=teacher_path, log_dir=str(log_dir), global_batch_size=8, loss_norm="l2",
+                  ema_rate="0.9,0.99", log_interval=2, save_interval=2, total_training_steps=4, lr=1e-3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def run_script(args, log_dir, processes=None, timeout=240):
+    command = [sys.executable, TRAIN_SCRIPT, *args]
+    if processes:
+        command = [MPIRUN, "-np", str(processes), *command]
+    env = {**os.environ, "OPENAI_LOGDIR": str(log_dir)}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_tensors(a, b, rtol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        if rtol:
+            assert torch.allclose(a[key], b[key], rtol=rtol, atol=1e-9), key
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def assert_same_checkpoint(dir_a, dir_b, step):
+    for name in (f"model{step:06d}.pt", f"ema_0.9_{step:06d}.pt", f"ema_0.99_{step:06d}.pt"):
+        assert_same_tensors(load(os.path.join(dir_a, name)), load(os.path.join(dir_b, name)))
+    opt_a, opt_b = load(os.path.join(dir_a, f"opt{step:06d}.pt")), load(os.path.join(dir_b, f"opt{step:06d}.pt"))
+    for key, state in opt_a["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b["state"][key][name]))
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="no mpirun: install the mpich extra (pip install -e '.[mpich]')")
+def test_two_processes_match_one_process(teacher_path, tmp_path):
+    args = ["--teacher_model_path", teacher_path, *TINY_FLAGS, "--total_training_steps", "3", "--save_interval", "3"]
+    single = run_script(args, tmp_path / "one")
+    double = run_script(args, tmp_path / "two", processes=2)
+    assert single.returncode == 0, single.stderr
+    assert double.returncode == 0, double.stderr
+    assert "2 process(es)" in double.stdout and double.stdout.count("PID distillation") == 1  # rank 0 prints
+    one, two = load(tmp_path / "one" / "model000003.pt"), load(tmp_path / "two" / "model000003.pt")
+    moved = [k for k in one if not torch.equal(one[k], load(teacher_path)["state_dict"]["model." + k])]
+    assert len(moved) > len(one) // 2  # training really changed the weights
+    worst = max(((one[k] - two[k]).norm() / one[k].norm()).item() for k in one)
+    assert worst <= 1e-6
+
+
+def test_resume_is_bit_identical_and_training_stops(teacher_path, tmp_path):
+    train(make_config(teacher_path, tmp_path / "straight", total_training_steps=4))
+    train(make_config(teacher_path, tmp_path / "resumed", total_training_steps=2))
+    resumed = train(make_config(teacher_path, tmp_path / "resumed", total_training_steps=4))
+    assert resumed.step == 4
+    assert_same_checkpoint(tmp_path / "straight", tmp_path / "resumed", 4)
+    assert not os.path.exists(tmp_path / "straight" / "model000006.pt")
+    log = open(tmp_path / "resumed" / "log.txt").read()
+    assert "resumed from" in log and "model000002.pt at step 2" in log
+
+
+def test_killed_run_resumes_from_last_complete_checkpoint(teacher_path, tmp_path):
+    args = ["--teacher_model_path", teacher_path, *TINY_FLAGS, "--save_interval", "1"]
+    reference = run_script(args + ["--total_training_steps", "30"], tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr
+
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "OPENAI_LOGDIR": str(killed_dir)}
+    process = subprocess.Popen([sys.executable, TRAIN_SCRIPT, *args, "--total_training_steps", "30"], env=env,
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed_dir / "model000003.pt").exists():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # Whatever the kill interrupted, also leave the debris of a save cut short: a temporary file and a
+    # step whose model and optimizer files exist but whose EMA file does not.
+    newest = max(int(n[5:11]) for n in os.listdir(killed_dir) if n.startswith("model"))
+    broken = newest + 1
+    for name in (f"model{broken:06d}.pt", f"opt{broken:06d}.pt", f"trainer_state{broken:06d}.pt"):
+        shutil.copy(killed_dir / f"{name[:-9]}{newest:06d}.pt", killed_dir / name)
+    (killed_dir / f"ema_0.9_{broken:06d}.pt.abc.tmp").write_bytes(b"partial")
+
+    finished = run_script(args + ["--total_training_steps", "30"], killed_dir)
+    assert finished.returncode == 0, finished.stderr
+    assert f"at step {newest}" in finished.stdout
+    assert_same_checkpoint(tmp_path / "reference", killed_dir, 30)
+
+
+def test_microbatches_sum_gradients_like_the_original(teacher_path, tmp_path):
+    trainer = PIDTrainer(make_config(teacher_path, tmp_path, microbatch=4, lr=0.0))
+    z, t, t_next, labels = trainer.step_inputs(0)
+    trainer.train_step()
+    got = [p.grad.clone() for p in trainer.student.net.parameters()]
+    trainer.optimizer.zero_grad()
+    expected_loss = sum(pid_loss(trainer.student, trainer.teacher, z[s], t[s], t_next[s], labels[s],
+                                 weight_schedule=trainer.config.weight_schedule).mean()
+                        for s in (slice(0, 4), slice(4, 8)))
+    expected_loss.backward()
+    for g, p in zip(got, trainer.student.net.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_checkpoints_load_strictly_into_the_sampling_path(teacher_path, tmp_path):
+    trainer = train(make_config(teacher_path, tmp_path, total_training_steps=2))
+    noise = torch.randn(2, 3, 8, 8)
+    labels = torch.nn.functional.one_hot(torch.tensor([0, 2]), 3).float()
+    for name in ("model000002.pt", "ema_0.99_000002.pt"):
+        student = load_student(tmp_path / name)
+        out = sample(student, noise, "oneshot", class_labels=labels)
+        assert out.shape == noise.shape
+    with torch.no_grad():
+        expected = trainer.student.eval()(noise * 80, 0.002, labels)
+    assert torch.allclose(sample(load_student(tmp_path / "model000002.pt"), noise, "oneshot", class_labels=labels),
+                          expected, atol=1e-5)
+    with pytest.raises(ValueError, match="not a network state dict"):
+        load_student(tmp_path / "opt000002.pt")
+
+
+def test_official_cifar10_command_parses_and_runs(teacher_path, tmp_path):
+    script = os.path.join(REPO, "scripts", "distill_pid_diffusion.sh")
+    printed = subprocess.run(["bash", script, "cifar10"], env={**os.environ, "DRY_RUN": "1"}, capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    command = shlex.split(printed[1])
+    assert command[:3] == ["mpirun", "-np", "8"] and printed[0] == "OPENAI_LOGDIR=./experiment/pid_cifar10"
+    flags = command[command.index("./scripts/cm_train.py") + 1:]
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import cm_train
+    args, given = cm_train.parse(flags)
+    config = cm_train.config_from_args(args, given, "unused")
+    assert (config.global_batch_size, config.lr, config.start_scales, config.loss_norm, config.total_training_steps,
+            config.ema_rates, config.weight_schedule, config.mixed_precision) == (
+        512, 2e-4, 250, "lpips", 800000, (0.999, 0.9999, 0.99995), "uniform", "fp32")
+    assert config.network_flags == dict(image_size=32, num_channels=128, num_res_blocks=4,
+                                        attention_resolutions="2", class_cond=False)
+    # The same line with a tiny teacher for a CPU: the teacher's recorded architecture replaces the flags.
+    tiny = [f for f in flags]
+    for flag, value in (("--teacher_model_path", teacher_path), ("--global_batch_size", "4"),
+                        ("--total_training_steps", "1"), ("--loss_norm", "l2")):
+        tiny[tiny.index(flag) + 1] = value
+    for flag in ("--image_size", "--num_channels", "--num_res_blocks", "--attention_resolutions", "--class_cond"):
+        del tiny[tiny.index(flag):tiny.index(flag) + 2]
+    result = run_script(tiny, tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "model000001.pt").exists() and "ignored by PID" in result.stderr
+
+
+def test_bad_inputs_give_clear_messages(teacher_path, tmp_path):
+    missing = run_script(["--teacher_model_path", str(tmp_path / "nope.pkl"), *TINY_FLAGS], tmp_path / "a")
+    assert missing.returncode == 1 and "teacher file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    mismatch = run_script(["--teacher_model_path", teacher_path, *TINY_FLAGS, "--num_channels", "32"], tmp_path / "b")
+    assert mismatch.returncode == 1 and "--num_channels 32 (file: 16)" in mismatch.stderr
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    unwritable = run_script(["--teacher_model_path", teacher_path, *TINY_FLAGS], a_file / "run")
+    assert unwritable.returncode == 1 and "cannot write the run folder" in unwritable.stderr
+
+    mode = run_script(["--teacher_model_path", teacher_path, "--training_mode", "consistency_distillation"], tmp_path)
+    assert mode.returncode == 2 and "valid: one_shot_pinn_edm_edm" in mode.stderr
+
+    with pytest.raises(ValueError, match="does not divide over 3 processes"):
+        per_process_batch(make_config(teacher_path, tmp_path), 3)
+    with pytest.raises(ValueError, match="valid: radam, adam"):
+        PIDTrainer(make_config(teacher_path, tmp_path, optimizer="sgd"))
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(teacher_path, tmp_path, monkeypatch):
+    config = make_config(teacher_path, tmp_path, total_training_steps=8, save_interval=2, log_interval=1)
+    trainer = PIDTrainer(config)
+    real_loss = trainer_module.pid_loss
+
+    def poisoned(*args, **kwargs):
+        losses = real_loss(*args, **kwargs)
+        return losses * float("nan") if trainer.step >= 3 else losses
+
+    monkeypatch.setattr(trainer_module, "pid_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="in the update to step 4.*model000002.pt"):
+        trainer.run()
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("model")) == ["model000002.pt"]
+
+
+def test_disk_full_during_save_keeps_earlier_checkpoints(teacher_path, tmp_path, monkeypatch):
+    trainer = PIDTrainer(make_config(teacher_path, tmp_path, total_training_steps=4, save_interval=2))
+    real_save, calls = torch.save, []
+
+    def filling_disk(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 5:  # the second checkpoint: 5 files per checkpoint
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", filling_disk)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.run()
+    monkeypatch.undo()
+    files = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pt") or n.endswith(".tmp"))
+    assert files == ["ema_0.99_000002.pt", "ema_0.9_000002.pt", "model000002.pt", "opt000002.pt",
+                     "trainer_state000002.pt"]
+    assert load(tmp_path / "model000002.pt").keys() == trainer.student.net.state_dict().keys()
