@@ -175,17 +175,19 @@ RUN_CONFIG_FILE = "run_config.json"
 
 def load_student(path, **network_flags):
     """A PIDStudent (eval mode) from a training checkpoint (`model*.pt`, `ema_*.pt`: bare network
-    state dicts). The architecture and σ_max come from the run folder's run_config.json; for a file
-    without one (e.g. the released pid_cifar.pt) the official network flags describe it."""
+    state dicts). The architecture and σ_max come from the run folder's run_config.json (flags given
+    are checked against it); for a file without one (e.g. the released pid_cifar.pt) the official
+    network flags describe it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"student checkpoint not found: {path}")
     run_config_path = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
     sigma_max = None
-    if os.path.isfile(run_config_path) and not network_flags:
+    if os.path.isfile(run_config_path):
         with open(run_config_path) as f:
             run_config = json.load(f)
         config, sigma_max = run_config["network_config"], run_config.get("sigma_max")
+        _check_given_flags(path, config, network_flags)
     else:
         try:
             config = arch.config_from_flags(**network_flags)

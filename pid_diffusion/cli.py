@@ -66,6 +66,37 @@ TRAIN_FLAGS = {
     "lpips_lin_weights": ("", "path of piq's lpips_weights.pt or lpips' vgg.pth (default: model_zoo/, hub cache)"),
 }
 
+SAMPLE_FLAGS = {
+    "training_mode": ("one_shot_pinn_edm_edm_one_shot",
+                      "one_shot_pinn_edm_edm_one_shot (the PID student, one step) or "
+                      "one_shot_pinn_edm_edm_teacher (the EDM teacher with any sampler)"),
+    "generator": ("determ", "accepted for compatibility: noise is always seeded per sample"),
+    "clip_denoised": (True, "clamp every denoiser output and the result to [-1, 1], as the original"),
+    "num_samples": (10000, "number of images"),
+    "batch_size": (16, "images per batch per process"),
+    "sampler": ("heun", "heun_deter, heun, euler, dpm, ancestral, onestep, oneshot, progdist, multistep "
+                        "(the student always uses oneshot)"),
+    "s_churn": (0.0, "stochastic churn of heun / dpm"),
+    "s_tmin": (0.0, "churn only for σ ≥ s_tmin"),
+    "s_tmax": (float("inf"), "churn only for σ ≤ s_tmax"),
+    "s_noise": (1.0, "noise inflation of churn"),
+    "steps": (40, "sampler steps; heun_deter costs 2·steps − 1 network calls (EDM's 35-call CIFAR setting "
+                  "is --steps 18)"),
+    "model_path": ("", "teacher file (teacher mode) or student checkpoint model*.pt / ema_*.pt (one-shot mode)"),
+    "seed": (42, "seed: sample i's noise and label depend only on (seed, i)"),
+    "ts": ("", "grid indices for --sampler multistep, e.g. 0,22,39"),
+}
+FID_FLAGS = {
+    "fid_dataset": ("cifar10", "reference statistics model_zoo/stats/{cifar10-32x32,imagenet-64x64}.npz"),
+    "exp_dir": ("", "folder of checkpoints to evaluate (a training run folder)"),
+    "ref_path": ("", "reference statistics .npz (mu, sigma) instead of --fid_dataset's"),
+    "detector": ("inception", "feature detector: inception (TF-Inception TorchScript) or pixels (raw pixels)"),
+    "detector_path": ("", "path of inception-2015-12-05.pt (default: model_zoo/, torch hub cache)"),
+    "detector_feed": ("float", "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM"),
+}
+ONE_SHOT_MODE = "one_shot_pinn_edm_edm_one_shot"
+TEACHER_MODE = "one_shot_pinn_edm_edm_teacher"
+SAMPLING_MODES = (ONE_SHOT_MODE, TEACHER_MODE)
 TRAINING_MODES = ("one_shot_pinn_edm_edm",)
 NETWORK_FLAG_NAMES = ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "channel_mult",
                       "class_cond", "learn_sigma")

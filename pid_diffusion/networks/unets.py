@@ -60,6 +60,7 @@ class SongUNet(torch.nn.Module):
         _check_choice("decoder_type", decoder_type, DECODER_TYPES)
         super().__init__()
         self.img_resolution = img_resolution
+        self.img_channels = in_channels
         self.label_dim = label_dim
         self.label_dropout = label_dropout
         attn_resolutions = tuple(attn_resolutions)
@@ -174,6 +175,7 @@ class DhariwalUNet(torch.nn.Module):
                  attn_resolutions=(32, 16, 8), dropout=0.10, label_dropout=0):
         super().__init__()
         self.img_resolution = img_resolution
+        self.img_channels = in_channels
         self.label_dim = label_dim
         self.label_dropout = label_dropout
         attn_resolutions = tuple(attn_resolutions)

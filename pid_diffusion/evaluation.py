@@ -1,0 +1,182 @@
+"""What the sampling and FID scripts share: the model a `--training_mode` names, sampler options,
+generation to images and feature statistics, and the walk over a folder of checkpoints."""
+
+import csv
+import os
+import re
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from . import cli, dist
+from .checkpoint import load_student, load_teacher
+from .fid import FeatureStats, detector_input
+from .generate import generate, image_grid, to_uint8
+from .samplers import SAMPLERS
+
+CHECKPOINT_NAME = re.compile(r"^(model|ema_[0-9.]+_)(\d{6})\.pt$")
+RESULT_FIELDS = ("model_name", "step", "FID")
+
+
+def load_sampling_model(training_mode, model_path, network_flags, device):
+    """(denoiser, image_shape, label_dim) for a sampling mode: the frozen EDM teacher, or the PID student."""
+    if training_mode not in cli.SAMPLING_MODES:
+        raise ValueError(f"unknown --training_mode {training_mode!r}; valid: {', '.join(cli.SAMPLING_MODES)}")
+    if not model_path:
+        raise ValueError("--model_path is required: a teacher file or a student checkpoint")
+    if training_mode == cli.TEACHER_MODE:
+        model = load_teacher(model_path, **network_flags)
+        shape = (model.img_channels, model.img_resolution, model.img_resolution)
+        label_dim = model.label_dim
+    else:
+        model = load_student(model_path, **network_flags)
+        shape = (model.net.img_channels, model.net.img_resolution, model.net.img_resolution)
+        label_dim = model.net.label_dim
+    return model.to(device), shape, label_dim
+
+
+def sampler_options(args, training_mode):
+    """The sampler and its options from the flags; the student always samples in one step."""
+    sampler = "oneshot" if training_mode == cli.ONE_SHOT_MODE else args.sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown --sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    if training_mode == cli.TEACHER_MODE and sampler == "oneshot":
+        raise ValueError("--sampler oneshot evaluates the PID student; use --training_mode "
+                         f"{cli.ONE_SHOT_MODE} with a student checkpoint")
+    return dict(sampler=sampler, steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise, ts=args.ts,
+                clip_denoised=args.clip_denoised)
+
+
+def autocast_dtype(use_fp16, device):
+    return torch.float16 if use_fp16 and torch.device(device).type == "cuda" else None
+
+
+def run_generation(model, image_shape, label_dim, args, options, device, detector=None, feed="float",
+                   keep_images=True, progress=True):
+    """Generate this process's share. Returns (uint8 NHWC images, labels, indices, FeatureStats or None);
+    the images are kept only when `keep_images` (the first batch is always kept for a grid)."""
+    from tqdm import tqdm
+
+    info = dist.info()
+    batches = generate(model, args.num_samples, args.batch_size, args.seed, image_shape, label_dim, info.rank,
+                       info.world_size, device, autocast_dtype=autocast_dtype(args.use_fp16, device), **options)
+    images, labels, indices, stats = [], [], [], None
+    total = -(-args.num_samples // (args.batch_size * info.world_size))
+    for number, batch in enumerate(tqdm(batches, total=total, disable=not (progress and dist.is_main()),
+                                        desc="sampling", unit="batch")):
+        if detector is not None:
+            with torch.no_grad():
+                features = detector(detector_input(batch.images, feed), return_features=True)
+            if stats is None:
+                stats = FeatureStats(features.shape[1], device=device)
+            stats.update(features)
+        if keep_images or number == 0:
+            images.append(to_uint8(batch.images).cpu())
+            indices.extend(batch.indices)
+            if batch.labels is not None:
+                labels.append(batch.labels)
+    images = torch.cat(images) if images else torch.zeros((0, image_shape[1], image_shape[2], image_shape[0]),
+                                                          dtype=torch.uint8)
+    return images, (torch.cat(labels) if labels else None), indices, stats
+
+
+def gather_in_order(images, labels, indices):
+    """All processes' images (and labels) on rank 0, sorted by sample index."""
+    parts = [(images, labels, indices)]
+    if dist.is_distributed():
+        parts = [None] * dist.info().world_size
+        torch.distributed.all_gather_object(parts, (images, labels, indices))
+    all_indices = [i for _, _, idx in parts for i in idx]
+    order = np.argsort(all_indices, kind="stable")
+    all_images = torch.cat([p[0] for p in parts])[order]
+    all_labels = None if parts[0][1] is None else torch.cat([p[1] for p in parts])[order]
+    return all_images, all_labels
+
+
+def save_grid(images_uint8, path, columns=8):
+    tmp = f"{path}.{os.getpid()}.tmp.png"
+    Image.fromarray(image_grid(images_uint8, columns)).save(tmp)
+    os.replace(tmp, path)
+
+
+def save_samples_npz(images_uint8, labels, folder):
+    """The original's layout: samples_{N}x{H}x{W}x3.npz with arr_0 (uint8 NHWC) and arr_1 (labels)."""
+    count, height, width, channels = images_uint8.shape
+    path = os.path.join(folder, f"samples_{count}x{height}x{width}x{channels}.npz")
+    arrays = [images_uint8.numpy()] + ([labels.numpy()] if labels is not None else [])
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, *arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def checkpoints_in(folder):
+    """[(name, step, path)] of model*.pt and ema_*.pt files, in step order (then name). Optimizer and
+    trainer-state files are never models."""
+    found = []
+    for name in os.listdir(folder):
+        match = CHECKPOINT_NAME.match(name)
+        if match:
+            found.append((name[:-3], int(match.group(2)), os.path.join(folder, name)))
+    return sorted(found, key=lambda item: (item[1], item[0]))
+
+
+def read_results(path):
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        return {row["model_name"]: row for row in csv.DictReader(f)}
+
+
+def append_result(path, row):
+    new = not os.path.isfile(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def plot_fid_vs_step(rows, path, size=(640, 400), margin=50):
+    """A line per checkpoint kind (model, ema_<rate>) of FID against step, drawn with Pillow."""
+    series = {}
+    for row in rows:
+        kind = re.sub(r"\d{6}$", "", row["model_name"]).rstrip("_") or "model"
+        series.setdefault(kind, []).append((int(row["step"]), float(row["FID"])))
+    points = [p for values in series.values() for p in values if np.isfinite(p[1])]
+    if not points:
+        return
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    width, height = size
+    steps, fids = [p[0] for p in points], [p[1] for p in points]
+    step_range = (min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1)
+    fid_range = (min(fids), max(fids) if max(fids) > min(fids) else min(fids) + 1)
+
+    def xy(step, fid):
+        x = margin + (step - step_range[0]) / (step_range[1] - step_range[0]) * (width - 2 * margin)
+        y = height - margin - (fid - fid_range[0]) / (fid_range[1] - fid_range[0]) * (height - 2 * margin)
+        return x, y
+
+    draw.line([(margin, height - margin), (width - margin, height - margin)], fill="black")
+    draw.line([(margin, margin), (margin, height - margin)], fill="black")
+    draw.text((margin, height - margin + 8), f"step {step_range[0]}", fill="black")
+    draw.text((width - margin - 80, height - margin + 8), f"step {step_range[1]}", fill="black")
+    draw.text((4, margin - 16), f"FID {fid_range[1]:.5g}", fill="black")
+    draw.text((4, height - margin - 6), f"{fid_range[0]:.5g}", fill="black")
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for k, (kind, values) in enumerate(sorted(series.items())):
+        colour = colours[k % len(colours)]
+        coords = [xy(s, f) for s, f in sorted(values) if np.isfinite(f)]
+        if len(coords) > 1:
+            draw.line(coords, fill=colour, width=2)
+        for x, y in coords:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.text((width - margin - 120, margin + 14 * k), kind, fill=colour)
+    tmp = f"{path}.{os.getpid()}.tmp.png"
+    image.save(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,150 @@
+"""Fréchet Inception Distance: detector loading, streaming feature statistics, reference statistics.
+
+The detector is NVIDIA's TorchScript port of TF-Inception (`inception-2015-12-05.pt`), the network
+behind the original's clean-fid `legacy_tensorflow` mode and EDM's `fid.py`: called as
+`detector(images, return_features=True)` on float NCHW pixels in [0, 255] (it resizes to 299
+itself), it returns 2048 pool features.
+
+What the detector is fed (`feed`):
+  * "float" (default, the original PID code): ((x + 1)/2·255) clipped, not quantised;
+  * "uint8" (EDM's protocol): pixels rounded to integers first, i.e. exactly the saved PNG/npz images.
+The two differ by the quantisation noise only; FIDs of a good model typically differ by a few
+hundredths. Compare numbers only under the same protocol.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from . import dist
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+REFERENCE_STATS = {
+    "cifar10": ("stats/cifar10-32x32.npz", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz"),
+    "imagenet": ("stats/imagenet-64x64.npz", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz"),
+}
+FEEDS = ("float", "uint8")
+
+
+class PixelDetector(torch.nn.Module):
+    """Raw pixels scaled to [0, 1] as 'features': FID in pixel space, for tests and toy teachers
+    where Inception is meaningless or unavailable."""
+
+    def forward(self, images, return_features=True):
+        return images.flatten(1).to(torch.float64) / 255.0
+
+
+def default_detector_dirs():
+    return [os.path.join(os.getcwd(), "model_zoo"), os.path.join(torch.hub.get_dir(), "checkpoints")]
+
+
+def load_detector(name="inception", path=None, device="cpu"):
+    """The feature detector: 'inception' (TorchScript file: `path`, else ./model_zoo/, else torch's
+    hub cache) or 'pixels'."""
+    if name == "pixels":
+        return PixelDetector().to(device)
+    if name != "inception":
+        raise ValueError(f"unknown detector {name!r}; valid: inception, pixels")
+    candidates = [path] if path else [os.path.join(d, INCEPTION_FILE) for d in default_detector_dirs()]
+    found = next((p for p in candidates if p and os.path.isfile(p)), None)
+    if found is None:
+        where = path if path else " or ".join(candidates)
+        raise FileNotFoundError(f"Inception detector {INCEPTION_FILE} not found at {where}. Download {INCEPTION_URL} into "
+                                f"model_zoo/ (or pass --detector_path), or use --detector pixels")
+    try:
+        detector = torch.jit.load(found, map_location=device)
+    except Exception as e:  # torch raises RuntimeError / ValueError for non-TorchScript files
+        raise ValueError(f"{found} is not a TorchScript detector ({type(e).__name__}: {e})") from e
+    return detector.eval()
+
+
+def detector_input(images, feed="float"):
+    """[-1, 1] float NCHW → what the detector eats: float pixels in [0, 255]."""
+    if feed not in FEEDS:
+        raise ValueError(f"unknown detector feed {feed!r}; valid: {', '.join(FEEDS)}")
+    images = images.to(torch.float32)
+    if feed == "uint8":  # the integer pixels of the saved images: floor(x·127.5 + 128)
+        return (images * 127.5 + 128).clamp(0, 255).floor()
+    return ((images + 1) * 127.5).clamp(0, 255)
+
+
+class FeatureStats:
+    """Streaming Σf, Σffᵀ and count in float64; merge across processes with `all_reduce`."""
+
+    def __init__(self, dim, device="cpu"):
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.total = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    def update(self, features):
+        features = features.to(self.total.device, torch.float64)
+        self.count += features.shape[0]
+        self.total += features.sum(0)
+        self.outer += features.T @ features
+
+    def all_reduce(self):
+        for tensor in (self.count, self.total, self.outer):
+            dist.all_reduce_sum(tensor)
+        return self
+
+    def mean_cov(self):
+        """(μ, Σ) as float64 numpy arrays, Σ the unbiased covariance."""
+        n = float(self.count)
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 samples, got {int(n)}")
+        mu = self.total / n
+        sigma = (self.outer - n * torch.outer(mu, mu)) / (n - 1)
+        return mu.cpu().numpy(), sigma.cpu().numpy()
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2(Σ1Σ2)^½) in float64.
+
+    tr((Σ1Σ2)^½) is computed as Σ √λ of the symmetric PSD matrix Σ1^½ Σ2 Σ1^½ (same eigenvalues
+    as Σ1Σ2), which avoids the complex round-off of a general matrix square root.
+    """
+    mu1, mu2 = (np.asarray(torch.as_tensor(m).double().cpu(), dtype=np.float64).reshape(-1) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.asarray(torch.as_tensor(s).double().cpu(), dtype=np.float64) for s in (sigma1, sigma2))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"statistics of different dimensions: μ {mu1.shape} vs {mu2.shape}, "
+                         f"Σ {sigma1.shape} vs {sigma2.shape}")
+    values, vectors = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    product = root1 @ sigma2 @ root1
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
+    return float(np.square(mu1 - mu2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def reference_stats_path(fid_dataset, ref_path=None):
+    if ref_path:
+        return ref_path
+    if fid_dataset not in REFERENCE_STATS:
+        raise ValueError(f"unknown --fid_dataset {fid_dataset!r}; valid: {', '.join(REFERENCE_STATS)} "
+                         "(or pass --ref_path)")
+    return os.path.join("model_zoo", REFERENCE_STATS[fid_dataset][0])
+
+
+def load_reference_stats(path, dim=None):
+    """(μ, Σ) from an EDM-style reference .npz (keys mu, sigma), checked against the detector's dim."""
+    if not os.path.isfile(path):
+        urls = {os.path.basename(rel): url for rel, url in REFERENCE_STATS.values()}
+        hint = urls.get(os.path.basename(path))
+        source = f"download {hint} to {path}" if hint else "compute it with the same detector"
+        raise FileNotFoundError(f"FID reference statistics not found: {path}; {source}")
+    try:
+        with np.load(path) as data:
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a reference-statistics .npz with arrays 'mu' and 'sigma' ({e})") from e
+    if dim is not None and (mu.shape != (dim,) or sigma.shape != (dim, dim)):
+        raise ValueError(f"{path}: statistics of dimension {mu.shape} do not match the detector's {dim} "
+                         "features (were they computed with another detector?)")
+    return mu, sigma
+
+
+def save_reference_stats(path, mu, sigma):
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, mu=mu, sigma=sigma)
+    os.replace(tmp, path)

@@ -1,0 +1,80 @@
+"""Image generation as an iterable over batches, sharded over processes.
+
+Sample i's noise (and class label) come from a generator seeded by (seed, i) alone, on the CPU, so
+the same seed gives the same images whatever the batch size, the number of processes or the device
+(up to the network's floating-point arithmetic). The original promised this and did not deliver
+(official-pid.md §8.3).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .samplers import sample
+
+
+def sample_generator(seed, index):
+    return torch.Generator().manual_seed((int(seed) * 2 ** 32 + int(index)) % 2 ** 63)
+
+
+def seeded_inputs(seed, indices, image_shape, label_dim=0):
+    """Unit-normal noise [len(indices), C, H, W] and integer labels (or None) for sample indices."""
+    noise, labels = [], []
+    for index in indices:
+        generator = sample_generator(seed, index)
+        noise.append(torch.randn(image_shape, generator=generator))
+        if label_dim:
+            labels.append(int(torch.randint(0, label_dim, (), generator=generator)))
+    return torch.stack(noise), (torch.tensor(labels, dtype=torch.long) if label_dim else None)
+
+
+def shard_batches(num_samples, batch_size, rank=0, world_size=1):
+    """This process's batches of sample indices: global batch b (indices b·B … b·B+B−1) goes to
+    process b mod world_size. Every index appears exactly once over all processes."""
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
+    num_batches = math.ceil(num_samples / batch_size)
+    return [list(range(b * batch_size, min((b + 1) * batch_size, num_samples)))
+            for b in range(rank, num_batches, world_size)]
+
+
+def to_uint8(images):
+    """[-1, 1] float NCHW → uint8 NHWC with rounding (EDM's protocol; the original truncated)."""
+    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+@dataclasses.dataclass
+class GeneratedBatch:
+    indices: list
+    images: torch.Tensor        # float NCHW in [-1, 1] (clamped), on the device
+    labels: torch.Tensor = None  # int64 [N] or None
+
+
+def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, rank=0, world_size=1,
+             device="cpu", sampler="oneshot", autocast_dtype=None, **sampler_options):
+    """Yield this process's GeneratedBatch objects in order."""
+    for indices in shard_batches(num_samples, batch_size, rank, world_size):
+        noise, labels = seeded_inputs(seed, indices, image_shape, label_dim)
+        noise = noise.to(device)
+        one_hot = None if labels is None else F.one_hot(labels, label_dim).to(device=device, dtype=torch.float32)
+        context = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype
+                   else torch.autocast(torch.device(device).type, enabled=False))
+        with torch.no_grad(), context:
+            images = sample(denoiser, noise, sampler, class_labels=one_hot, **sampler_options)
+        yield GeneratedBatch(indices, images.clamp(-1, 1), labels)
+
+
+def image_grid(images_uint8, columns=8):
+    """NHWC uint8 → one HWC uint8 grid image (numpy)."""
+    images = np.asarray(images_uint8)
+    count, height, width, channels = images.shape
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    grid = np.zeros((rows * height, columns * width, channels), dtype=np.uint8)
+    for k, image in enumerate(images):
+        r, c = divmod(k, columns)
+        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
+    return grid

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# FID of every checkpoint in a run folder (the original scripts/fid_eval.sh).
+#
+#   bash scripts/fid_eval.sh cifar10 [EXP_DIR] [extra flags]     # default EXP_DIR ./model_zoo/pid_cifar
+#   bash scripts/fid_eval.sh imagenet64 [EXP_DIR] [extra flags]  # default EXP_DIR ./experiment/pid_imagenet
+# Needs model_zoo/inception-2015-12-05.pt and model_zoo/stats/{cifar10-32x32,imagenet-64x64}.npz
+# (model_zoo/README.md). NUM_GPUS (default 1), MPIRUN and DRY_RUN=1 as in distill_pid_diffusion.sh.
+# The original's ImageNet command left --seed at 42 and passed architecture flags; checkpoints written by
+# this package carry their architecture, and both datasets use seed 0 here.
+set -euo pipefail
+
+NUM_GPUS=${NUM_GPUS:-1}
+MPIRUN=${MPIRUN:-mpirun}
+PYTHON=${PYTHON:-python}
+WHAT=${1:-cifar10}
+shift || true
+
+case "$WHAT" in
+  cifar10) EXP_DIR=${1:-./model_zoo/pid_cifar}; FLAGS=(--fid_dataset cifar10 --batch_size 125 --use_fp16 False) ;;
+  imagenet64) EXP_DIR=${1:-./experiment/pid_imagenet}; FLAGS=(--fid_dataset imagenet --batch_size 250 --use_fp16 True) ;;
+  *) echo "usage: bash $0 cifar10|imagenet64 [EXP_DIR] [extra flags]" >&2; exit 2 ;;
+esac
+shift || true
+
+# shellcheck disable=SC2206
+COMMAND=($MPIRUN -np "$NUM_GPUS" "$PYTHON" ./scripts/fid_evaluation.py --exp_dir "$EXP_DIR"
+         --training_mode one_shot_pinn_edm_edm_one_shot --sampler oneshot --sigma_max 80 --sigma_min 0.002
+         --num_samples 50000 --seed 0 "${FLAGS[@]}" "$@")
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  printf '%q ' "${COMMAND[@]}"; echo
+else
+  exec "${COMMAND[@]}"
+fi

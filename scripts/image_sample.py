@@ -1,0 +1,56 @@
+"""Sample images from a PID student (one step) or its EDM teacher (any official sampler).
+
+    python scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_one_shot \
+        --model_path experiment/pid_cifar10/ema_0.99995_800000.pt --num_samples 50000 --batch_size 500
+    mpirun -np 4 python scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_teacher \
+        --model_path model_zoo/edm-cifar10-32x32-uncond-vp.pkl --sampler heun_deter --steps 18
+
+Writes $OPENAI_LOGDIR/samples_{N}x{H}x{W}x3.npz (arr_0: uint8 NHWC, arr_1: labels when
+class-conditional) and samples_grid.png. Sample i depends only on (--seed, i): the same images come
+out whatever the batch size or number of processes. A student checkpoint's architecture comes from
+the run_config.json beside it; the network flags are needed only for files without one.
+"""
+
+import argparse
+import os
+import sys
+
+from pid_diffusion import cli, dist, evaluation
+from pid_diffusion.checkpoint import TeacherLoadError
+from pid_diffusion.log import default_log_dir, prepare_log_dir
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.SAMPLE_FLAGS})
+    args = parser.parse_args(argv)
+    given = cli.given_flags(argv)
+    cli.warn_ignored(given, cli.MODEL_FLAGS)
+    return args, given
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args, given = parse(argv)
+    info = dist.init()
+    try:
+        options = evaluation.sampler_options(args, args.training_mode)
+        model, shape, label_dim = evaluation.load_sampling_model(args.training_mode, args.model_path,
+                                                                 cli.network_flags(args, given), info.device)
+        out_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
+        if dist.is_main():
+            prepare_log_dir(out_dir)
+        images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, args, options, info.device)
+        images, labels = evaluation.gather_in_order(images, labels, indices)
+        if dist.is_main():
+            path = evaluation.save_samples_npz(images, labels, out_dir)
+            evaluation.save_grid(images[:64], os.path.join(out_dir, "samples_grid.png"))
+            print(f"wrote {path} and samples_grid.png ({options['sampler']}, seed {args.seed})", flush=True)
+    except (TeacherLoadError, FileNotFoundError, PermissionError, ValueError, OSError) as e:
+        print(f"error (rank {info.rank}): {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

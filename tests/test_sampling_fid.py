@@ -1,0 +1,189 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+from conftest import tiny_song_config
+from pid_diffusion.checkpoint import save_teacher
+from pid_diffusion.evaluation import checkpoints_in
+from pid_diffusion.fid import FeatureStats, frechet_distance, load_detector, load_reference_stats
+from pid_diffusion.generate import seeded_inputs, shard_batches
+from pid_diffusion.networks import EDMPrecond
+from pid_diffusion.trainer import TrainConfig, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="no mpirun: install the mpich extra (pip install -e '.[mpich]')")
+
+
+class StandInInception(torch.nn.Module):
+    """Called like NVIDIA's TorchScript Inception: detector(pixels in [0, 255], return_features=True) → [N, 2048]."""
+
+    def __init__(self):
+        super().__init__()
+        self.projection = torch.nn.Parameter(torch.randn(48, 2048, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(images / 255.0, 4).flatten(1)
+        return torch.tanh(pooled @ self.projection)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny class-conditional teacher, a 2-step training run from it, a stand-in detector in
+    ./model_zoo and reference statistics."""
+    root = tmp_path_factory.mktemp("workspace")
+    torch.manual_seed(0)
+    config = tiny_song_config(label_dim=3)
+    teacher = EDMPrecond(**config)
+    for p in teacher.parameters():
+        p.data.normal_(0, 0.05)
+    save_teacher(teacher, root / "teacher.pt", config)
+    train(TrainConfig(teacher_model_path=str(root / "teacher.pt"), log_dir=str(root / "run"), global_batch_size=4,
+                      loss_norm="l2", ema_rate="0.9", save_interval=1, total_training_steps=2, log_interval=1))
+    (root / "model_zoo").mkdir()
+    torch.jit.save(torch.jit.script(StandInInception()), str(root / "model_zoo" / "inception-2015-12-05.pt"))
+    np.savez(root / "ref.npz", mu=np.zeros(2048), sigma=np.eye(2048) * 0.01)
+    return root
+
+
+def run(script, args, cwd, log_dir=None, processes=None):
+    command = [sys.executable, os.path.join(REPO, "scripts", script), *args]
+    if processes:
+        command = [MPIRUN, "-np", str(processes), *command]
+    env = {**os.environ, **({"OPENAI_LOGDIR": str(log_dir)} if log_dir else {})}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@needs_mpirun
+@pytest.mark.parametrize("mode,model,extra", [
+    ("one_shot_pinn_edm_edm_one_shot", "run/ema_0.9_000002.pt", []),
+    ("one_shot_pinn_edm_edm_teacher", "teacher.pt", ["--sampler", "heun_deter", "--steps", "3"]),
+])
+def test_samples_do_not_depend_on_batch_size_or_processes(workspace, tmp_path, mode, model, extra):
+    args = ["--training_mode", mode, "--model_path", str(workspace / model), "--num_samples", "10", *extra]
+    one = run("image_sample.py", args + ["--batch_size", "8"], workspace, tmp_path / "one")
+    two = run("image_sample.py", args + ["--batch_size", "4"], workspace, tmp_path / "two", processes=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = np.load(tmp_path / "one" / "samples_10x8x8x3.npz"), np.load(tmp_path / "two" / "samples_10x8x8x3.npz")
+    assert sorted(a.files) == ["arr_0", "arr_1"]
+    assert a["arr_0"].dtype == np.uint8 and a["arr_0"].shape == (10, 8, 8, 3)
+    assert a["arr_1"].shape == (10,) and set(a["arr_1"]) <= {0, 1, 2}
+    assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
+    assert a["arr_0"].std() > 0
+    grid = Image.open(tmp_path / "one" / "samples_grid.png")
+    assert grid.size == (8 * 8, 2 * 8)
+
+
+def test_per_sample_noise_and_sharding():
+    first, labels = seeded_inputs(7, [0, 1, 2, 3], (3, 4, 4), label_dim=5)
+    again, labels_again = seeded_inputs(7, [2, 3], (3, 4, 4), label_dim=5)
+    assert torch.equal(first[2:], again) and torch.equal(labels[2:], labels_again)
+    shards = [shard_batches(10, 3, rank, 2) for rank in range(2)]
+    assert sorted(i for shard in shards for batch in shard for i in batch) == list(range(10))
+    with pytest.raises(ValueError, match="must be positive"):
+        shard_batches(0, 3)
+
+
+def test_streaming_statistics_match_numpy():
+    features = torch.randn(300, 16, dtype=torch.float64) * torch.linspace(0.5, 2, 16) + 3
+    stats = FeatureStats(16)
+    for chunk in features.split(64):
+        stats.update(chunk)
+    mu, sigma = stats.mean_cov()
+    assert np.allclose(mu, features.numpy().mean(0), rtol=1e-12, atol=1e-12)
+    assert np.allclose(sigma, np.cov(features.numpy(), rowvar=False, ddof=1), rtol=1e-10, atol=1e-12)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-9
+
+
+def test_frechet_distance_agrees_with_scipy():
+    rng = np.random.default_rng(0)
+    for dim in (8, 64):
+        a, b = rng.normal(size=(dim, 2 * dim)), rng.normal(size=(dim, 2 * dim))
+        s1, s2 = a @ a.T / dim, b @ b.T / dim
+        m1, m2 = rng.normal(size=dim), rng.normal(size=dim)
+        root = scipy.linalg.sqrtm(s1 @ s2)
+        expected = float(np.real(np.square(m1 - m2).sum() + np.trace(s1 + s2 - 2 * root)))
+        assert abs(frechet_distance(m1, s1, m2, s2) - expected) <= 1e-6 * abs(expected)
+        assert isinstance(frechet_distance(torch.tensor(m1), torch.tensor(s1), m2, s2), float)
+    with pytest.raises(ValueError, match="different dimensions"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_folder_walk(workspace, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(workspace / "run", folder)
+    (folder / "model000005.pt").write_bytes((folder / "model000002.pt").read_bytes()[:3000])  # truncated
+    assert [name for name, _, _ in checkpoints_in(folder)] == [
+        "ema_0.9_000001", "model000001", "ema_0.9_000002", "model000002", "model000005"]
+    args = ["--exp_dir", str(folder), "--ref_path", str(workspace / "ref.npz"), "--num_samples", "12",
+            "--batch_size", "5", "--seed", "3"]
+    first = run("fid_evaluation.py", args, workspace)
+    assert first.returncode == 0, first.stderr
+    assert "model000005: skipped, cannot be loaded" in first.stdout
+    rows = (folder / "fid_results_3.csv").read_text().splitlines()
+    assert rows[0] == "model_name,step,FID"
+    assert [r.split(",")[0] for r in rows[1:]] == ["ema_0.9_000001", "model000001", "ema_0.9_000002", "model000002"]
+    assert all(float(r.split(",")[2]) > 0 for r in rows[1:])
+    assert (folder / "FID" / "model000002_samples.png").exists() and (folder / "fid_vs_step.png").exists()
+    second = run("fid_evaluation.py", args, workspace)
+    assert second.returncode == 0 and second.stdout.count("already evaluated") == 4
+    assert (folder / "fid_results_3.csv").read_text().splitlines() == rows
+
+
+@needs_mpirun
+def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path):
+    results = []
+    for processes, folder in ((None, tmp_path / "one"), (2, tmp_path / "two")):
+        shutil.copytree(workspace / "run", folder)
+        for name in os.listdir(folder):
+            if name.startswith("ema") or name.startswith("model000001"):
+                os.remove(folder / name)
+        done = run("fid_evaluation.py", ["--exp_dir", str(folder), "--ref_path", str(workspace / "ref.npz"),
+                                         "--num_samples", "11", "--batch_size", "4"], workspace, processes=processes)
+        assert done.returncode == 0, done.stderr
+        results.append(float((folder / "fid_results_42.csv").read_text().splitlines()[1].split(",")[2]))
+    assert results[0] == pytest.approx(results[1], rel=1e-6)
+
+
+def test_bad_inputs(workspace, tmp_path):
+    with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt.*nvlabs-fi-cdn"):
+        load_detector("inception", path=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="valid: inception, pixels"):
+        load_detector("clip")
+    with pytest.raises(FileNotFoundError, match="cifar10-32x32.npz.*fid-refs"):
+        load_reference_stats(str(tmp_path / "stats" / "cifar10-32x32.npz"))
+    with pytest.raises(ValueError, match="dimension \\(2048,\\) do not match the detector's 2049"):
+        load_reference_stats(str(workspace / "ref.npz"), dim=2048 + 1)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("fid_evaluation.py", ["--exp_dir", str(empty), "--detector", "pixels"], workspace)
+    assert result.returncode == 1 and "no model*.pt or ema_*.pt" in result.stderr
+
+    missing_stats = run("fid_evaluation.py", ["--exp_dir", str(workspace / "run"), "--num_samples", "4",
+                                              "--seed", "99"], tmp_path)
+    assert missing_stats.returncode == 1
+    assert "Inception detector inception-2015-12-05.pt not found" in missing_stats.stderr and "Traceback" not in missing_stats.stderr
+
+    wrong_dim = run("fid_evaluation.py", ["--exp_dir", str(workspace / "run"), "--detector", "pixels", "--ref_path",
+                                          str(workspace / "ref.npz"), "--num_samples", "4", "--seed", "98"], workspace)
+    assert wrong_dim.returncode == 1 and "do not match the detector's 192 features" in wrong_dim.stderr
+
+    for flags, message in ((["--training_mode", "edm"], "valid: one_shot_pinn_edm_edm_one_shot"),
+                           (["--training_mode", "one_shot_pinn_edm_edm_teacher", "--sampler", "heun3"],
+                            "valid: heun_deter, heun")):
+        bad = run("image_sample.py", ["--model_path", str(workspace / "teacher.pt"), *flags], workspace, tmp_path)
+        assert bad.returncode == 1 and message in bad.stderr
+
+    uneven = run("image_sample.py", ["--model_path", str(workspace / "run" / "model000002.pt"), "--num_samples", "7",
+                                     "--batch_size", "3"], workspace, tmp_path / "uneven")
+    assert uneven.returncode == 0, uneven.stderr
+    assert np.load(tmp_path / "uneven" / "samples_7x8x8x3.npz")["arr_0"].shape[0] == 7
