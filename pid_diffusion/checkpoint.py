@@ -18,6 +18,7 @@ from . import arch
 from .edm_pickle import EDMPickleError, load_edm_snapshot
 from .networks import EDMPrecond, network_from_config
 from .precond import PIDStudent
+from .teachers import BUILTIN_PREFIX, builtin_teacher
 
 EDM_TEACHER_HELP = (
     "EDM teachers are NVIDIA's released snapshots, e.g. "
@@ -157,10 +158,13 @@ def read_teacher_file(path, **network_flags):
 
 
 def load_teacher(path, **network_flags):
-    """A frozen EDMPrecond (eval mode, no gradients) from any teacher file format.
+    """A frozen EDMPrecond (eval mode, no gradients) from any teacher file format, or the analytic
+    teacher named by 'builtin:<name>' (e.g. builtin:gmm, the demo's Gaussian mixture).
 
     Files that record their architecture need no flags; flags given for them are only checked.
     """
+    if str(path).startswith(BUILTIN_PREFIX):
+        return builtin_teacher(str(path))[0]
     config, state_dict = read_teacher_file(path, **network_flags)
     return build_teacher(config, state_dict, path)
 

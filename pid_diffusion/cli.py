@@ -64,6 +64,11 @@ TRAIN_FLAGS = {
     "mixed_precision": ("", "fp32, fp16 or bf16 autocast (default: fp16 if --use_fp16 else fp32)"),
     "lpips_vgg_weights": ("", "path of torchvision's vgg16-397923af.pth (default: model_zoo/, torch hub cache)"),
     "lpips_lin_weights": ("", "path of piq's lpips_weights.pt or lpips' vgg.pth (default: model_zoo/, hub cache)"),
+    "batched_student": (True, "speed: both student evaluations of the PID residual in one call on a doubled batch"),
+    "channels_last": (True, "speed: channels-last memory layout on CUDA"),
+    "attention": ("sdpa", "speed: sdpa (fused attention) or reference (the original's explicit softmax)"),
+    "compile": (False, "speed: torch.compile the student and teacher (minutes of compilation first)"),
+    "fused_optimizer": (True, "speed: multi-tensor / fused optimizer kernels"),
 }
 
 SAMPLE_FLAGS = {

@@ -12,6 +12,8 @@ For one component the probability-flow ODE dx/dσ = (x − D(x; σ))/σ = σ(x �
 closed-form solution x(σ) = μ + √((s² + σ²)/(s² + σ₀²)) · (x(σ₀) − μ).
 """
 
+import math
+
 import torch
 
 
@@ -68,6 +70,18 @@ class GaussianMixtureDenoiser(torch.nn.Module):
         x_part = (resp * shrink).sum(dim=1).reshape(-1, 1, 1, 1) * x.to(dtype)
         return (mean_part + x_part).to(x.dtype)
 
+    def nearest_component(self, x):
+        """Index of the closest mean for each image in x [N, C, H, W]."""
+        distances = (x.flatten(1).to(torch.float64)[:, None, :] - self.means.flatten(1)[None]).square().sum(-1)
+        return distances.argmin(dim=1)
+
+    def sample_data(self, num_samples, generator=None):
+        """Exact draws x₀ ~ p(x₀) (float32) and their component indices."""
+        components = torch.multinomial(self.log_weights.exp(), num_samples, replacement=True, generator=generator)
+        noise = torch.randn((num_samples, *self.means.shape[1:]), generator=generator, dtype=torch.float64)
+        x = self.means[components] + self.variances[components].sqrt().reshape(-1, 1, 1, 1) * noise
+        return x.to(torch.float32), components
+
     def ode_solution(self, x_from, sigma_from, sigma_to):
         """The exact probability-flow ODE state at σ_to from x_from at σ_from (one component only)."""
         if self.num_components != 1:
@@ -82,3 +96,52 @@ class GaussianMixtureDenoiser(torch.nn.Module):
 def gaussian_teacher(mean, std):
     """A single isotropic Gaussian N(mean, std² I) as a teacher; `mean` is [C, H, W]."""
     return GaussianMixtureDenoiser(torch.as_tensor(mean)[None], stds=std)
+
+
+def smooth_templates(num_components, resolution, channels=3, generator=None):
+    """Smooth colour images in [−0.8, 0.8]: a random colour per channel times a low-frequency cosine
+    pattern, reproducible from `generator`."""
+    coords = torch.linspace(0, math.pi, resolution, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    templates = []
+    for _ in range(num_components):
+        colour = torch.rand(channels, 1, 1, generator=generator, dtype=torch.float64) * 1.6 - 0.8
+        fy, fx, phase = torch.rand(3, generator=generator, dtype=torch.float64) * torch.tensor([2.0, 2.0, 2 * math.pi])
+        templates.append(colour * (0.6 + 0.4 * torch.cos(fy * yy + fx * xx + phase)))
+    return torch.stack(templates)
+
+
+DEMO_MIXTURE = dict(num_components=8, resolution=8, channels=3, std=0.05, seed=0)
+"""The built-in demo distribution: 8 smooth 3×8×8 colour templates, equal weights, std 0.05."""
+
+
+def demo_mixture():
+    spec = DEMO_MIXTURE
+    generator = torch.Generator().manual_seed(spec["seed"])
+    means = smooth_templates(spec["num_components"], spec["resolution"], spec["channels"], generator)
+    return GaussianMixtureDenoiser(means, stds=spec["std"])
+
+
+DEMO_NETWORK_CONFIG = dict(img_resolution=DEMO_MIXTURE["resolution"], img_channels=DEMO_MIXTURE["channels"],
+                           label_dim=0, model_type="SongUNet", model_channels=16, channel_mult=[1, 2], num_blocks=2,
+                           attn_resolutions=[4], dropout=0.0, augment_dim=0, embedding_type="positional",
+                           encoder_type="standard", decoder_type="standard", channel_mult_noise=1,
+                           resample_filter=[1, 1])
+"""EDMPrecond keywords of the demo's network teacher (scripts/fit_demo_teacher.py) and of the student
+that distils the analytic `builtin:gmm` teacher directly."""
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_TEACHERS = {"gmm": (demo_mixture, DEMO_NETWORK_CONFIG)}
+"""name → (analytic teacher factory, network config of a student for it), used as
+`--teacher_model_path builtin:<name>`. An analytic teacher has no weights to copy: its student
+starts from random weights."""
+
+
+def builtin_teacher(path):
+    """(teacher, student network config) for 'builtin:<name>'."""
+    name = path[len(BUILTIN_PREFIX):]
+    if name not in BUILTIN_TEACHERS:
+        raise ValueError(f"unknown built-in teacher {path!r}; valid: "
+                         + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_TEACHERS))
+    factory, network_config = BUILTIN_TEACHERS[name]
+    return factory().eval().requires_grad_(False), dict(network_config)

@@ -32,7 +32,9 @@ from .ema import EMA
 from .log import RunLogger, prepare_log_dir
 from .losses import LOSS_NORMS, LPIPS, WEIGHTINGS, pid_loss
 from .networks import network_from_config
+from .networks.layers import ATTENTION_IMPLEMENTATIONS, set_attention_implementation
 from .precond import PIDStudent
+from .teachers import BUILTIN_PREFIX, builtin_teacher
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
 
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
@@ -78,10 +80,15 @@ class TrainConfig:
     seed: int = 0
     lpips_vgg_weights: str = ""
     lpips_lin_weights: str = ""
+    batched_student: bool = True
+    channels_last: bool = True
+    attention: str = "sdpa"
+    compile: bool = False
+    fused_optimizer: bool = True
 
     def validate(self):
         choices = dict(optimizer=OPTIMIZERS, mixed_precision=MIXED_PRECISION, scale_mode=SCALE_MODES,
-                       loss_norm=LOSS_NORMS, weight_schedule=WEIGHTINGS)
+                       loss_norm=LOSS_NORMS, weight_schedule=WEIGHTINGS, attention=ATTENTION_IMPLEMENTATIONS)
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
@@ -115,6 +122,17 @@ def num_scales_at(config, step):
     grown = math.ceil(math.sqrt(fraction * ((config.end_scales + 1) ** 2 - config.start_scales ** 2)
                                 + config.start_scales ** 2) - 1)
     return max(grown, 1) + 1
+
+
+def make_optimizer(config, parameters, device):
+    """RAdam/Adam; with `fused_optimizer` the multi-tensor (foreach) or fused CUDA kernels, which
+    compute the same update as the per-parameter loop of the original."""
+    options = dict(lr=config.lr, weight_decay=config.weight_decay, eps=config.opt_eps)
+    if config.fused_optimizer and device.type == "cuda" and config.optimizer == "adam":
+        options["fused"] = True
+    else:
+        options["foreach"] = bool(config.fused_optimizer)
+    return OPTIMIZERS[config.optimizer](parameters, **options)
 
 
 def per_process_batch(config, world_size):
@@ -166,22 +184,36 @@ class PIDTrainer:
             prepare_log_dir(config.log_dir)
         dist.barrier()
 
-        teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
-        self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path).to(self.device)
+        if config.teacher_model_path.startswith(BUILTIN_PREFIX):
+            self.teacher, teacher_config = builtin_teacher(config.teacher_model_path)
+            teacher_state = None
+        else:
+            teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
+            self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path)
+        self.teacher = self.teacher.to(self.device)
         self.network_config = student_network_config(teacher_config, config.dropout)
         net = network_from_config(self.network_config)
-        net.load_state_dict(network_state_dict(teacher_state), strict=True)
+        if teacher_state is None:
+            self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
+                            "starts from random weights")
+        else:
+            net.load_state_dict(network_state_dict(teacher_state), strict=True)
         self.student = PIDStudent(net, config.sigma_max).to(self.device).train()
         self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
                             teacher_config["img_resolution"])
         self.label_dim = teacher_config.get("label_dim", 0)
 
-        self.optimizer = OPTIMIZERS[config.optimizer](self.student.net.parameters(), lr=config.lr,
-                                                      weight_decay=config.weight_decay, eps=config.opt_eps)
+        set_attention_implementation(config.attention)
+        self.memory_format = (torch.channels_last if config.channels_last and self.device.type == "cuda"
+                              else torch.contiguous_format)
+        self.student.to(memory_format=self.memory_format)
+        self.teacher.to(memory_format=self.memory_format)
+        self.optimizer = make_optimizer(config, self.student.net.parameters(), self.device)
         self.ema = EMA(self.student.net, config.ema_rates)
         self.lpips = None
         if config.loss_norm == "lpips":
-            self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(self.device)
+            self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
+                self.device, memory_format=self.memory_format)
         self.step = 0
         self.log2_loss_scale = FP16_INITIAL_LOG2_SCALE
         self._resume()
@@ -190,6 +222,10 @@ class PIDTrainer:
         if self.info.world_size > 1:
             self.model = DistributedDataParallel(self.student,
                                                  device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.teacher_call = self.teacher
+        if config.compile:
+            self.model = torch.compile(self.model)
+            self.teacher_call = torch.compile(self.teacher)
 
     # ----------------------------------------------------------------------------- noise
     def step_inputs(self, step):
@@ -197,6 +233,7 @@ class PIDTrainer:
         generator = torch.Generator(device=self.device).manual_seed((self.config.seed * 2 ** 32 + step) % 2 ** 63)
         num_scales = num_scales_at(self.config, step)
         noise = torch.randn((self.global_batch, *self.image_shape), generator=generator, device=self.device)
+        noise = noise.contiguous(memory_format=self.memory_format)
         indices = torch.randint(0, num_scales, (self.global_batch,), generator=generator, device=self.device)
         labels = None
         if self.label_dim:
@@ -231,9 +268,9 @@ class PIDTrainer:
             sync = contextlib.nullcontext() if last or self.model is self.student else self.model.no_sync()
             with sync:
                 with self._autocast():
-                    losses = pid_loss(self.model, self.teacher, z[part], t[part], t_next[part],
+                    losses = pid_loss(self.model, self.teacher_call, z[part], t[part], t_next[part],
                                       None if labels is None else labels[part], self.config.loss_norm,
-                                      self.config.weight_schedule, self.lpips)
+                                      self.config.weight_schedule, self.lpips, self.config.batched_student)
                 loss = losses.float().mean()
                 (loss * scale).backward()
             loss_sum += loss.detach()

@@ -135,11 +135,12 @@ def test_microbatches_sum_gradients_like_the_original(teacher_path, tmp_path):
     got = [p.grad.clone() for p in trainer.student.net.parameters()]
     trainer.optimizer.zero_grad()
     expected_loss = sum(pid_loss(trainer.student, trainer.teacher, z[s], t[s], t_next[s], labels[s],
-                                 weight_schedule=trainer.config.weight_schedule).mean()
+                                 weight_schedule=trainer.config.weight_schedule,
+                                 batched_student=trainer.config.batched_student).mean()
                         for s in (slice(0, 4), slice(4, 8)))
     expected_loss.backward()
     for g, p in zip(got, trainer.student.net.parameters()):
-        assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-8)
+        assert (g - p.grad).norm() <= 1e-6 * p.grad.norm()
 
 
 def test_checkpoints_load_strictly_into_the_sampling_path(teacher_path, tmp_path):

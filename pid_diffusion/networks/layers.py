@@ -111,13 +111,25 @@ class GroupNorm(torch.nn.Module):
         return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
-def attention(q, k, v):
-    """Softmax attention over positions for q, k, v of shape [batch*heads, channels, positions].
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "reference")
+_attention_implementation = "sdpa"
 
-    EDM computes `softmax(qᵀk/√c)` in float32 and applies it to v; PyTorch's fused
-    `scaled_dot_product_attention` computes the same function without materialising the score
-    matrix on GPU. It expects [..., positions, channels].
-    """
+
+def set_attention_implementation(name):
+    """'sdpa': PyTorch's fused scaled_dot_product_attention (default); 'reference': EDM's explicit
+    float32 softmax over the full score matrix, as the original code computes it."""
+    global _attention_implementation
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {name!r}; valid: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    _attention_implementation = name
+
+
+def attention(q, k, v):
+    """Softmax attention over positions for q, k, v of shape [batch*heads, channels, positions]:
+    a = v · softmax(qᵀk/√c)ᵀ. Both implementations compute the same function."""
+    if _attention_implementation == "reference":
+        scores = torch.einsum("ncq,nck->nqk", q.to(torch.float32), (k / math.sqrt(k.shape[1])).to(torch.float32))
+        return torch.einsum("nqk,nck->ncq", scores.softmax(dim=2).to(q.dtype), v)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
