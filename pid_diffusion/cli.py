@@ -6,7 +6,11 @@ says so when one is given.
 """
 
 import argparse
+import os
 import sys
+import traceback
+
+from . import dist
 
 MODEL_FLAGS = {
     "sigma_min": (0.002, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)"),
@@ -65,7 +69,7 @@ TRAIN_FLAGS = {
     "lpips_vgg_weights": ("", "path of torchvision's vgg16-397923af.pth (default: model_zoo/, torch hub cache)"),
     "lpips_lin_weights": ("", "path of piq's lpips_weights.pt or lpips' vgg.pth (default: model_zoo/, hub cache)"),
     "batched_student": (True, "speed: both student evaluations of the PID residual in one call on a doubled batch"),
-    "channels_last": (True, "speed: channels-last memory layout on CUDA"),
+    "channels_last": (False, "speed: channels-last memory layout on CUDA (slower without --compile: GroupNorm copies)"),
     "attention": ("sdpa", "speed: sdpa (fused attention) or reference (the original's explicit softmax)"),
     "compile": (False, "speed: torch.compile the student and teacher (minutes of compilation first)"),
     "fused_optimizer": (True, "speed: multi-tensor / fused optimizer kernels"),
@@ -141,3 +145,32 @@ def network_flags(args, given):
     """The architecture flags the user gave, for load_teacher (files that record their
     architecture need none; a bare state dict takes the official defaults for the rest)."""
     return {name: getattr(args, name) for name in NETWORK_FLAG_NAMES if name in given}
+
+
+def run_script(body, extra_errors=()):
+    """Start the process group, run body(dist_info), end the group.
+
+    A user error (bad file, bad flag value, full disk, ...) prints one line and exits 1 without a
+    traceback. With several processes every failure ends this process at once (os._exit, skipping
+    MPI's finalisation, which would wait for the others): the launcher then stops the rest instead
+    of leaving them blocked in a collective operation."""
+    info = dist.init()
+    try:
+        body(info)
+    except (ValueError, OSError, *extra_errors) as e:
+        print(f"error (rank {info.rank}): {e}", file=sys.stderr, flush=True)
+        _exit(1, info)
+    except BaseException:
+        if info.world_size == 1:
+            raise
+        traceback.print_exc()
+        _exit(1, info)
+    dist.shutdown()
+
+
+def _exit(code, info):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if info.world_size > 1:
+        os._exit(code)
+    sys.exit(code)

@@ -63,15 +63,16 @@ def run_generation(model, image_shape, label_dim, args, options, device, detecto
     batches = generate(model, args.num_samples, args.batch_size, args.seed, image_shape, label_dim, info.rank,
                        info.world_size, device, autocast_dtype=autocast_dtype(args.use_fp16, device), **options)
     images, labels, indices, stats = [], [], [], None
+    if detector is not None:  # every process needs the statistics, also one that gets no batch
+        with torch.no_grad():
+            probe = detector(detector_input(torch.zeros((1, *image_shape), device=device), feed), return_features=True)
+        stats = FeatureStats(probe.shape[1], device=device)
     total = -(-args.num_samples // (args.batch_size * info.world_size))
     for number, batch in enumerate(tqdm(batches, total=total, disable=not (progress and dist.is_main()),
                                         desc="sampling", unit="batch")):
         if detector is not None:
             with torch.no_grad():
-                features = detector(detector_input(batch.images, feed), return_features=True)
-            if stats is None:
-                stats = FeatureStats(features.shape[1], device=device)
-            stats.update(features)
+                stats.update(detector(detector_input(batch.images, feed), return_features=True))
         if keep_images or number == 0:
             images.append(to_uint8(batch.images).cpu())
             indices.extend(batch.indices)
@@ -91,7 +92,8 @@ def gather_in_order(images, labels, indices):
     all_indices = [i for _, _, idx in parts for i in idx]
     order = np.argsort(all_indices, kind="stable")
     all_images = torch.cat([p[0] for p in parts])[order]
-    all_labels = None if parts[0][1] is None else torch.cat([p[1] for p in parts])[order]
+    label_parts = [p[1] for p in parts if p[1] is not None]  # a process without batches has none
+    all_labels = torch.cat(label_parts)[order] if label_parts else None
     return all_images, all_labels
 
 

@@ -219,8 +219,13 @@ class LPIPS(torch.nn.Module):
         return taps
 
     def forward(self, x, y):
+        if y.requires_grad:  # gradients to both images: one VGG pass over both
+            taps = [tap.chunk(2) for tap in self._taps(torch.cat([x, y]))]
+        else:  # the PID target: no backward through VGG for it
+            with torch.no_grad():
+                y_taps = self._taps(y)
+            taps = list(zip(self._taps(x), y_taps))
         total = 0
-        for k, tap in enumerate(self._taps(torch.cat([x, y]))):  # one VGG pass for both images
-            fx, fy = tap.chunk(2)
+        for k, (fx, fy) in enumerate(taps):
             total = total + ((fx - fy) ** 2 * getattr(self, f"lin{k}").to(fx.dtype)).mean(dim=(2, 3)).sum(dim=1)
         return total

@@ -3,7 +3,8 @@
 Every sampler takes `(denoiser, x, sigmas, class_labels, randn_like, **options)`: `denoiser(x, σ,
 class_labels)` is any D(x; σ) (an EDMPrecond, an analytic teacher, or the PID student x_θ(z, t)),
 `x` the starting state σ_max·ε, `sigmas` the descending noise levels with a trailing 0, and
-`randn_like` the only source of randomness. They integrate in float64, as EDM does.
+`randn_like` the only source of randomness. They integrate in float64, as EDM does, and call the
+network on float32.
 
 `sample()` is the one entry point that the official `--sampler` names go through; `network_calls()`
 says what each costs. NFE with `steps` = S:
@@ -36,7 +37,9 @@ def _churn_gamma(sigma, num_steps, s_churn, s_tmin, s_tmax):
 
 
 def _call(denoiser, x, sigma, class_labels):
-    return denoiser(x, sigma, class_labels).to(torch.float64)
+    # The state is integrated in float64; the network sees float32 (EDMPrecond casts to float32
+    # itself, and float64 would bypass autocast and run the network in double precision).
+    return denoiser(x.to(torch.float32), sigma, class_labels).to(torch.float64)
 
 
 def heun(denoiser, x, sigmas, class_labels=None, randn_like=torch.randn_like, s_churn=0.0, s_tmin=0.0,

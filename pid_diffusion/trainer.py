@@ -81,7 +81,7 @@ class TrainConfig:
     lpips_vgg_weights: str = ""
     lpips_lin_weights: str = ""
     batched_student: bool = True
-    channels_last: bool = True
+    channels_last: bool = False
     attention: str = "sdpa"
     compile: bool = False
     fused_optimizer: bool = True

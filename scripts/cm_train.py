@@ -13,7 +13,6 @@ import dataclasses
 import sys
 
 from pid_diffusion import cli, dist
-from pid_diffusion.checkpoint import TeacherLoadError
 from pid_diffusion.log import default_log_dir
 from pid_diffusion.trainer import NonFiniteLossError, TrainConfig, train
 
@@ -42,15 +41,12 @@ def config_from_args(args, given, log_dir):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, given = parse(argv)
-    dist.init()
-    try:
+
+    def distil(info):
         log_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
         train(config_from_args(args, given, log_dir))
-    except (TeacherLoadError, NonFiniteLossError, FileNotFoundError, PermissionError, ValueError, OSError) as e:
-        print(f"error (rank {dist.info().rank}): {e}", file=sys.stderr, flush=True)
-        sys.exit(1)  # no shutdown barrier: the launcher ends the other processes
-    dist.shutdown()
 
+    cli.run_script(distil, extra_errors=(NonFiniteLossError,))
 
 if __name__ == "__main__":
     main()

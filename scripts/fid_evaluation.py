@@ -13,10 +13,7 @@ import argparse
 import os
 import sys
 
-import torch
-
 from pid_diffusion import cli, dist, evaluation
-from pid_diffusion.checkpoint import TeacherLoadError
 from pid_diffusion.fid import frechet_distance, load_detector, load_reference_stats, reference_stats_path
 
 
@@ -53,7 +50,7 @@ def evaluate_folder(args, given, device):
         try:
             model, shape, label_dim = evaluation.load_sampling_model(args.training_mode, path,
                                                                      cli.network_flags(args, given), device)
-        except (TeacherLoadError, ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError) as e:  # unreadable or foreign checkpoint files
             dist.print0(f"{name}: skipped, cannot be loaded ({e})")
             continue
         images, _, _, stats = evaluation.run_generation(model, shape, label_dim, args, options, device,
@@ -76,14 +73,7 @@ def evaluate_folder(args, given, device):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, given = parse(argv)
-    info = dist.init()
-    try:
-        evaluate_folder(args, given, info.device)
-    except (TeacherLoadError, FileNotFoundError, PermissionError, ValueError, OSError) as e:
-        print(f"error (rank {info.rank}): {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    dist.shutdown()
-
+    cli.run_script(lambda info: evaluate_folder(args, given, info.device))
 
 if __name__ == "__main__":
     main()

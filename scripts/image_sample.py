@@ -16,7 +16,6 @@ import os
 import sys
 
 from pid_diffusion import cli, dist, evaluation
-from pid_diffusion.checkpoint import TeacherLoadError
 from pid_diffusion.log import default_log_dir, prepare_log_dir
 
 
@@ -29,28 +28,25 @@ def parse(argv):
     return args, given
 
 
+def sample_to_folder(args, given, info):
+    options = evaluation.sampler_options(args, args.training_mode)
+    model, shape, label_dim = evaluation.load_sampling_model(args.training_mode, args.model_path,
+                                                             cli.network_flags(args, given), info.device)
+    out_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
+    if dist.is_main():
+        prepare_log_dir(out_dir)
+    images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, args, options, info.device)
+    images, labels = evaluation.gather_in_order(images, labels, indices)
+    if dist.is_main():
+        path = evaluation.save_samples_npz(images, labels, out_dir)
+        evaluation.save_grid(images[:64], os.path.join(out_dir, "samples_grid.png"))
+        print(f"wrote {path} and samples_grid.png ({options['sampler']}, seed {args.seed})", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, given = parse(argv)
-    info = dist.init()
-    try:
-        options = evaluation.sampler_options(args, args.training_mode)
-        model, shape, label_dim = evaluation.load_sampling_model(args.training_mode, args.model_path,
-                                                                 cli.network_flags(args, given), info.device)
-        out_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
-        if dist.is_main():
-            prepare_log_dir(out_dir)
-        images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, args, options, info.device)
-        images, labels = evaluation.gather_in_order(images, labels, indices)
-        if dist.is_main():
-            path = evaluation.save_samples_npz(images, labels, out_dir)
-            evaluation.save_grid(images[:64], os.path.join(out_dir, "samples_grid.png"))
-            print(f"wrote {path} and samples_grid.png ({options['sampler']}, seed {args.seed})", flush=True)
-    except (TeacherLoadError, FileNotFoundError, PermissionError, ValueError, OSError) as e:
-        print(f"error (rank {info.rank}): {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    dist.shutdown()
-
+    cli.run_script(lambda info: sample_to_folder(args, given, info))
 
 if __name__ == "__main__":
     main()

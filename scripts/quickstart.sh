@@ -5,12 +5,13 @@
 #
 #   bash scripts/quickstart.sh                 # a new run folder experiment/quickstart-<time>
 #   bash scripts/quickstart.sh --resume DIR    # continue the run in DIR
-# Sizes: QUICKSTART_STEPS (default 1000), QUICKSTART_BATCH (64), QUICKSTART_SAMPLES (2000), NUM_PROCESSES (2).
+# Sizes: QUICKSTART_STEPS (default 2000), QUICKSTART_BATCH (64), QUICKSTART_SAMPLES (2000), NUM_PROCESSES (2);
+# QUICKSTART_RUN_DIR names a new run folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
-STEPS=${QUICKSTART_STEPS:-1000}
+STEPS=${QUICKSTART_STEPS:-2000}
 BATCH=${QUICKSTART_BATCH:-64}
 SAMPLES=${QUICKSTART_SAMPLES:-2000}
 NUM_PROCESSES=${NUM_PROCESSES:-2}
@@ -20,7 +21,8 @@ if [[ "${1:-}" == "--resume" ]]; then
   RUN_DIR=${2:?usage: bash scripts/quickstart.sh --resume RUN_DIR}
   [[ -f "$RUN_DIR/run_config.json" ]] || { echo "error: $RUN_DIR is not a run folder" >&2; exit 2; }
 else
-  RUN_DIR=experiment/quickstart-$(date +%Y%m%d-%H%M%S)-$$
+  RUN_DIR=${QUICKSTART_RUN_DIR:-experiment/quickstart-$(date +%Y%m%d-%H%M%S)-$$}
+  [[ ! -e "$RUN_DIR" ]] || { echo "error: $RUN_DIR exists; use --resume $RUN_DIR to continue it" >&2; exit 2; }
 fi
 
 MPIRUN=$(dirname "$PYTHON")/mpirun
@@ -37,7 +39,7 @@ START=$SECONDS
 echo "== 1/4 PID distillation: $STEPS steps of $BATCH images, ${LAUNCH[*]:-1 process} -> $RUN_DIR"
 OPENAI_LOGDIR=$RUN_DIR "${LAUNCH[@]}" "$PYTHON" scripts/cm_train.py --teacher_model_path "$TEACHER" \
   --training_mode one_shot_pinn_edm_edm --start_scales 250 --loss_norm l2 --weight_schedule uniform \
-  --optimizer radam --lr 0.0005 --global_batch_size "$BATCH" --total_training_steps "$STEPS" \
+  --optimizer radam --lr 0.001 --global_batch_size "$BATCH" --total_training_steps "$STEPS" \
   --save_interval $((STEPS / 4 > 0 ? STEPS / 4 : 1)) --log_interval $((STEPS / 10 > 0 ? STEPS / 10 : 1)) \
   --ema_rate 0.99,0.999
 

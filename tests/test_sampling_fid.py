@@ -53,12 +53,12 @@ def workspace(tmp_path_factory):
     return root
 
 
-def run(script, args, cwd, log_dir=None, processes=None):
+def run(script, args, cwd, log_dir=None, processes=None, timeout=120):
     command = [sys.executable, os.path.join(REPO, "scripts", script), *args]
     if processes:
         command = [MPIRUN, "-np", str(processes), *command]
     env = {**os.environ, **({"OPENAI_LOGDIR": str(log_dir)} if log_dir else {})}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @needs_mpirun
@@ -139,7 +139,8 @@ def test_folder_walk(workspace, tmp_path):
 
 
 @needs_mpirun
-def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path):
+@pytest.mark.parametrize("num_samples,batch_size", [(11, 4), (3, 4)])  # (3, 4): one process gets no batch
+def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path, num_samples, batch_size):
     results = []
     for processes, folder in ((None, tmp_path / "one"), (2, tmp_path / "two")):
         shutil.copytree(workspace / "run", folder)
@@ -147,7 +148,8 @@ def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path):
             if name.startswith("ema") or name.startswith("model000001"):
                 os.remove(folder / name)
         done = run("fid_evaluation.py", ["--exp_dir", str(folder), "--ref_path", str(workspace / "ref.npz"),
-                                         "--num_samples", "11", "--batch_size", "4"], workspace, processes=processes)
+                                         "--num_samples", str(num_samples), "--batch_size", str(batch_size)],
+                    workspace, processes=processes)
         assert done.returncode == 0, done.stderr
         results.append(float((folder / "fid_results_42.csv").read_text().splitlines()[1].split(",")[2]))
     assert results[0] == pytest.approx(results[1], rel=1e-6)

@@ -1,0 +1,50 @@
+"""Where the time of a PID training step goes: torch.profiler over a few real steps on a GPU.
+
+    python benchmarks/profile_step.py --config cifar10 --loss lpips --batch 64 --mode fast-nocompile
+
+Prints the CUDA kernels (and operators) that take most GPU time, grouped, and writes the table to
+--out. Uses the same trainer set-up as benchmarks/train_step.py.
+"""
+
+import argparse
+import tempfile
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from pid_diffusion import dist
+from train_step import OFFICIAL_FLAGS, mode_options, random_files
+from pid_diffusion.trainer import PIDTrainer, TrainConfig
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="cifar10", choices=sorted(OFFICIAL_FLAGS))
+    parser.add_argument("--loss", default="lpips")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--mode", default="fast-nocompile")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", default="profile.txt")
+    args = parser.parse_args()
+    dist.init()
+    options = dict(mode_options([args.mode]))[args.mode]
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = PIDTrainer(TrainConfig(
+            teacher_model_path=random_files(folder, args.config), log_dir=folder, global_batch_size=args.batch,
+            loss_norm=args.loss, weight_schedule="uniform", start_scales=250, ema_rate="0.999,0.9999,0.99995",
+            lpips_vgg_weights=f"{folder}/vgg16.pth", lpips_lin_weights=f"{folder}/lin.pt", **options))
+        for _ in range(3):
+            trainer.train_step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                trainer.train_step()
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+    print(table)
+    with open(args.out, "w") as f:
+        f.write(table)
+
+
+if __name__ == "__main__":
+    main()

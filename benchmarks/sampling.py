@@ -1,0 +1,109 @@
+"""One-step sampling of 50,000 CIFAR-10 images with the 55.7M-parameter DDPM++ student, and their
+Inception statistics, on a GPU, through the FID script's code path (evaluation.run_generation).
+
+    python benchmarks/sampling.py --num_samples 50000 --batch_size 1000
+
+Random weights. The detector is a stand-in with the TF-Inception's compute: torchvision's
+Inception-v3 (random weights) behind the same call form and the same resize to 299×299, because
+NVIDIA's TorchScript file cannot be downloaded on the benchmark machine. Reports images/s of each
+stage: per-sample seeded noise (CPU), the student's one network call, the detector, and the whole
+generate-and-measure loop.
+"""
+
+import argparse
+import json
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from pid_diffusion import arch, dist, evaluation
+from pid_diffusion.generate import seeded_inputs
+from pid_diffusion.networks import network_from_config
+from pid_diffusion.precond import PIDStudent
+
+CIFAR10_FLAGS = dict(image_size=32, num_channels=128, num_res_blocks=4, attention_resolutions="2")
+
+
+class InceptionStandIn(torch.nn.Module):
+    """detector(pixels in [0, 255], return_features=True) → [N, 2048] pool features."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+        self.net.fc = torch.nn.Identity()
+
+    def forward(self, images, return_features=True):
+        x = F.interpolate(images.to(torch.float32), size=(299, 299), mode="bilinear", align_corners=False)
+        return self.net(x / 127.5 - 1)
+
+
+def timed(function):
+    torch.cuda.synchronize()
+    started = time.time()
+    result = function()
+    torch.cuda.synchronize()
+    return result, time.time() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_samples", type=int, default=50000)
+    parser.add_argument("--batch_size", type=int, default=1000)
+    parser.add_argument("--json", default="sampling.json")
+    args = parser.parse_args()
+    info = dist.init()
+    device = info.device
+    student = PIDStudent(network_from_config(arch.config_from_flags(**CIFAR10_FLAGS))).to(device).eval()
+    student.to(memory_format=torch.channels_last)
+    detector = InceptionStandIn().to(device).eval()
+    shape = (3, 32, 32)
+    rows = {}
+
+    noise, seconds = timed(lambda: seeded_inputs(0, range(args.num_samples), shape)[0])
+    rows["seeded noise (CPU)"] = args.num_samples / seconds
+
+    def one_step(dtype):
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+            for chunk in noise.split(args.batch_size):
+                student(chunk.to(device, non_blocking=True) * 80, 0.002)
+
+    one_step(torch.float16)  # warm-up
+    for name, dtype in (("student one step, fp16", torch.float16), ("student one step, bf16", torch.bfloat16)):
+        _, seconds = timed(lambda: one_step(dtype))
+        rows[name] = args.num_samples / seconds
+    student = torch.compile(student)
+    one_step(torch.bfloat16)  # compilation
+    _, seconds = timed(lambda: one_step(torch.bfloat16))
+    rows["student one step, bf16, torch.compile"] = args.num_samples / seconds
+
+    def features():
+        with torch.no_grad():
+            for chunk in noise.split(args.batch_size):
+                detector(chunk.to(device).clamp(-1, 1).add(1).mul(127.5), return_features=True)
+
+    features()
+    _, seconds = timed(features)
+    rows["detector (fp32)"] = args.num_samples / seconds
+
+    flags = SimpleNamespace(num_samples=args.num_samples, batch_size=args.batch_size, seed=0, use_fp16=True)
+    options = dict(sampler="oneshot", steps=1, sigma_min=0.002, sigma_max=80.0, clip_denoised=True)
+    (_, _, _, stats), seconds = timed(lambda: evaluation.run_generation(
+        student, shape, 0, flags, options, device, detector=detector, keep_images=False, progress=False))
+    rows["end to end (compiled student, fp16): noise + student + detector + statistics"] = args.num_samples / seconds
+    rows["end to end seconds for the whole set"] = seconds
+    assert int(stats.count) == args.num_samples
+
+    if dist.is_main():
+        for name, value in rows.items():
+            print(f"{name:<55} {value:12.1f}")
+        with open(args.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
+                           num_samples=args.num_samples, batch_size=args.batch_size, images_per_second=rows), f, indent=2)
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Throughput and peak memory of the real PID training step (PIDTrainer.train_step) on a GPU.
+
+    python benchmarks/train_step.py --configs cifar10 --losses lpips,l2 --batches 64 --modes reference,fast
+    mpirun -np 4 python benchmarks/train_step.py --configs cifar10 --losses lpips --batches 64 --modes fast
+
+Random weights (timing does not depend on them): the teacher is the official architecture with
+EDM's initialisation, saved to a temporary file and loaded through the trainer like a real one;
+LPIPS gets a random VGG16 and random linear weights. Modes:
+  reference  the original's numerics and structure: fp32, two separate student calls, explicit
+             float32-softmax attention, per-parameter optimizer loop, NCHW, no compilation
+  fast       every speed option: bf16 autocast, one batched student call, fused attention (SDPA),
+             multi-tensor optimizer, channels-last, torch.compile
+  ablation   reference plus one option at a time, cumulatively, in the order listed in ABLATION
+PyTorch's default precision settings stay as they are (cuDNN convolutions may use TF32, matrix
+products do not), as when the original runs. Prints a table (per-GPU images/s, peak memory) and writes --json. Under mpirun/torchrun each process
+drives one GPU; the table shows rank 0's figures and the images/s summed over processes.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import torch
+import torchvision
+
+from pid_diffusion import arch, dist
+from pid_diffusion.checkpoint import save_teacher
+from pid_diffusion.networks import EDMPrecond
+from pid_diffusion.trainer import PIDTrainer, TrainConfig
+
+OFFICIAL_FLAGS = {
+    "cifar10": dict(image_size=32, num_channels=128, num_res_blocks=4, attention_resolutions="2"),
+    "imagenet64": dict(image_size=64, num_channels=192, num_res_blocks=3, attention_resolutions="2,4,8",
+                       class_cond=True),
+}
+REFERENCE = dict(mixed_precision="fp32", batched_student=False, attention="reference", fused_optimizer=False,
+                 channels_last=False, compile=False)
+ABLATION = [("attention", "sdpa"), ("batched_student", True), ("fused_optimizer", True),
+            ("channels_last", True), ("mixed_precision", "bf16"), ("compile", True)]
+FAST = {**REFERENCE, **dict(ABLATION)}
+
+
+def mode_options(modes):
+    """[(label, trainer options)] for the requested modes."""
+    out = []
+    for mode in modes:
+        if mode == "reference":
+            out.append(("reference", REFERENCE))
+        elif mode == "fast":
+            out.append(("fast", FAST))
+        elif mode == "fast-nocompile":
+            out.append(("fast-nocompile", {**FAST, "compile": False}))
+        elif mode == "ablation":
+            options = dict(REFERENCE)
+            for name, value in ABLATION:
+                options = {**options, name: value}
+                out.append((f"+{name}={value}", dict(options)))
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+    return out
+
+
+def random_files(folder, config_name):
+    config = arch.config_from_flags(**OFFICIAL_FLAGS[config_name])
+    teacher_path = os.path.join(folder, f"{config_name}-teacher.pt")
+    if dist.is_main() and not os.path.exists(teacher_path):
+        save_teacher(EDMPrecond(**config), teacher_path, config)
+        torch.save(torchvision.models.vgg16(weights=None).state_dict(), os.path.join(folder, "vgg16.pth"))
+        torch.save([torch.rand(1, c, 1, 1) for c in (64, 128, 256, 512, 512)], os.path.join(folder, "lin.pt"))
+    dist.barrier()
+    return teacher_path
+
+
+def measure(config_name, loss, batch, options, folder, warmup, steps):
+    info = dist.info()
+    config = TrainConfig(teacher_model_path=random_files(folder, config_name), log_dir=os.path.join(folder, "run"),
+                         global_batch_size=batch * info.world_size, loss_norm=loss, weight_schedule="uniform",
+                         start_scales=250, lr=2e-4, ema_rate="0.999,0.9999,0.99995", total_training_steps=10 ** 9,
+                         lpips_vgg_weights=os.path.join(folder, "vgg16.pth"),
+                         lpips_lin_weights=os.path.join(folder, "lin.pt"), **options)
+    trainer = PIDTrainer(config)
+    started = time.time()
+    for _ in range(warmup):
+        trainer.train_step()
+    torch.cuda.synchronize()
+    warmup_seconds = time.time() - started
+    torch.cuda.reset_peak_memory_stats()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    dist.barrier()
+    start.record()
+    for _ in range(steps):
+        trainer.train_step()
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000
+    per_gpu = steps * batch / seconds
+    total = float(dist.all_reduce_sum(torch.tensor(per_gpu, device=info.device)).item())
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    trainer.close()
+    del trainer
+    torch.cuda.empty_cache()
+    return dict(config=config_name, loss=loss, per_gpu_batch=batch, world_size=info.world_size,
+                images_per_second_per_gpu=per_gpu, images_per_second_total=total, peak_memory_gib=peak,
+                warmup_seconds=warmup_seconds, timed_steps=steps, **options)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="cifar10", help="comma list: cifar10, imagenet64")
+    parser.add_argument("--losses", default="lpips,l2", help="comma list: lpips, l2, l1")
+    parser.add_argument("--batches", default="64", help="comma list of per-GPU batch sizes")
+    parser.add_argument("--modes", default="reference,fast", help="comma list: reference, fast, fast-nocompile, ablation")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--json", default="train_step.json", help="output file")
+    args = parser.parse_args()
+    info = dist.init()
+    if info.device.type != "cuda":
+        raise SystemExit("benchmarks/train_step.py needs a CUDA GPU")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = dist.broadcast_object(tmp if dist.is_main() else None)
+        for config_name in args.configs.split(","):
+            for loss in args.losses.split(","):
+                for batch in (int(b) for b in args.batches.split(",")):
+                    for label, options in mode_options(args.modes.split(",")):
+                        row = measure(config_name, loss, batch, options, folder, args.warmup, args.steps)
+                        row["mode"] = label
+                        results.append(row)
+                        dist.print0(f"{config_name:>10} {loss:>5} b{batch:<4} {label:<34} "
+                                    f"{row['images_per_second_per_gpu']:9.1f} img/s/GPU "
+                                    f"{row['images_per_second_total']:9.1f} img/s total "
+                                    f"{row['peak_memory_gib']:6.2f} GiB  (warm-up {row['warmup_seconds']:.0f}s)")
+    if dist.is_main():
+        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, world_size=info.world_size,
+                    date=time.strftime("%Y-%m-%d"))
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, results=results), f, indent=2)
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

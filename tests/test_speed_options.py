@@ -1,0 +1,52 @@
+"""The speed options compute the same function as the original's structure (official-pid.md §1)."""
+
+import pytest
+import torch
+
+from conftest import tiny_song_config
+from pid_diffusion.checkpoint import save_teacher
+from pid_diffusion.networks import EDMPrecond
+from pid_diffusion.networks.layers import attention, set_attention_implementation
+from pid_diffusion.trainer import PIDTrainer, TrainConfig
+
+REFERENCE = dict(batched_student=False, attention="reference", fused_optimizer=False, channels_last=False)
+FAST_FP32 = dict(batched_student=True, attention="sdpa", fused_optimizer=True, channels_last=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_attention():
+    yield
+    set_attention_implementation("sdpa")
+
+
+def test_attention_implementations_agree():
+    q, k, v = (torch.randn(6, 16, 64, dtype=torch.float64) for _ in range(3))
+    set_attention_implementation("reference")
+    reference = attention(q, k, v)
+    set_attention_implementation("sdpa")
+    assert torch.allclose(attention(q, k, v), reference, rtol=1e-5, atol=1e-6)  # reference: float32 softmax
+    with pytest.raises(ValueError, match="valid: sdpa, reference"):
+        set_attention_implementation("flash")
+
+
+def test_reference_and_fast_paths_give_the_same_step(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_song_config(label_dim=3, model_channels=64)  # 64 channels: ADM-style heads exist too
+    teacher = EDMPrecond(**config)
+    for p in teacher.parameters():
+        p.data.normal_(0, 0.05)
+    save_teacher(teacher, tmp_path / "teacher.pt", config)
+    results = []
+    for name, options in (("reference", REFERENCE), ("fast", FAST_FP32)):
+        trainer = PIDTrainer(TrainConfig(teacher_model_path=str(tmp_path / "teacher.pt"), log_dir=str(tmp_path / name),
+                                         global_batch_size=6, loss_norm="l2", weight_schedule="uniform", lr=1e-3,
+                                         **options))
+        loss, applied = trainer.train_step()
+        assert applied
+        results.append((float(loss), {k: v.clone() for k, v in trainer.student.net.state_dict().items()}))
+    (loss_ref, params_ref), (loss_fast, params_fast) = results
+    assert abs(loss_fast - loss_ref) <= 1e-5 * abs(loss_ref)
+    start = {k[len("model."):]: v for k, v in teacher.state_dict().items()}
+    for key, value in params_ref.items():
+        step_ref = value - start[key]
+        assert (params_fast[key] - value).norm() <= 1e-4 * step_ref.norm() + 1e-9, key
