@@ -125,8 +125,9 @@ def str2bool(value):
 def add_flags(parser, flags):
     for name, (default, help_text) in flags.items():
         kind = str2bool if isinstance(default, bool) else (str if default is None else type(default))
+        text = (help_text or "accepted for compatibility; PID ignores it") + f" (default: {default!r})"
         parser.add_argument(f"--{name}", default=default, type=kind, metavar=type(default).__name__.upper(),
-                            help=(help_text or "accepted for compatibility; PID ignores it") + f" (default: {default!r})")
+                            help=text.replace("%", "%%"))  # argparse %-formats help texts
 
 
 def given_flags(argv):
@@ -134,11 +135,11 @@ def given_flags(argv):
     return {token[2:].split("=", 1)[0] for token in argv if token.startswith("--")}
 
 
-def warn_ignored(given, flags, stream=sys.stderr):
+def warn_ignored(given, flags):
     ignored = sorted(name for name in given if name in flags and flags[name][1] is None)
     if ignored:
         print(f"warning: accepted but ignored by PID (as in the original): {', '.join('--' + n for n in ignored)}",
-              file=stream)
+              file=sys.stderr)
 
 
 def network_flags(args, given):

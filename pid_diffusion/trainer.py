@@ -221,7 +221,8 @@ class PIDTrainer:
         self.model = self.student
         if self.info.world_size > 1:
             self.model = DistributedDataParallel(self.student,
-                                                 device_ids=[self.device] if self.device.type == "cuda" else None)
+                                                 device_ids=[self.device] if self.device.type == "cuda" else None,
+                                                 gradient_as_bucket_view=True)
         self.teacher_call = self.teacher
         if config.compile:
             self.model = torch.compile(self.model)
