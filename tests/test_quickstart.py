@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -37,3 +38,23 @@ def test_shortened_quickstart_distils(run_dir):
     again = subprocess.run(["bash", os.path.join(REPO, "scripts", "quickstart.sh")], env=env, capture_output=True,
                            text=True, timeout=60)
     assert again.returncode == 2 and "use --resume" in again.stderr  # never reuses a stale folder silently
+
+
+def test_without_mpi_the_quickstart_runs_one_process(tmp_path, run_dir):
+    # A Python whose mpi4py cannot load an MPI library, and no mpirun beside it or on the PATH.
+    broken = tmp_path / "site" / "mpi4py"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('cannot load MPI library')\n")
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'site'} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not os.path.exists(os.path.join(p, "mpirun")))
+    env = {**os.environ, "PATH": path, "PYTHON": str(python), "QUICKSTART_STEPS": "8", "QUICKSTART_SAMPLES": "64",
+           "QUICKSTART_RUN_DIR": run_dir}
+    done = subprocess.run(["bash", os.path.join(REPO, "scripts", "quickstart.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "no working MPI runtime" in done.stdout and "1 process(es)" in done.stdout
+    assert os.path.exists(os.path.join(run_dir, "model000008.pt"))

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from pid_diffusion.demo import MixtureMetrics, format_table
+from pid_diffusion.teachers import DEMO_MIXTURE, demo_mixture
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    mixture = demo_mixture()  # the analytic teacher: its Heun endpoints are the exact ODE's, up to 18 steps
+    return MixtureMetrics(mixture, mixture, num_samples=400, seed=0, reference_samples=4000)
+
+
+def test_exact_samples_and_the_exact_teacher_score_as_such(metrics):
+    exact, teacher = metrics.exact_row(), metrics.teacher_row()
+    std = DEMO_MIXTURE["std"]
+    assert exact["nearest_rms"] == pytest.approx(std, rel=0.05)  # data sit one std from their component
+    assert exact["coverage_tv"] < 0.1 and exact["pixel_fid"] < 0.05
+    assert teacher["nfe"] == 35 and teacher["mode_agreement"] == 1.0 and teacher["rmse_vs_teacher"] == 0.0
+    assert teacher["coverage_tv"] < 0.12 and teacher["nearest_rms"] < 2 * std
+
+
+def test_a_generator_that_ignores_the_noise_scores_badly(metrics):
+    first_mean = metrics.mixture.means[0].to(torch.float32)
+    collapsed = metrics.student_row("collapsed", lambda z, t, labels=None: first_mean.expand_as(z))
+    assert collapsed["coverage_tv"] == pytest.approx(7 / 8)  # all mass on one of 8 equal components
+    assert collapsed["mode_agreement"] < 0.3 and collapsed["pixel_fid"] > 1.0
+    assert "collapsed" in format_table([collapsed])
