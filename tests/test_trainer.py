@@ -87,6 +87,14 @@ def test_two_processes_match_one_process(teacher_path, tmp_path):
     assert len(moved) > len(one) // 2  # training really changed the weights
     worst = max(((one[k] - two[k]).norm() / one[k].norm()).item() for k in one)
     assert worst <= 1e-6
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun:  # the same run launched by torchrun instead of mpirun
+        env = {**os.environ, "OPENAI_LOGDIR": str(tmp_path / "torchrun")}
+        launched = subprocess.run([torchrun, "--nproc_per_node", "2", TRAIN_SCRIPT, *args], env=env, cwd=REPO,
+                                  capture_output=True, text=True, timeout=240)
+        assert launched.returncode == 0, launched.stderr[-2000:]
+        three = load(tmp_path / "torchrun" / "model000003.pt")
+        assert max(((one[k] - three[k]).norm() / one[k].norm()).item() for k in one) <= 1e-6
 
 
 def test_resume_is_bit_identical_and_training_stops(teacher_path, tmp_path):
