@@ -251,3 +251,26 @@ def test_disk_full_during_save_keeps_earlier_checkpoints(teacher_path, tmp_path,
     assert files == ["ema_0.99_000002.pt", "ema_0.9_000002.pt", "model000002.pt", "opt000002.pt",
                      "trainer_state000002.pt"]
     assert load(tmp_path / "model000002.pt").keys() == trainer.student.net.state_dict().keys()
+
+
+def test_fp16_loss_scale_skips_overflowing_steps_and_grows(teacher_path, tmp_path):
+    trainer = PIDTrainer(make_config(teacher_path, tmp_path, mixed_precision="fp16", fp16_scale_growth=0.5))
+    before = {k: v.clone() for k, v in trainer.student.net.state_dict().items()}
+    trainer.log2_loss_scale = 200.0  # 2^200 overflows float32: every gradient becomes inf
+    _, applied = trainer.train_step()
+    assert not applied and trainer.step == 0 and trainer.log2_loss_scale == 199.0
+    assert all(torch.equal(v, before[k]) for k, v in trainer.student.net.state_dict().items())
+    trainer.log2_loss_scale = 10.0
+    _, applied = trainer.train_step()
+    assert applied and trainer.step == 1 and trainer.log2_loss_scale == 10.5
+    assert all(torch.isfinite(p).all() for p in trainer.student.net.parameters())
+
+
+def test_explicit_resume_checkpoint_from_another_folder(teacher_path, tmp_path):
+    train(make_config(teacher_path, tmp_path / "first", total_training_steps=2))
+    second = PIDTrainer(make_config(teacher_path, tmp_path / "second", total_training_steps=4,
+                                    resume_checkpoint=str(tmp_path / "first" / "model000002.pt")))
+    assert second.step == 2
+    assert_same_tensors(second.student.net.state_dict(), load(tmp_path / "first" / "model000002.pt"))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        PIDTrainer(make_config(teacher_path, tmp_path / "third", resume_checkpoint=str(tmp_path / "model000009.pt")))
