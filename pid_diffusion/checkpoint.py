@@ -11,11 +11,12 @@ Every file we write goes to a temporary name in the same folder and is renamed i
 
 import json
 import os
-import tempfile
+
 import torch
 
 from . import arch
 from .edm_pickle import EDMPickleError, load_edm_snapshot
+from .files import atomic_output
 from .networks import EDMPrecond, network_from_config
 from .precond import PIDStudent
 from .teachers import BUILTIN_PREFIX, builtin_teacher
@@ -40,19 +41,10 @@ class TeacherNotFoundError(TeacherLoadError, FileNotFoundError):
 def atomic_torch_save(obj, path):
     """torch.save to `path` through a temporary file in the same folder and a rename, so that a
     crash or a full disk never leaves a half-written file under the final name."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def network_state_dict(state_dict):
@@ -81,6 +73,15 @@ def _describe_mismatch(expected, found):
     return "\n".join(lines)
 
 
+def load_strictly(module, state_dict, source, what, hint=None):
+    """module.load_state_dict(strict=True), or a TeacherLoadError that lists the first missing,
+    unexpected and wrongly shaped keys (instead of torch's full dump), followed by hint() if given."""
+    problems = _describe_mismatch(module.state_dict(), state_dict)
+    if problems:
+        raise TeacherLoadError(f"{source}: the weights do not fit {what}:\n{problems}{hint() if hint else ''}")
+    module.load_state_dict(state_dict, strict=True)
+
+
 def build_teacher(config, state_dict, source):
     """An EDMPrecond from a config and an EDMPrecond state dict (`model.*` keys; `map_augment`
     weights dropped when the config has no augmentation input), frozen in eval mode."""
@@ -88,23 +89,22 @@ def build_teacher(config, state_dict, source):
         teacher = EDMPrecond(**config)
     except (TypeError, ValueError) as e:
         raise TeacherLoadError(f"{source}: cannot build the recorded network ({e})") from e
-    expected = teacher.state_dict()
     found = {("model." + k if not k.startswith("model.") else k): v for k, v in state_dict.items()}
     if not config.get("augment_dim"):
         found = {k: v for k, v in found.items() if not k.startswith("model.map_augment.")}
-    problems = _describe_mismatch(expected, found)
-    if problems:
-        raw = network_state_dict(found)
-        fitting = arch.infer_flags(raw)
-        hint = (f"\nflags that fit this file: {arch.format_flags(fitting)}" if fitting
+
+    def fitting_flags():
+        fitting = arch.infer_flags(network_state_dict(found))
+        return (f"\nflags that fit this file: {arch.format_flags(fitting)}" if fitting
                 else "\nthe file's keys are not those of an EDM SongUNet/DhariwalUNet")
-        raise TeacherLoadError(f"{source}: the weights do not fit the network asked for "
-                               f"({arch.format_flags(arch.flags_from_config(config))}):\n{problems}{hint}")
-    teacher.load_state_dict(found, strict=True)
+
+    load_strictly(teacher, found, source,
+                  f"the network asked for ({arch.format_flags(arch.flags_from_config(config))})", fitting_flags)
     return teacher.eval().requires_grad_(False)
 
 
-def _read_torch_file(path):
+def read_torch_file(path):
+    """torch.load(weights_only=True) to CPU, or a TeacherLoadError saying why the file cannot be read."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated / foreign archives
@@ -132,7 +132,7 @@ def read_teacher_file(path, **network_flags):
     with open(path, "rb") as f:
         is_torch_archive = f.read(4) == ZIP_MAGIC  # torch.save's format; EDM snapshots are plain pickles
     if is_torch_archive:
-        data = _read_torch_file(path)
+        data = read_torch_file(path)
         if isinstance(data, dict) and {"state_dict", "config"} <= set(data):
             config, state_dict = dict(data["config"]), data["state_dict"]
             _check_given_flags(path, config, network_flags)
@@ -197,14 +197,10 @@ def load_student(path, **network_flags):
             config = arch.config_from_flags(**network_flags)
         except arch.ArchitectureError as e:
             raise TeacherLoadError(f"{path} has no {RUN_CONFIG_FILE} beside it, so the network flags describe it: {e}") from e
-    state = _read_torch_file(path)
+    state = read_torch_file(path)
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise TeacherLoadError(f"{path}: not a network state dict (optimizer and trainer-state files are not models)")
     net = network_from_config(config)
-    state = network_state_dict(state)
-    problems = _describe_mismatch(net.state_dict(), state)
-    if problems:
-        raise TeacherLoadError(f"{path}: the weights do not fit the network described:\n{problems}")
-    net.load_state_dict(state, strict=True)
+    load_strictly(net, network_state_dict(state), path, "the network described")
     student = PIDStudent(net) if sigma_max is None else PIDStudent(net, sigma_max=sigma_max)
     return student.eval().requires_grad_(False)

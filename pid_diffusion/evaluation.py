@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from . import cli, dist
 from .checkpoint import load_student, load_teacher
 from .fid import FeatureStats, detector_input
+from .files import atomic_output
 from .generate import generate, image_grid, to_uint8
 from .samplers import SAMPLERS
 
@@ -98,9 +99,8 @@ def gather_in_order(images, labels, indices):
 
 
 def save_grid(images_uint8, path, columns=8):
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    Image.fromarray(image_grid(images_uint8, columns)).save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        Image.fromarray(image_grid(images_uint8, columns)).save(tmp)
 
 
 def save_samples_npz(images_uint8, labels, folder):
@@ -108,9 +108,8 @@ def save_samples_npz(images_uint8, labels, folder):
     count, height, width, channels = images_uint8.shape
     path = os.path.join(folder, f"samples_{count}x{height}x{width}x{channels}.npz")
     arrays = [images_uint8.numpy()] + ([labels.numpy()] if labels is not None else [])
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, *arrays)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        np.savez(tmp, *arrays)
     return path
 
 
@@ -179,6 +178,5 @@ def plot_fid_vs_step(rows, path, size=(640, 400), margin=50):
         for x, y in coords:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         draw.text((width - margin - 120, margin + 14 * k), kind, fill=colour)
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        image.save(tmp)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import dist
+from .files import atomic_output, weight_search_dirs
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -36,10 +37,6 @@ class PixelDetector(torch.nn.Module):
         return images.flatten(1).to(torch.float64) / 255.0
 
 
-def default_detector_dirs():
-    return [os.path.join(os.getcwd(), "model_zoo"), os.path.join(torch.hub.get_dir(), "checkpoints")]
-
-
 def load_detector(name="inception", path=None, device="cpu"):
     """The feature detector: 'inception' (TorchScript file: `path`, else ./model_zoo/, else torch's
     hub cache) or 'pixels'."""
@@ -47,7 +44,7 @@ def load_detector(name="inception", path=None, device="cpu"):
         return PixelDetector().to(device)
     if name != "inception":
         raise ValueError(f"unknown detector {name!r}; valid: inception, pixels")
-    candidates = [path] if path else [os.path.join(d, INCEPTION_FILE) for d in default_detector_dirs()]
+    candidates = [path] if path else [os.path.join(d, INCEPTION_FILE) for d in weight_search_dirs()]
     found = next((p for p in candidates if p and os.path.isfile(p)), None)
     if found is None:
         where = path if path else " or ".join(candidates)
@@ -145,6 +142,5 @@ def load_reference_stats(path, dim=None):
 
 
 def save_reference_stats(path, mu, sigma):
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, mu=mu, sigma=sigma)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        np.savez(tmp, mu=mu, sigma=sigma)

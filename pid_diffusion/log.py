@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from . import dist
+from .files import atomic_output
 
 
 def default_log_dir():
@@ -47,11 +48,9 @@ def prepare_log_dir(path):
 
 
 def write_json_atomic(path, data):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 class RunLogger:

@@ -14,6 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .files import weight_search_dirs
 from .schedules import SIGMA_DATA
 
 LPIPS_SIZE = 224
@@ -123,13 +124,8 @@ def _vgg16_features():
     return torch.nn.Sequential(*layers)
 
 
-def default_weight_dirs():
-    """Where LPIPS weights are looked for when no path is given: ./model_zoo, then torch's hub cache."""
-    return [os.path.join(os.getcwd(), "model_zoo"), os.path.join(torch.hub.get_dir(), "checkpoints")]
-
-
 def _find_weights(candidates):
-    for folder in default_weight_dirs():
+    for folder in weight_search_dirs():
         for name in candidates:
             path = os.path.join(folder, name)
             if os.path.isfile(path):

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import dist
-from .checkpoint import atomic_torch_save, build_teacher, network_state_dict, read_teacher_file
+from .checkpoint import (atomic_torch_save, build_teacher, load_strictly, network_state_dict, read_teacher_file,
+                         read_torch_file)
 from .ema import EMA
 from .log import RunLogger, prepare_log_dir
 from .losses import LOSS_NORMS, LPIPS, WEIGHTINGS, pid_loss
@@ -373,29 +374,26 @@ class PIDTrainer:
     def _resume(self):
         cfg = self.config
         if cfg.resume_checkpoint:
-            self._load(cfg.resume_checkpoint, step_from_checkpoint_name(cfg.resume_checkpoint), explicit=True)
+            self._load(cfg.resume_checkpoint, step_from_checkpoint_name(cfg.resume_checkpoint))
             return
         step = latest_complete_checkpoint(cfg.log_dir, self.ema.rates) if os.path.isdir(cfg.log_dir) else None
         if step is not None:
-            self._load(checkpoint_files(cfg.log_dir, step, self.ema.rates)["model"], step, explicit=False)
+            self._load(checkpoint_files(cfg.log_dir, step, self.ema.rates)["model"], step)
 
-    def _load(self, model_path, step, explicit):
+    def _load(self, model_path, step):
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"--resume_checkpoint {model_path}: no such file")
         folder = os.path.dirname(os.path.abspath(model_path))
         files = checkpoint_files(folder, step, self.ema.rates)
-        read = lambda path: torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            self.student.net.load_state_dict(network_state_dict(read(model_path)), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{model_path} does not fit the teacher's architecture: {str(e)[:500]}") from e
+        load_strictly(self.student.net, network_state_dict(read_torch_file(model_path)), model_path,
+                      "the teacher's architecture")
         for rate in self.ema.rates:
             path = files[f"ema_{rate}"]
-            self.ema.load_state_dict(rate, read(path) if os.path.isfile(path) else self.student.net.state_dict())
+            self.ema.load_state_dict(rate, read_torch_file(path) if os.path.isfile(path) else self.student.net.state_dict())
         if os.path.isfile(files["opt"]):
-            self.optimizer.load_state_dict(read(files["opt"]))
+            self.optimizer.load_state_dict(read_torch_file(files["opt"]))
         if os.path.isfile(files["state"]):
-            state = read(files["state"])
+            state = read_torch_file(files["state"])
             self.log2_loss_scale = state["log2_loss_scale"]
             torch.set_rng_state(state["cpu_rng"])
             if state["cuda_rng"] and torch.cuda.is_available():

@@ -23,7 +23,9 @@ from pid_diffusion.checkpoint import RUN_CONFIG_FILE, load_student, load_teacher
 from pid_diffusion.demo import METRIC_FIELDS, MixtureMetrics, format_table, untrained_student
 from pid_diffusion.evaluation import checkpoints_in, save_grid
 from pid_diffusion.fid import save_reference_stats
+from pid_diffusion.files import atomic_output
 from pid_diffusion.generate import to_uint8
+from pid_diffusion.log import write_json_atomic
 from pid_diffusion.teachers import demo_mixture
 
 FIGURE_SAMPLES = 16
@@ -71,13 +73,12 @@ def main(argv=None):
         sys.exit(f"error: {e}")
 
     save_reference_stats(os.path.join(args.run_dir, "demo_reference_stats.npz"), *metrics.reference)
-    with open(os.path.join(args.run_dir, "demo_metrics.csv"), "w", newline="") as f:
+    with atomic_output(os.path.join(args.run_dir, "demo_metrics.csv")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    with open(os.path.join(args.run_dir, "demo_metrics.json"), "w") as f:
-        json.dump([{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows],
-                  f, indent=2)
+    write_json_atomic(os.path.join(args.run_dir, "demo_metrics.json"),
+                      [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows])
     closest = min((r for r in rows if r["generator"].removeprefix("student ") in students),
                   key=lambda r: r["rmse_vs_teacher"])["generator"].removeprefix("student ")
     student_images = metrics.generate_images(students[closest], "oneshot")

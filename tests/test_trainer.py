@@ -274,3 +274,7 @@ def test_explicit_resume_checkpoint_from_another_folder(teacher_path, tmp_path):
     assert_same_tensors(second.student.net.state_dict(), load(tmp_path / "first" / "model000002.pt"))
     with pytest.raises(FileNotFoundError, match="no such file"):
         PIDTrainer(make_config(teacher_path, tmp_path / "third", resume_checkpoint=str(tmp_path / "model000009.pt")))
+    cut = tmp_path / "model000002.pt"
+    cut.write_bytes((tmp_path / "first" / "model000002.pt").read_bytes()[:2000])
+    with pytest.raises(ValueError, match="cannot read this torch file"):
+        PIDTrainer(make_config(teacher_path, tmp_path / "fourth", resume_checkpoint=str(cut)))
