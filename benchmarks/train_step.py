@@ -11,6 +11,7 @@ LPIPS gets a random VGG16 and random linear weights. Modes:
   fast       every speed option: bf16 autocast, one batched student call, fused attention (SDPA),
              multi-tensor optimizer, channels-last, torch.compile
   ablation   reference plus one option at a time, cumulatively, in the order listed in ABLATION
+  fast-no<option>  fast with one option as in reference, e.g. fast-nocompile, fast-nochannels_last
 PyTorch's default precision settings stay as they are (cuDNN convolutions may use TF32, matrix
 products do not), as when the original runs. Prints a table (per-GPU images/s, peak memory) and writes --json. Under mpirun/torchrun each process
 drives one GPU; the table shows rank 0's figures and the images/s summed over processes.
@@ -50,15 +51,17 @@ def mode_options(modes):
             out.append(("reference", REFERENCE))
         elif mode == "fast":
             out.append(("fast", FAST))
-        elif mode == "fast-nocompile":
-            out.append(("fast-nocompile", {**FAST, "compile": False}))
+        elif mode.startswith("fast-no") and mode[len("fast-no"):] in FAST:
+            name = mode[len("fast-no"):]
+            out.append((mode, {**FAST, name: REFERENCE[name]}))
         elif mode == "ablation":
             options = dict(REFERENCE)
             for name, value in ABLATION:
                 options = {**options, name: value}
                 out.append((f"+{name}={value}", dict(options)))
         else:
-            raise ValueError(f"unknown mode {mode!r}")
+            raise ValueError(f"unknown mode {mode!r}; valid: reference, fast, ablation, fast-no<option> with "
+                             f"<option> one of {', '.join(FAST)}")
     return out
 
 
@@ -111,7 +114,7 @@ def main():
     parser.add_argument("--configs", default="cifar10", help="comma list: cifar10, imagenet64")
     parser.add_argument("--losses", default="lpips,l2", help="comma list: lpips, l2, l1")
     parser.add_argument("--batches", default="64", help="comma list of per-GPU batch sizes")
-    parser.add_argument("--modes", default="reference,fast", help="comma list: reference, fast, fast-nocompile, ablation")
+    parser.add_argument("--modes", default="reference,fast", help="comma list: reference, fast, fast-no<option>, ablation")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--json", default="train_step.json", help="output file")

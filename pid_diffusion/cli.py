@@ -71,7 +71,7 @@ TRAIN_FLAGS = {
     "batched_student": (True, "speed: both student evaluations of the PID residual in one call on a doubled batch"),
     "channels_last": (False, "speed: channels-last memory layout on CUDA (slower without --compile: GroupNorm copies)"),
     "attention": ("sdpa", "speed: sdpa (fused attention) or reference (the original's explicit softmax)"),
-    "compile": (False, "speed: torch.compile the student and teacher (minutes of compilation first)"),
+    "compile": (False, "speed: torch.compile the student, teacher and LPIPS (minutes of compilation first)"),
     "fused_optimizer": (True, "speed: multi-tensor / fused optimizer kernels"),
 }
 

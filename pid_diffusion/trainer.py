@@ -224,10 +224,11 @@ class PIDTrainer:
             self.model = DistributedDataParallel(self.student,
                                                  device_ids=[self.device] if self.device.type == "cuda" else None,
                                                  gradient_as_bucket_view=True)
-        self.teacher_call = self.teacher
+        self.teacher_call, self.lpips_call = self.teacher, self.lpips
         if config.compile:
             self.model = torch.compile(self.model)
             self.teacher_call = torch.compile(self.teacher)
+            self.lpips_call = None if self.lpips is None else torch.compile(self.lpips)
 
     # ----------------------------------------------------------------------------- noise
     def step_inputs(self, step):
@@ -267,12 +268,12 @@ class PIDTrainer:
         for index, start in enumerate(starts):
             part = slice(start, start + self.microbatch)
             last = index == len(starts) - 1
-            sync = contextlib.nullcontext() if last or self.model is self.student else self.model.no_sync()
+            sync = self.model.no_sync() if self.info.world_size > 1 and not last else contextlib.nullcontext()
             with sync:
                 with self._autocast():
                     losses = pid_loss(self.model, self.teacher_call, z[part], t[part], t_next[part],
                                       None if labels is None else labels[part], self.config.loss_norm,
-                                      self.config.weight_schedule, self.lpips, self.config.batched_student)
+                                      self.config.weight_schedule, self.lpips_call, self.config.batched_student)
                 loss = losses.float().mean()
                 (loss * scale).backward()
             loss_sum += loss.detach()

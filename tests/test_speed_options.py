@@ -1,12 +1,14 @@
 """The speed options compute the same function as the original's structure (official-pid.md §1)."""
 
+import shutil
+
 import pytest
 import torch
 
 from conftest import tiny_song_config
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
-from pid_diffusion.networks.layers import attention, set_attention_implementation
+from pid_diffusion.networks.layers import GroupNorm, attention, set_attention_implementation
 from pid_diffusion.trainer import PIDTrainer, TrainConfig
 
 REFERENCE = dict(batched_student=False, attention="reference", fused_optimizer=False, channels_last=False)
@@ -27,6 +29,23 @@ def test_attention_implementations_agree():
     assert torch.allclose(attention(q, k, v), reference, rtol=1e-5, atol=1e-6)  # reference: float32 softmax
     with pytest.raises(ValueError, match="valid: sdpa, reference"):
         set_attention_implementation("flash")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_group_norm_runs_in_the_autocast_precision(dtype):
+    torch.manual_seed(0)
+    norm = GroupNorm(64)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.normal_(0, 0.5)
+    x = 3 + 2 * torch.randn(4, 64, 8, 8)
+    exact = norm(x)
+    with torch.autocast("cpu", dtype=dtype):
+        outputs = [norm(x), norm(x.to(dtype))]
+    # Only the input and the output are rounded: statistics in float32, no cancellation from the offset of 3.
+    unit_roundoff = torch.finfo(dtype).eps / 2
+    for out in outputs:
+        assert out.dtype == dtype
+        assert (out.float() - exact).abs().max() <= 8 * unit_roundoff * exact.abs().max()
 
 
 def test_reference_and_fast_paths_give_the_same_step(tmp_path):
@@ -50,3 +69,23 @@ def test_reference_and_fast_paths_give_the_same_step(tmp_path):
     for key, value in params_ref.items():
         step_ref = value - start[key]
         assert (params_fast[key] - value).norm() <= 1e-4 * step_ref.norm() + 1e-9, key
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler (g++)")
+def test_compiled_step_equals_the_eager_step_with_micro_batches(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_song_config()
+    save_teacher(EDMPrecond(**config), tmp_path / "teacher.pt", config)
+    results = []
+    for compiled in (False, True):
+        trainer = PIDTrainer(TrainConfig(teacher_model_path=str(tmp_path / "teacher.pt"),
+                                         log_dir=str(tmp_path / f"compile-{compiled}"), global_batch_size=4,
+                                         microbatch=2, loss_norm="l2", weight_schedule="uniform", compile=compiled))
+        loss, applied = trainer.train_step()
+        assert applied
+        results.append((float(loss), torch.cat([p.flatten() for p in trainer.student.net.parameters()])))
+        trainer.close()
+    (loss_eager, params_eager), (loss_compiled, params_compiled) = results
+    assert abs(loss_compiled - loss_eager) <= 1e-5 * abs(loss_eager)
+    assert torch.allclose(params_compiled, params_eager, rtol=1e-5, atol=1e-7)
