@@ -1,7 +1,8 @@
 """Distillation-quality metrics for runs whose teacher was fitted to the built-in Gaussian mixture.
 
-For the same noise, each generator (the teacher's 18-step / 35-call Heun sampler, the untrained
-student, trained student checkpoints) is measured by:
+For the same noise, each generator (the teacher's 18-step / 35-call Heun sampler, the teacher's
+few-step Euler samplers as yardsticks for a one-call student, the untrained student, trained student
+checkpoints) is measured by:
   rmse_vs_teacher  per-pixel RMSE to the teacher's ODE endpoint from the same noise (what PID learns)
   mode_agreement   fraction of samples whose nearest mixture component is the teacher endpoint's
   coverage_tv      total variation between the nearest-component histogram and the mixture weights
@@ -21,6 +22,8 @@ from .precond import PIDStudent
 from .samplers import network_calls, sample
 
 TEACHER_SAMPLER = dict(sampler="heun_deter", steps=18)
+FEW_STEP_SAMPLERS = (dict(sampler="euler", steps=5), dict(sampler="euler", steps=10))
+"""The teacher with few network calls: what a one-call student's figures can be compared with."""
 METRIC_FIELDS = ("generator", "nfe", "rmse_vs_teacher", "mode_agreement", "coverage_tv", "nearest_rms", "pixel_fid")
 
 
@@ -49,6 +52,7 @@ class MixtureMetrics:
         exact, _ = mixture.sample_data(reference_samples, generator)
         self.reference = pixel_statistics(exact)
         self.exact_samples, _ = mixture.sample_data(num_samples, generator)
+        self.teacher = teacher
         self.teacher_endpoints = self.generate_images(teacher, **TEACHER_SAMPLER)
         self.teacher_modes = mixture.nearest_component(self.teacher_endpoints)
 
@@ -73,6 +77,11 @@ class MixtureMetrics:
     def teacher_row(self):
         nfe = network_calls(TEACHER_SAMPLER["sampler"], TEACHER_SAMPLER["steps"])
         return self.row(f"teacher heun_deter {TEACHER_SAMPLER['steps']} steps", self.teacher_endpoints, nfe)
+
+    def few_step_teacher_rows(self):
+        return [self.row(f"teacher {spec['sampler']} {spec['steps']} steps",
+                         self.generate_images(self.teacher, **spec), network_calls(spec["sampler"], spec["steps"]))
+                for spec in FEW_STEP_SAMPLERS]
 
     def student_row(self, name, student):
         return self.row(name, self.generate_images(student, "oneshot"), 1)

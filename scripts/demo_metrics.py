@@ -2,12 +2,13 @@
 
     python scripts/demo_metrics.py --run_dir experiment/quickstart-...
 
-Compares, on the same noise, the teacher's 35-call Heun sampler, the untrained student (the teacher's
-weights) and the run's newest checkpoints (model and every EMA rate): per-pixel RMSE to the teacher's
-ODE endpoint, mode agreement, coverage, distance to the nearest component and pixel-space FID against
-exact mixture samples (see pid_diffusion/demo.py). Writes into the run folder: demo_metrics.csv,
-demo_metrics.json, demo_reference_stats.npz (exact-mixture pixel statistics, for
-fid_evaluation.py --detector pixels --ref_path) and teacher_vs_student.png.
+Compares, on the same noise, the teacher's 35-call Heun sampler, the teacher's 5- and 10-call Euler
+samplers, the untrained student (the teacher's weights) and the run's newest checkpoints (model and
+every EMA rate): per-pixel RMSE to the teacher's ODE endpoint, mode agreement, coverage, distance to
+the nearest component and pixel-space FID against exact mixture samples (see pid_diffusion/demo.py).
+Writes into the run folder: demo_metrics.csv, demo_metrics.json, demo_reference_stats.npz
+(exact-mixture pixel statistics, for fid_evaluation.py --detector pixels --ref_path) and
+teacher_vs_student.png.
 """
 
 import argparse
@@ -61,7 +62,7 @@ def main(argv=None):
         if (teacher.img_channels, teacher.img_resolution, teacher.img_resolution) != tuple(mixture.means.shape[1:]):
             raise ValueError(f"{run_config['teacher_model_path']} is not a demo teacher (images of another shape)")
         metrics = MixtureMetrics(mixture, teacher, args.num_samples, args.seed)
-        rows = [metrics.exact_row(), metrics.teacher_row()]
+        rows = [metrics.exact_row(), metrics.teacher_row(), *metrics.few_step_teacher_rows()]
         if hasattr(teacher, "model"):  # a network teacher: its weights are the untrained student
             rows.append(metrics.student_row("student, untrained (step 0)",
                                             untrained_student(teacher, run_config["network_config"])))

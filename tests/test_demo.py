@@ -26,3 +26,12 @@ def test_a_generator_that_ignores_the_noise_scores_badly(metrics):
     assert collapsed["coverage_tv"] == pytest.approx(7 / 8)  # all mass on one of 8 equal components
     assert collapsed["mode_agreement"] < 0.3 and collapsed["pixel_fid"] > 1.0
     assert "collapsed" in format_table([collapsed])
+
+
+def test_few_step_teacher_rows_sit_between_the_student_and_the_full_sampler(metrics):
+    rows = metrics.few_step_teacher_rows()
+    assert [(r["generator"], r["nfe"]) for r in rows] == [("teacher euler 5 steps", 5), ("teacher euler 10 steps", 10)]
+    coarse, finer = rows
+    # More steps of the same ODE solver land closer to the 35-call endpoints.
+    assert finer["rmse_vs_teacher"] < coarse["rmse_vs_teacher"] < 0.5
+    assert 0.5 < coarse["mode_agreement"] <= finer["mode_agreement"] < 1.0
