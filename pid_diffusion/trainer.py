@@ -21,6 +21,7 @@ import math
 import os
 import re
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,10 @@ class PIDTrainer:
         dist.broadcast_tensors(list(self.student.state_dict().values()))
         self.model = self.student
         if self.info.world_size > 1:
+            if self.device.type == "cpu":
+                # CPU convolutions give a 1×1 kernel's gradient other strides on its size-1 dimensions: the
+                # same memory layout as DDP's bucket view, yet every process would print a warning about it.
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.model = DistributedDataParallel(self.student,
                                                  device_ids=[self.device] if self.device.type == "cuda" else None,
                                                  gradient_as_bucket_view=True)

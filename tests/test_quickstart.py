@@ -24,6 +24,7 @@ def test_shortened_quickstart_distils(run_dir):
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", "quickstart.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Warning" not in done.stderr, done.stderr[-3000:]  # a user's first command prints no warnings
     rows = {row["generator"]: row for row in json.load(open(os.path.join(run_dir, "demo_metrics.json")))}
     untrained = rows["student, untrained (step 0)"]
     trained = min((r for name, r in rows.items() if name.startswith("student ema") or name.startswith("student model")),
@@ -56,5 +57,6 @@ def test_without_mpi_the_quickstart_runs_one_process(tmp_path, run_dir):
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", "quickstart.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Warning" not in done.stderr, done.stderr[-3000:]  # a user's first command prints no warnings
     assert "no working MPI runtime" in done.stdout and "1 process(es)" in done.stdout
     assert os.path.exists(os.path.join(run_dir, "model000008.pt"))
