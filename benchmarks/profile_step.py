@@ -13,8 +13,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pid_diffusion import dist
-from train_step import OFFICIAL_FLAGS, mode_options, random_files
-from pid_diffusion.trainer import PIDTrainer, TrainConfig
+from train_step import OFFICIAL_FLAGS, benchmark_config, mode_options
+from pid_diffusion.trainer import PIDTrainer
 
 
 def main():
@@ -29,10 +29,7 @@ def main():
     dist.init()
     options = dict(mode_options([args.mode]))[args.mode]
     with tempfile.TemporaryDirectory() as folder:
-        trainer = PIDTrainer(TrainConfig(
-            teacher_model_path=random_files(folder, args.config), log_dir=folder, global_batch_size=args.batch,
-            loss_norm=args.loss, weight_schedule="uniform", start_scales=250, ema_rate="0.999,0.9999,0.99995",
-            lpips_vgg_weights=f"{folder}/vgg16.pth", lpips_lin_weights=f"{folder}/lin.pt", **options))
+        trainer = PIDTrainer(benchmark_config(folder, args.config, args.loss, args.batch, options))
         for _ in range(3):
             trainer.train_step()
         torch.cuda.synchronize()

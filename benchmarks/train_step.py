@@ -13,8 +13,9 @@ LPIPS gets a random VGG16 and random linear weights. Modes:
   ablation   reference plus one option at a time, cumulatively, in the order listed in ABLATION
   fast-no<option>  fast with one option as in reference, e.g. fast-nocompile, fast-nochannels_last
 PyTorch's default precision settings stay as they are (cuDNN convolutions may use TF32, matrix
-products do not), as when the original runs. Prints a table (per-GPU images/s, peak memory) and writes --json. Under mpirun/torchrun each process
-drives one GPU; the table shows rank 0's figures and the images/s summed over processes.
+products do not), as when the original runs. Prints a table (per-GPU images/s, peak memory) and
+writes --json. Under mpirun/torchrun each process drives one GPU; the table shows rank 0's figures
+and the images/s summed over processes.
 """
 
 import argparse
@@ -76,14 +77,19 @@ def random_files(folder, config_name):
     return teacher_path
 
 
+def benchmark_config(folder, config_name, loss, per_gpu_batch, options):
+    """The trainer configuration of a timed step: the official CIFAR-10/ImageNet-64 settings with
+    random weights from `folder`, the paper's three EMA rates, `options` on top."""
+    return TrainConfig(teacher_model_path=random_files(folder, config_name), log_dir=os.path.join(folder, "run"),
+                       global_batch_size=per_gpu_batch * dist.info().world_size, loss_norm=loss,
+                       weight_schedule="uniform", start_scales=250, lr=2e-4, ema_rate="0.999,0.9999,0.99995",
+                       total_training_steps=10 ** 9, lpips_vgg_weights=os.path.join(folder, "vgg16.pth"),
+                       lpips_lin_weights=os.path.join(folder, "lin.pt"), **options)
+
+
 def measure(config_name, loss, batch, options, folder, warmup, steps):
     info = dist.info()
-    config = TrainConfig(teacher_model_path=random_files(folder, config_name), log_dir=os.path.join(folder, "run"),
-                         global_batch_size=batch * info.world_size, loss_norm=loss, weight_schedule="uniform",
-                         start_scales=250, lr=2e-4, ema_rate="0.999,0.9999,0.99995", total_training_steps=10 ** 9,
-                         lpips_vgg_weights=os.path.join(folder, "vgg16.pth"),
-                         lpips_lin_weights=os.path.join(folder, "lin.pt"), **options)
-    trainer = PIDTrainer(config)
+    trainer = PIDTrainer(benchmark_config(folder, config_name, loss, batch, options))
     started = time.time()
     for _ in range(warmup):
         trainer.train_step()

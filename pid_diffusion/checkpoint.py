@@ -19,6 +19,7 @@ from .edm_pickle import EDMPickleError, load_edm_snapshot
 from .files import atomic_output
 from .networks import EDMPrecond, network_from_config
 from .precond import PIDStudent
+from .schedules import SIGMA_MAX
 from .teachers import BUILTIN_PREFIX, builtin_teacher
 
 EDM_TEACHER_HELP = (
@@ -172,6 +173,16 @@ def load_teacher(path, **network_flags):
 def save_teacher(teacher, path, config):
     """Write an EDMPrecond as our `{state_dict, config}` file, readable with `weights_only=True`."""
     atomic_torch_save({"state_dict": teacher.state_dict(), "config": dict(config)}, path)
+
+
+def student_from_teacher(network_config, teacher_state=None, sigma_max=SIGMA_MAX):
+    """The PID student before training: the teacher's network weights (an EDMPrecond state dict) in
+    the student parametrisation, as the method prescribes; random weights when there are none (an
+    analytic teacher)."""
+    net = network_from_config(network_config)
+    if teacher_state is not None:
+        net.load_state_dict(network_state_dict(teacher_state), strict=True)
+    return PIDStudent(net, sigma_max=sigma_max)
 
 
 RUN_CONFIG_FILE = "run_config.json"

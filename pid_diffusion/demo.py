@@ -14,11 +14,8 @@ An 'exact data' row gives the same figures for true mixture samples (their sampl
 import numpy as np
 import torch
 
-from .checkpoint import network_state_dict
 from .fid import FeatureStats, PixelDetector, detector_input, frechet_distance
 from .generate import seeded_inputs
-from .networks import network_from_config
-from .precond import PIDStudent
 from .samplers import network_calls, sample
 
 TEACHER_SAMPLER = dict(sampler="heun_deter", steps=18)
@@ -33,13 +30,6 @@ def pixel_statistics(images):
     stats = FeatureStats(features.shape[1])
     stats.update(features)
     return stats.mean_cov()
-
-
-def untrained_student(teacher, network_config):
-    """The student before any PID step: the teacher's network weights in the student parametrisation."""
-    net = network_from_config(network_config)
-    net.load_state_dict(network_state_dict(teacher.state_dict()))
-    return PIDStudent(net).eval()
 
 
 class MixtureMetrics:

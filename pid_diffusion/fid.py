@@ -19,6 +19,7 @@ import torch
 
 from . import dist
 from .files import atomic_output, weight_search_dirs
+from .generate import to_uint8
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -61,10 +62,9 @@ def detector_input(images, feed="float"):
     """[-1, 1] float NCHW → what the detector eats: float pixels in [0, 255]."""
     if feed not in FEEDS:
         raise ValueError(f"unknown detector feed {feed!r}; valid: {', '.join(FEEDS)}")
-    images = images.to(torch.float32)
-    if feed == "uint8":  # the integer pixels of the saved images: floor(x·127.5 + 128)
-        return (images * 127.5 + 128).clamp(0, 255).floor()
-    return ((images + 1) * 127.5).clamp(0, 255)
+    if feed == "uint8":  # exactly the integer pixels of the saved images
+        return to_uint8(images.to(torch.float32)).permute(0, 3, 1, 2).to(torch.float32)
+    return ((images.to(torch.float32) + 1) * 127.5).clamp(0, 255)
 
 
 class FeatureStats:

@@ -14,6 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import read_torch_file
 from .files import weight_search_dirs
 from .schedules import SIGMA_DATA
 
@@ -137,7 +138,7 @@ def _load_vgg_state(vgg_weights):
     if isinstance(vgg_weights, dict):
         state = vgg_weights
     else:
-        state = torch.load(vgg_weights, map_location="cpu", weights_only=True)
+        state = read_torch_file(vgg_weights)
     # torchvision's full VGG16 state dict has keys 'features.N.weight' (and 'classifier.*').
     features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     return features or state
@@ -146,7 +147,7 @@ def _load_vgg_state(vgg_weights):
 def _load_lin_weights(lin_weights):
     data = lin_weights
     if not isinstance(lin_weights, (list, tuple, dict)):
-        data = torch.load(lin_weights, map_location="cpu", weights_only=True)
+        data = read_torch_file(lin_weights)
     if isinstance(data, dict):  # the lpips package's vgg.pth: lin{k}.model.1.weight
         keys = [f"lin{k}.model.1.weight" for k in range(len(LPIPS_TAPS))]
         if not all(k in data for k in keys):

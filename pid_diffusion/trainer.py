@@ -29,13 +29,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import dist
 from .checkpoint import (atomic_torch_save, build_teacher, load_strictly, network_state_dict, read_teacher_file,
-                         read_torch_file)
+                         read_torch_file, student_from_teacher)
 from .ema import EMA
 from .log import RunLogger, prepare_log_dir
 from .losses import LOSS_NORMS, LPIPS, WEIGHTINGS, pid_loss
-from .networks import network_from_config
 from .networks.layers import ATTENTION_IMPLEMENTATIONS, set_attention_implementation
-from .precond import PIDStudent
 from .teachers import BUILTIN_PREFIX, builtin_teacher
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
 
@@ -194,13 +192,11 @@ class PIDTrainer:
             self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path)
         self.teacher = self.teacher.to(self.device)
         self.network_config = student_network_config(teacher_config, config.dropout)
-        net = network_from_config(self.network_config)
         if teacher_state is None:
             self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
                             "starts from random weights")
-        else:
-            net.load_state_dict(network_state_dict(teacher_state), strict=True)
-        self.student = PIDStudent(net, config.sigma_max).to(self.device).train()
+        self.student = student_from_teacher(self.network_config, teacher_state, config.sigma_max)
+        self.student = self.student.to(self.device).train()
         self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
                             teacher_config["img_resolution"])
         self.label_dim = teacher_config.get("label_dim", 0)
@@ -252,8 +248,7 @@ class PIDTrainer:
         grid = dict(sigma_min=self.config.sigma_min, sigma_max=self.config.sigma_max, rho=self.config.rho)
         t = index_to_sigma(indices, num_scales, **grid).to(torch.float32)
         t_next = index_to_sigma(pid_partner_index(indices, num_scales), num_scales, **grid).to(torch.float32)
-        return (self.config.sigma_max * noise[share], t.to(self.device), t_next.to(self.device),
-                None if labels is None else labels[share])
+        return (self.config.sigma_max * noise[share], t, t_next, None if labels is None else labels[share])
 
     # ----------------------------------------------------------------------------- one step
     def _autocast(self):
@@ -285,9 +280,8 @@ class PIDTrainer:
         return loss_sum, self._optimizer_step(scale)
 
     def _optimizer_step(self, scale):
-        params = [p for p in self.student.net.parameters() if p.grad is not None]
         if self.config.mixed_precision == "fp16":
-            grads = [p.grad for p in params]
+            grads = [p.grad for p in self.student.net.parameters() if p.grad is not None]
             finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
             if not bool(finite):  # the original's dynamic loss scale: halve and skip the step
                 self.log2_loss_scale -= 1

@@ -48,5 +48,6 @@ def main(argv=None):
 
     cli.run_script(distil, extra_errors=(NonFiniteLossError,))
 
+
 if __name__ == "__main__":
     main()

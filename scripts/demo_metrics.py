@@ -20,8 +20,8 @@ import sys
 import numpy as np
 import torch
 
-from pid_diffusion.checkpoint import RUN_CONFIG_FILE, load_student, load_teacher
-from pid_diffusion.demo import METRIC_FIELDS, MixtureMetrics, format_table, untrained_student
+from pid_diffusion.checkpoint import RUN_CONFIG_FILE, load_student, load_teacher, student_from_teacher
+from pid_diffusion.demo import METRIC_FIELDS, MixtureMetrics, format_table
 from pid_diffusion.evaluation import checkpoints_in, save_grid
 from pid_diffusion.fid import save_reference_stats
 from pid_diffusion.files import atomic_output
@@ -64,8 +64,8 @@ def main(argv=None):
         metrics = MixtureMetrics(mixture, teacher, args.num_samples, args.seed)
         rows = [metrics.exact_row(), metrics.teacher_row(), *metrics.few_step_teacher_rows()]
         if hasattr(teacher, "model"):  # a network teacher: its weights are the untrained student
-            rows.append(metrics.student_row("student, untrained (step 0)",
-                                            untrained_student(teacher, run_config["network_config"])))
+            untrained = student_from_teacher(run_config["network_config"], teacher.state_dict()).eval()
+            rows.append(metrics.student_row("student, untrained (step 0)", untrained))
         students = {}
         for name, path in newest_checkpoints(args.run_dir):
             students[name] = load_student(path)

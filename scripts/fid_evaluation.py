@@ -75,5 +75,6 @@ def main(argv=None):
     args, given = parse(argv)
     cli.run_script(lambda info: evaluate_folder(args, given, info.device))
 
+
 if __name__ == "__main__":
     main()

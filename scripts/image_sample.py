@@ -48,5 +48,6 @@ def main(argv=None):
     args, given = parse(argv)
     cli.run_script(lambda info: sample_to_folder(args, given, info))
 
+
 if __name__ == "__main__":
     main()

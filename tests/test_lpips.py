@@ -68,3 +68,9 @@ def test_wrong_weight_files_are_explained(random_weights, tmp_path):
         LPIPS(lin_weights=[torch.rand(1, 64, 1, 1)])
     with pytest.raises(ValueError, match="VGG16 weights"):
         LPIPS(vgg_weights={"features.0.weight": torch.rand(3, 3, 3, 3)})
+    checkpoints, _ = random_weights
+    for name in ("vgg16-397923af.pth", "lpips_weights.pt"):
+        truncated = tmp_path / name
+        truncated.write_bytes((checkpoints / name).read_bytes()[:1000])
+        with pytest.raises(ValueError, match=f"{name}: cannot read this torch file"):
+            LPIPS(**{"vgg_weights" if name.startswith("vgg") else "lin_weights": str(truncated)})

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import tiny_song_config
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.evaluation import checkpoints_in
-from pid_diffusion.fid import FeatureStats, frechet_distance, load_detector, load_reference_stats
+from pid_diffusion.fid import FeatureStats, detector_input, frechet_distance, load_detector, load_reference_stats
 from pid_diffusion.generate import seeded_inputs, shard_batches
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.trainer import TrainConfig, train
@@ -90,6 +90,16 @@ def test_per_sample_noise_and_sharding():
     assert sorted(i for shard in shards for batch in shard for i in batch) == list(range(10))
     with pytest.raises(ValueError, match="must be positive"):
         shard_batches(0, 3)
+
+
+def test_detector_feeds():
+    images = torch.tensor([-1.5, -1.0, -0.3, 0.0, 0.49, 1.0, 2.0]).reshape(1, 1, 1, 7)
+    assert detector_input(images, "float").flatten().tolist() == pytest.approx(
+        [0.0, 0.0, 89.25, 127.5, 189.975, 255.0, 255.0])
+    # uint8: the saved images' integers, floor(x·127.5 + 128) clipped to [0, 255]
+    assert detector_input(images, "uint8").flatten().tolist() == [0, 0, 89, 128, 190, 255, 255]
+    with pytest.raises(ValueError, match="valid: float, uint8"):
+        detector_input(images, "png")
 
 
 def test_streaming_statistics_match_numpy():
