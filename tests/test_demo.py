@@ -1,7 +1,15 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from conftest import tiny_song_config
+from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.demo import MixtureMetrics, format_table
+from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.teachers import DEMO_MIXTURE, demo_mixture
 
 
@@ -35,3 +43,23 @@ def test_few_step_teacher_rows_sit_between_the_student_and_the_full_sampler(metr
     # More steps of the same ODE solver land closer to the 35-call endpoints.
     assert finer["rmse_vs_teacher"] < coarse["rmse_vs_teacher"] < 0.5
     assert 0.5 < coarse["mode_agreement"] <= finer["mode_agreement"] < 1.0
+
+
+def test_demo_metrics_script_explains_bad_run_folders(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "demo_metrics.py")
+
+    def run(folder):
+        return subprocess.run([sys.executable, script, "--run_dir", str(folder), "--num_samples", "16"],
+                              capture_output=True, text=True, timeout=120)
+
+    missing = run(tmp_path / "nothing")
+    assert missing.returncode == 1 and "run_config.json" in missing.stderr and "Traceback" not in missing.stderr
+    config = tiny_song_config(img_resolution=16)
+    save_teacher(EDMPrecond(**config), tmp_path / "teacher16.pt", config)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run_config.json").write_text(json.dumps({"teacher_model_path": str(tmp_path / "teacher16.pt")}))
+    foreign = run(folder)
+    assert foreign.returncode == 1 and "is not a demo teacher" in foreign.stderr
+    assert "Traceback" not in foreign.stderr
+    assert sorted(os.listdir(folder)) == ["run_config.json"]  # nothing written
