@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py --config cifar10 --loss lpips --batch 64 --mode fast-nocompile
 
 Prints the CUDA kernels (and operators) that take most GPU time, grouped, and writes the table to
---out. Uses the same trainer set-up as benchmarks/train_step.py.
+--out with a second one grouped by the operators' input shapes. Uses the same trainer set-up as benchmarks/train_step.py.
 """
 
 import argparse
@@ -33,14 +33,16 @@ def main():
         for _ in range(3):
             trainer.train_step()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             for _ in range(args.steps):
                 trainer.train_step()
             torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=40,
+                                                                  max_name_column_width=50, max_shapes_column_width=90)
     print(table)
     with open(args.out, "w") as f:
-        f.write(table)
+        f.write(f"{table}\n\nThe same operators by input shape:\n{by_shape}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ LPIPS gets a random VGG16 and random linear weights. Modes:
   reference  the original's numerics and structure: fp32, two separate student calls, explicit
              float32-softmax attention, per-parameter optimizer loop, NCHW, no compilation
   fast       every speed option: bf16 autocast, one batched student call, fused attention (SDPA),
-             multi-tensor optimizer, channels-last, torch.compile
+             multi-tensor optimizer, channels-last, cuDNN autotuning, torch.compile
   ablation   reference plus one option at a time, cumulatively, in the order listed in ABLATION
   fast-no<option>  fast with one option as in reference, e.g. fast-nocompile, fast-nochannels_last
+  <mode>+<option>=<value>  a mode with trainer options changed, e.g. fast+compile_mode=reduce-overhead,
+             fast-nocompile+cudnn_benchmark=false (several may follow one another)
 PyTorch's default precision settings stay as they are (cuDNN convolutions may use TF32, matrix
 products do not), as when the original runs. Prints a table (per-GPU images/s, peak memory) and
 writes --json. Under mpirun/torchrun each process drives one GPU; the table shows rank 0's figures
@@ -19,6 +21,7 @@ and the images/s summed over processes.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -38,31 +41,49 @@ OFFICIAL_FLAGS = {
                        class_cond=True),
 }
 REFERENCE = dict(mixed_precision="fp32", batched_student=False, attention="reference", fused_optimizer=False,
-                 channels_last=False, compile=False)
+                 channels_last=False, compile=False, cudnn_benchmark=False)
 ABLATION = [("attention", "sdpa"), ("batched_student", True), ("fused_optimizer", True),
-            ("channels_last", True), ("mixed_precision", "bf16"), ("compile", True)]
+            ("channels_last", True), ("mixed_precision", "bf16"), ("cudnn_benchmark", True), ("compile", True)]
 FAST = {**REFERENCE, **dict(ABLATION)}
+
+
+def option_value(name, text):
+    """A `+name=value` override, typed like the trainer's default for that option."""
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    if name not in defaults:
+        raise ValueError(f"unknown trainer option {name!r} in a benchmark mode")
+    default = defaults[name]
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes")
+    return type(default)(text)
 
 
 def mode_options(modes):
     """[(label, trainer options)] for the requested modes."""
     out = []
     for mode in modes:
-        if mode == "reference":
-            out.append(("reference", REFERENCE))
-        elif mode == "fast":
-            out.append(("fast", FAST))
-        elif mode.startswith("fast-no") and mode[len("fast-no"):] in FAST:
-            name = mode[len("fast-no"):]
-            out.append((mode, {**FAST, name: REFERENCE[name]}))
-        elif mode == "ablation":
+        base, *overrides = mode.split("+")
+        if base == "reference":
+            options = dict(REFERENCE)
+        elif base == "fast":
+            options = dict(FAST)
+        elif base.startswith("fast-no") and base[len("fast-no"):] in FAST:
+            name = base[len("fast-no"):]
+            options = {**FAST, name: REFERENCE[name]}
+        elif base == "ablation" and not overrides:
             options = dict(REFERENCE)
             for name, value in ABLATION:
                 options = {**options, name: value}
                 out.append((f"+{name}={value}", dict(options)))
+            continue
         else:
             raise ValueError(f"unknown mode {mode!r}; valid: reference, fast, ablation, fast-no<option> with "
-                             f"<option> one of {', '.join(FAST)}")
+                             f"<option> one of {', '.join(FAST)}, each but ablation with +<option>=<value> "
+                             "overrides")
+        for override in overrides:
+            name, _, text = override.partition("=")
+            options[name] = option_value(name, text)
+        out.append((mode, options))
     return out
 
 
@@ -89,12 +110,14 @@ def benchmark_config(folder, config_name, loss, per_gpu_batch, options):
 
 def measure(config_name, loss, batch, options, folder, warmup, steps):
     info = dist.info()
+    torch.cuda.reset_peak_memory_stats()
     trainer = PIDTrainer(benchmark_config(folder, config_name, loss, batch, options))
     started = time.time()
     for _ in range(warmup):
         trainer.train_step()
     torch.cuda.synchronize()
     warmup_seconds = time.time() - started
+    peak_whole_run = torch.cuda.max_memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     dist.barrier()
@@ -107,11 +130,14 @@ def measure(config_name, loss, batch, options, folder, warmup, steps):
     per_gpu = steps * batch / seconds
     total = float(dist.all_reduce_sum(torch.tensor(per_gpu, device=info.device)).item())
     peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    # CUDA graphs allocate their memory pools while warming up, so the timed steps alone understate it.
+    peak_whole_run = max(peak_whole_run, torch.cuda.max_memory_allocated()) / 2 ** 30
     trainer.close()
     del trainer
     torch.cuda.empty_cache()
     return dict(config=config_name, loss=loss, per_gpu_batch=batch, world_size=info.world_size,
                 images_per_second_per_gpu=per_gpu, images_per_second_total=total, peak_memory_gib=peak,
+                peak_memory_whole_run_gib=peak_whole_run,
                 warmup_seconds=warmup_seconds, timed_steps=steps, **options)
 
 
@@ -141,7 +167,8 @@ def main():
                         dist.print0(f"{config_name:>10} {loss:>5} b{batch:<4} {label:<34} "
                                     f"{row['images_per_second_per_gpu']:9.1f} img/s/GPU "
                                     f"{row['images_per_second_total']:9.1f} img/s total "
-                                    f"{row['peak_memory_gib']:6.2f} GiB  (warm-up {row['warmup_seconds']:.0f}s)")
+                                    f"{row['peak_memory_gib']:6.2f} GiB ({row['peak_memory_whole_run_gib']:.2f} with warm-up) "
+                                    f"(warm-up {row['warmup_seconds']:.0f}s)")
     if dist.is_main():
         meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, world_size=info.world_size,
                     date=time.strftime("%Y-%m-%d"))

@@ -72,7 +72,9 @@ TRAIN_FLAGS = {
     "channels_last": (False, "speed: channels-last memory layout on CUDA (slower without --compile: GroupNorm copies)"),
     "attention": ("sdpa", "speed: sdpa (fused attention) or reference (the original's explicit softmax)"),
     "compile": (False, "speed: torch.compile the student, teacher and LPIPS (minutes of compilation first)"),
+    "compile_mode": ("default", "speed: torch.compile mode: default, or reduce-overhead (CUDA graphs)"),
     "fused_optimizer": (True, "speed: multi-tensor / fused optimizer kernels"),
+    "cudnn_benchmark": (True, "speed: cuDNN times its convolution algorithms once and keeps the fastest"),
 }
 
 SAMPLE_FLAGS = {

@@ -40,6 +40,7 @@ from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_in
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
 SCALE_MODES = ("fixed", "progressive")
+COMPILE_MODES = ("default", "reduce-overhead")
 FP16_INITIAL_LOG2_SCALE = 20.0
 MODEL_FILE = re.compile(r"^model(\d{6})\.pt$")
 
@@ -84,11 +85,14 @@ class TrainConfig:
     channels_last: bool = False
     attention: str = "sdpa"
     compile: bool = False
+    compile_mode: str = "default"
     fused_optimizer: bool = True
+    cudnn_benchmark: bool = True
 
     def validate(self):
         choices = dict(optimizer=OPTIMIZERS, mixed_precision=MIXED_PRECISION, scale_mode=SCALE_MODES,
-                       loss_norm=LOSS_NORMS, weight_schedule=WEIGHTINGS, attention=ATTENTION_IMPLEMENTATIONS)
+                       loss_norm=LOSS_NORMS, weight_schedule=WEIGHTINGS, attention=ATTENTION_IMPLEMENTATIONS,
+                       compile_mode=COMPILE_MODES)
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
@@ -133,6 +137,15 @@ def make_optimizer(config, parameters, device):
     else:
         options["foreach"] = bool(config.fused_optimizer)
     return OPTIMIZERS[config.optimizer](parameters, **options)
+
+
+def compile_options(config, memory_format):
+    """Inductor options of --compile. With channels-last, every compiled graph keeps its convolution
+    activations channels-last: inductor's own rule turns that off for a graph with a convolution of
+    at least twice as many input as output channels (the U-Net's decoder), and cuDNN then copies each
+    gradient into channels-last in the backward. `reduce-overhead` replays the graphs as CUDA graphs."""
+    return {"force_layout_optimization": memory_format is torch.channels_last,
+            "triton.cudagraphs": config.compile_mode == "reduce-overhead"}
 
 
 def per_process_batch(config, world_size):
@@ -216,6 +229,8 @@ class PIDTrainer:
         self.log2_loss_scale = FP16_INITIAL_LOG2_SCALE
         self._resume()
         dist.broadcast_tensors(list(self.student.state_dict().values()))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark
         self.model = self.student
         if self.info.world_size > 1:
             if self.device.type == "cpu":
@@ -227,9 +242,10 @@ class PIDTrainer:
                                                  gradient_as_bucket_view=True)
         self.teacher_call, self.lpips_call = self.teacher, self.lpips
         if config.compile:
-            self.model = torch.compile(self.model)
-            self.teacher_call = torch.compile(self.teacher)
-            self.lpips_call = None if self.lpips is None else torch.compile(self.lpips)
+            options = compile_options(config, self.memory_format)
+            self.model = torch.compile(self.model, options=options)
+            self.teacher_call = torch.compile(self.teacher, options=options)
+            self.lpips_call = None if self.lpips is None else torch.compile(self.lpips, options=options)
 
     # ----------------------------------------------------------------------------- noise
     def step_inputs(self, step):
@@ -269,6 +285,8 @@ class PIDTrainer:
             part = slice(start, start + self.microbatch)
             last = index == len(starts) - 1
             sync = self.model.no_sync() if self.info.world_size > 1 and not last else contextlib.nullcontext()
+            if self.config.compile and self.config.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous micro-batch's graph outputs are consumed
             with sync:
                 with self._autocast():
                     losses = pid_loss(self.model, self.teacher_call, z[part], t[part], t_next[part],

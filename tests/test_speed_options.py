@@ -1,6 +1,8 @@
 """The speed options compute the same function as the original's structure (official-pid.md §1)."""
 
+import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from conftest import tiny_song_config
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.networks.layers import GroupNorm, attention, set_attention_implementation
-from pid_diffusion.trainer import PIDTrainer, TrainConfig
+from pid_diffusion.trainer import PIDTrainer, TrainConfig, compile_options
 
 REFERENCE = dict(batched_student=False, attention="reference", fused_optimizer=False, channels_last=False)
 FAST_FP32 = dict(batched_student=True, attention="sdpa", fused_optimizer=True, channels_last=True)
@@ -73,7 +75,8 @@ def test_reference_and_fast_paths_give_the_same_step(tmp_path):
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on CPU needs a C++ compiler (g++)")
-def test_compiled_step_equals_the_eager_step_with_micro_batches(tmp_path):
+@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
+def test_compiled_step_equals_the_eager_step_with_micro_batches(tmp_path, compile_mode):
     torch.manual_seed(0)
     config = tiny_song_config()
     save_teacher(EDMPrecond(**config), tmp_path / "teacher.pt", config)
@@ -81,7 +84,8 @@ def test_compiled_step_equals_the_eager_step_with_micro_batches(tmp_path):
     for compiled in (False, True):
         trainer = PIDTrainer(TrainConfig(teacher_model_path=str(tmp_path / "teacher.pt"),
                                          log_dir=str(tmp_path / f"compile-{compiled}"), global_batch_size=4,
-                                         microbatch=2, loss_norm="l2", weight_schedule="uniform", compile=compiled))
+                                         microbatch=2, loss_norm="l2", weight_schedule="uniform", compile=compiled,
+                                         compile_mode=compile_mode))
         loss, applied = trainer.train_step()
         assert applied
         results.append((float(loss), torch.cat([p.flatten() for p in trainer.student.net.parameters()])))
@@ -89,3 +93,33 @@ def test_compiled_step_equals_the_eager_step_with_micro_batches(tmp_path):
     (loss_eager, params_eager), (loss_compiled, params_compiled) = results
     assert abs(loss_compiled - loss_eager) <= 1e-5 * abs(loss_eager)
     assert torch.allclose(params_compiled, params_eager, rtol=1e-5, atol=1e-7)
+
+
+def test_compile_options_force_channels_last_and_name_cuda_graphs(tmp_path):
+    config = TrainConfig(teacher_model_path="unused", log_dir=str(tmp_path), compile=True)
+    assert compile_options(config, torch.channels_last) == {"force_layout_optimization": True,
+                                                            "triton.cudagraphs": False}
+    config.compile_mode = "reduce-overhead"
+    assert compile_options(config, torch.contiguous_format) == {"force_layout_optimization": False,
+                                                                "triton.cudagraphs": True}
+    config.compile_mode = "max-autotune"
+    with pytest.raises(ValueError, match="--compile_mode 'max-autotune' is not supported; valid: default, reduce-overhead"):
+        config.validate()
+
+
+def test_benchmark_modes_and_overrides():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    try:
+        from train_step import FAST, REFERENCE, mode_options
+    finally:
+        sys.path.pop(0)
+    (label, options), = mode_options(["fast-nocompile+compile_mode=reduce-overhead+cudnn_benchmark=false"])
+    assert label == "fast-nocompile+compile_mode=reduce-overhead+cudnn_benchmark=false"
+    assert options == {**FAST, "compile": False, "compile_mode": "reduce-overhead", "cudnn_benchmark": False}
+    assert dict(mode_options(["reference"]))["reference"] == REFERENCE
+    ablation = mode_options(["ablation"])
+    assert ablation[-1][1] == FAST and len(ablation) == len(FAST)  # one option more per row
+    with pytest.raises(ValueError, match="unknown trainer option 'speed'"):
+        mode_options(["fast+speed=2"])
+    with pytest.raises(ValueError, match="unknown mode 'slow'"):
+        mode_options(["slow"])
