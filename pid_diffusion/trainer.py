@@ -139,13 +139,16 @@ def make_optimizer(config, parameters, device):
     return OPTIMIZERS[config.optimizer](parameters, **options)
 
 
-def compile_options(config, memory_format):
-    """Inductor options of --compile. With channels-last, every compiled graph keeps its convolution
-    activations channels-last: inductor's own rule turns that off for a graph with a convolution of
-    at least twice as many input as output channels (the U-Net's decoder), and cuDNN then copies each
-    gradient into channels-last in the backward. `reduce-overhead` replays the graphs as CUDA graphs."""
-    return {"force_layout_optimization": memory_format is torch.channels_last,
-            "triton.cudagraphs": config.compile_mode == "reduce-overhead"}
+def keep_compiled_convolutions_channels_last(enabled):
+    """Inductor keeps a compiled graph's convolution activations channels-last only if no convolution
+    has at least twice as many input as output channels; the U-Net's decoder has such convolutions,
+    so its graphs ran NCHW around channels-last weights and cuDNN copied every gradient into
+    channels-last in the backward. This forces the layout. It is inductor's global setting: passed
+    as a per-call compile option it measured slower (the backward graphs, compiled later, ran
+    without it; docs/benchmarks.md)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.force_layout_optimization = enabled
 
 
 def per_process_batch(config, world_size):
@@ -242,10 +245,10 @@ class PIDTrainer:
                                                  gradient_as_bucket_view=True)
         self.teacher_call, self.lpips_call = self.teacher, self.lpips
         if config.compile:
-            options = compile_options(config, self.memory_format)
-            self.model = torch.compile(self.model, options=options)
-            self.teacher_call = torch.compile(self.teacher, options=options)
-            self.lpips_call = None if self.lpips is None else torch.compile(self.lpips, options=options)
+            keep_compiled_convolutions_channels_last(self.memory_format is torch.channels_last)
+            self.model = torch.compile(self.model, mode=config.compile_mode)
+            self.teacher_call = torch.compile(self.teacher, mode=config.compile_mode)
+            self.lpips_call = None if self.lpips is None else torch.compile(self.lpips, mode=config.compile_mode)
 
     # ----------------------------------------------------------------------------- noise
     def step_inputs(self, step):

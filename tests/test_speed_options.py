@@ -11,7 +11,7 @@ from conftest import tiny_song_config
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.networks.layers import GroupNorm, attention, set_attention_implementation
-from pid_diffusion.trainer import PIDTrainer, TrainConfig, compile_options
+from pid_diffusion.trainer import PIDTrainer, TrainConfig, keep_compiled_convolutions_channels_last
 
 REFERENCE = dict(batched_student=False, attention="reference", fused_optimizer=False, channels_last=False)
 FAST_FP32 = dict(batched_student=True, attention="sdpa", fused_optimizer=True, channels_last=True)
@@ -95,14 +95,18 @@ def test_compiled_step_equals_the_eager_step_with_micro_batches(tmp_path, compil
     assert torch.allclose(params_compiled, params_eager, rtol=1e-5, atol=1e-7)
 
 
-def test_compile_options_force_channels_last_and_name_cuda_graphs(tmp_path):
-    config = TrainConfig(teacher_model_path="unused", log_dir=str(tmp_path), compile=True)
-    assert compile_options(config, torch.channels_last) == {"force_layout_optimization": True,
-                                                            "triton.cudagraphs": False}
-    config.compile_mode = "reduce-overhead"
-    assert compile_options(config, torch.contiguous_format) == {"force_layout_optimization": False,
-                                                                "triton.cudagraphs": True}
-    config.compile_mode = "max-autotune"
+def test_channels_last_is_forced_in_compiled_graphs_and_compile_modes_are_checked(tmp_path):
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.force_layout_optimization
+    try:
+        keep_compiled_convolutions_channels_last(True)
+        assert inductor_config.force_layout_optimization is True
+        keep_compiled_convolutions_channels_last(False)
+        assert inductor_config.force_layout_optimization is False
+    finally:
+        inductor_config.force_layout_optimization = before
+    config = TrainConfig(teacher_model_path="unused", log_dir=str(tmp_path), compile=True, compile_mode="max-autotune")
     with pytest.raises(ValueError, match="--compile_mode 'max-autotune' is not supported; valid: default, reduce-overhead"):
         config.validate()
 
