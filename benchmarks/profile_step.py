@@ -3,7 +3,8 @@
     python benchmarks/profile_step.py --config cifar10 --loss lpips --batch 64 --mode fast-nocompile
 
 Prints the CUDA kernels (and operators) that take most GPU time, grouped, and writes the table to
---out with a second one grouped by the operators' input shapes. Uses the same trainer set-up as benchmarks/train_step.py.
+--out with a second one grouped by the operators' input shapes. Uses the same trainer set-up as
+benchmarks/train_step.py.
 """
 
 import argparse

@@ -32,6 +32,7 @@ import torchvision
 
 from pid_diffusion import arch, dist
 from pid_diffusion.checkpoint import save_teacher
+from pid_diffusion.cli import str2bool
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.trainer import PIDTrainer, TrainConfig
 
@@ -53,9 +54,7 @@ def option_value(name, text):
     if name not in defaults:
         raise ValueError(f"unknown trainer option {name!r} in a benchmark mode")
     default = defaults[name]
-    if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
-    return type(default)(text)
+    return str2bool(text) if isinstance(default, bool) else type(default)(text)
 
 
 def mode_options(modes):

@@ -1,5 +1,6 @@
 """The speed options compute the same function as the original's structure (official-pid.md §1)."""
 
+import argparse
 import os
 import shutil
 import sys
@@ -125,5 +126,7 @@ def test_benchmark_modes_and_overrides():
     assert ablation[-1][1] == FAST and len(ablation) == len(FAST)  # one option more per row
     with pytest.raises(ValueError, match="unknown trainer option 'speed'"):
         mode_options(["fast+speed=2"])
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a boolean"):
+        mode_options(["fast+compile=maybe"])
     with pytest.raises(ValueError, match="unknown mode 'slow'"):
         mode_options(["slow"])
