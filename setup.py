@@ -15,12 +15,15 @@ setup(
         "scipy>=1.9",
         "pillow>=9",
         "tqdm>=4.60",
+        "matplotlib>=3.5",
         "blobfile>=2.0",
         "mpi4py>=3.1",
     ],
     extras_require={
         # An MPI runtime from PyPI, for machines without a system MPI (clusters bring their own).
         "mpich": ["mpich"],
+        # The real-data demo: scikit-learn ships the 1,797 handwritten digits inside its wheel.
+        "digits": ["scikit-learn>=1.0"],
         # piq is only the reference for the LPIPS parity test.
         "test": ["pytest>=7", "piq>=0.7"],
     },

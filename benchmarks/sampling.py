@@ -13,14 +13,13 @@ generate-and-measure loop.
 import argparse
 import json
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
 from pid_diffusion import arch, dist, evaluation
-from pid_diffusion.generate import seeded_inputs
+from pid_diffusion.generate import GenerationRequest, seeded_inputs
 from pid_diffusion.networks import network_from_config
 from pid_diffusion.precond import PIDStudent
 
@@ -88,13 +87,13 @@ def main():
     _, seconds = timed(features)
     rows["detector (fp32)"] = args.num_samples / seconds
 
-    flags = SimpleNamespace(num_samples=args.num_samples, batch_size=args.batch_size, seed=0, use_fp16=True)
+    request = GenerationRequest(args.num_samples, args.batch_size, seed=0, use_fp16=True)
     options = dict(sampler="oneshot", steps=1, sigma_min=0.002, sigma_max=80.0, clip_denoised=True)
-    (_, _, _, stats), seconds = timed(lambda: evaluation.run_generation(
-        student, shape, 0, flags, options, device, detector=detector, keep_images=False, progress=False))
+    (_, _, _, tally), seconds = timed(lambda: evaluation.run_generation(
+        student, shape, 0, request, options, device, detector=detector, keep_images=False, progress=False))
     rows["end to end (compiled student, fp16): noise + student + detector + statistics"] = args.num_samples / seconds
     rows["end to end seconds for the whole set"] = seconds
-    assert int(stats.count) == args.num_samples
+    assert int(tally.stats.count) == args.num_samples
 
     if dist.is_main():
         for name, value in rows.items():

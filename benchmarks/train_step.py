@@ -6,6 +6,7 @@
 Random weights (timing does not depend on them): the teacher is the official architecture with
 EDM's initialisation, saved to a temporary file and loaded through the trainer like a real one;
 LPIPS gets a random VGG16 and random linear weights. Modes:
+  default    the trainer's defaults (what scripts/cm_train.py runs when no speed flag is given)
   reference  the original's numerics and structure: fp32, two separate student calls, explicit
              float32-softmax attention, per-parameter optimizer loop, NCHW, no compilation
   fast       every speed option: bf16 autocast, one batched student call, fused attention (SDPA),
@@ -62,7 +63,9 @@ def mode_options(modes):
     out = []
     for mode in modes:
         base, *overrides = mode.split("+")
-        if base == "reference":
+        if base == "default":
+            options = {}
+        elif base == "reference":
             options = dict(REFERENCE)
         elif base == "fast":
             options = dict(FAST)
@@ -76,7 +79,7 @@ def mode_options(modes):
                 out.append((f"+{name}={value}", dict(options)))
             continue
         else:
-            raise ValueError(f"unknown mode {mode!r}; valid: reference, fast, ablation, fast-no<option> with "
+            raise ValueError(f"unknown mode {mode!r}; valid: default, reference, fast, ablation, fast-no<option> with "
                              f"<option> one of {', '.join(FAST)}, each but ablation with +<option>=<value> "
                              "overrides")
         for override in overrides:

@@ -29,6 +29,9 @@ EDM_TEACHER_HELP = (
     "put them in model_zoo/ (see model_zoo/README.md)")
 MAX_LISTED = 5
 ZIP_MAGIC = b"PK\x03\x04"
+RUN_CONFIG_FILE = "run_config.json"
+PID_RUN, TEACHER_RUN = "pid", "edm_teacher"
+"""`run_kind` in run_config.json: a folder of PID students, or of EDM teachers (scripts/train_teacher.py)."""
 
 
 class TeacherLoadError(ValueError):
@@ -138,10 +141,15 @@ def read_teacher_file(path, **network_flags):
             config, state_dict = dict(data["config"]), data["state_dict"]
             _check_given_flags(path, config, network_flags)
         elif isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
-            try:
-                config = arch.config_from_flags(**network_flags)
-            except arch.ArchitectureError as e:
-                raise TeacherLoadError(f"{path} is a bare state dict, so the network flags describe it: {e}") from e
+            run_config = run_config_beside(path)
+            if run_config is not None and run_config.get("run_kind") == TEACHER_RUN:
+                config = {**run_config["network_config"], "sigma_data": run_config["sigma_data"]}
+                _check_given_flags(path, config, network_flags)
+            else:
+                try:
+                    config = arch.config_from_flags(**network_flags)
+                except arch.ArchitectureError as e:
+                    raise TeacherLoadError(f"{path} is a bare state dict, so the network flags describe it: {e}") from e
             state_dict = data
         else:
             raise TeacherLoadError(f"{path}: a torch file, but neither a state dict nor a "
@@ -185,7 +193,21 @@ def student_from_teacher(network_config, teacher_state=None, sigma_max=SIGMA_MAX
     return PIDStudent(net, sigma_max=sigma_max)
 
 
-RUN_CONFIG_FILE = "run_config.json"
+
+
+def run_config_beside(path):
+    """The run_config.json in a checkpoint's folder (a dict with network_config), or None if there is none."""
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        return None
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise TeacherLoadError(f"{config_path} cannot be read ({e}); it describes the network of {path}") from None
+    if not isinstance(config, dict) or "network_config" not in config:
+        raise TeacherLoadError(f"{config_path} has no network_config: it cannot describe the network of {path}")
+    return config
 
 
 def load_student(path, **network_flags):
@@ -196,11 +218,12 @@ def load_student(path, **network_flags):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"student checkpoint not found: {path}")
-    run_config_path = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
+    run_config = run_config_beside(path)
     sigma_max = None
-    if os.path.isfile(run_config_path):
-        with open(run_config_path) as f:
-            run_config = json.load(f)
+    if run_config is not None:
+        if run_config.get("run_kind") == TEACHER_RUN:
+            raise TeacherLoadError(f"{path} is a checkpoint of a teacher training, not a PID student: sample it "
+                                   "with --training_mode one_shot_pinn_edm_edm_teacher")
         config, sigma_max = run_config["network_config"], run_config.get("sigma_max")
         _check_given_flags(path, config, network_flags)
     else:

@@ -11,6 +11,7 @@ import sys
 import traceback
 
 from . import dist
+from .generate import GenerationRequest
 
 MODEL_FLAGS = {
     "sigma_min": (0.002, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)"),
@@ -77,6 +78,32 @@ TRAIN_FLAGS = {
     "cudnn_benchmark": (True, "speed: cuDNN times its convolution algorithms once and keeps the fastest"),
 }
 
+LOOP_FLAG_NAMES = ("global_batch_size", "batch_size", "microbatch", "lr", "weight_decay", "lr_anneal_steps", "optimizer",
+                   "opt_eps", "ema_rate", "log_interval", "save_interval", "total_training_steps", "resume_checkpoint",
+                   "fp16_scale_growth", "seed", "mixed_precision", "channels_last", "attention", "compile",
+                   "compile_mode", "fused_optimizer", "cudnn_benchmark")
+"""The flags of the training loop that PID distillation and teacher training share."""
+
+TEACHER_FLAGS = {
+    **{name: TRAIN_FLAGS[name] for name in LOOP_FLAG_NAMES},
+    "dataset": ("digits", "training data: digits (scikit-learn's 8×8 handwritten digits, training split)"),
+    "num_channels": (16, "base channel count of the DDPM++ (model_channels)"),
+    "num_res_blocks": (2, "residual blocks per resolution"),
+    "dropout": (0.1, "dropout in the residual blocks"),
+    "global_batch_size": (128, "images per step over all processes"),
+    "lr": (2e-3, "learning rate"),
+    "lr_anneal_steps": (8000, "linear decay of the learning rate to 0 over this many steps (0 = constant)"),
+    "optimizer": ("adam", "radam or adam"),
+    "ema_rate": ("0.999", "comma-separated EMA rates"),
+    "log_interval": (500, "log every this many steps"),
+    "save_interval": (2000, "checkpoint every this many steps (and at the end)"),
+    "total_training_steps": (8000, "stop after this many optimizer steps"),
+    "mixed_precision": ("fp32", "fp32, fp16 or bf16 autocast"),
+    "export": ("", "after training, write the EMA network as a teacher file here (refused if it exists)"),
+    "export_ema_rate": (-1.0, "the EMA rate to export (default: the first of --ema_rate)"),
+}
+"""scripts/train_teacher.py: the loop's flags (defaults for the digits teacher), data and network."""
+
 SAMPLE_FLAGS = {
     "training_mode": ("one_shot_pinn_edm_edm_one_shot",
                       "one_shot_pinn_edm_edm_one_shot (the PID student, one step) or "
@@ -95,14 +122,19 @@ SAMPLE_FLAGS = {
                   "is --steps 18)"),
     "model_path": ("", "teacher file (teacher mode) or student checkpoint model*.pt / ema_*.pt (one-shot mode)"),
     "seed": (42, "seed: sample i's noise and label depend only on (seed, i)"),
+    "class_label": (-1, "class-conditional models: give every sample this label (e.g. one digit); -1 = drawn "
+                        "uniformly per sample"),
     "ts": ("", "grid indices for --sampler multistep, e.g. 0,22,39"),
 }
 FID_FLAGS = {
-    "fid_dataset": ("cifar10", "reference statistics model_zoo/stats/{cifar10-32x32,imagenet-64x64}.npz"),
+    "fid_dataset": ("cifar10", "reference statistics: cifar10 or imagenet (model_zoo/stats/{cifar10-32x32,"
+                               "imagenet-64x64}.npz), or digits (computed from the real digits; --detector digits)"),
     "exp_dir": ("", "folder of checkpoints to evaluate (a training run folder)"),
     "ref_path": ("", "reference statistics .npz (mu, sigma) instead of --fid_dataset's"),
-    "detector": ("inception", "feature detector: inception (TF-Inception TorchScript) or pixels (raw pixels)"),
-    "detector_path": ("", "path of inception-2015-12-05.pt (default: model_zoo/, torch hub cache)"),
+    "detector": ("inception", "feature detector: inception (TF-Inception TorchScript), digits (the digits "
+                              "classifier's features; also gives class accuracy) or pixels (raw pixels)"),
+    "detector_path": ("", "path of inception-2015-12-05.pt or digits-classifier.pt (default: model_zoo/, torch hub "
+                          "cache)"),
     "detector_feed": ("float", "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM"),
 }
 ONE_SHOT_MODE = "one_shot_pinn_edm_edm_one_shot"
@@ -148,6 +180,12 @@ def network_flags(args, given):
     """The architecture flags the user gave, for load_teacher (files that record their
     architecture need none; a bare state dict takes the official defaults for the rest)."""
     return {name: getattr(args, name) for name in NETWORK_FLAG_NAMES if name in given}
+
+
+def generation_request(args):
+    """The samples the sampling flags ask for."""
+    return GenerationRequest(args.num_samples, args.batch_size, args.seed, args.use_fp16,
+                             None if args.class_label == -1 else args.class_label)
 
 
 def run_script(body, extra_errors=()):

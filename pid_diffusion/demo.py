@@ -1,95 +1,114 @@
-"""Distillation-quality metrics for runs whose teacher was fitted to the built-in Gaussian mixture.
+"""Distillation-quality metrics of a run on the digits teacher (the quickstart's demo).
 
-For the same noise, each generator (the teacher's 18-step / 35-call Heun sampler, the teacher's
-few-step Euler samplers as yardsticks for a one-call student, the untrained student, trained student
-checkpoints) is measured by:
-  rmse_vs_teacher  per-pixel RMSE to the teacher's ODE endpoint from the same noise (what PID learns)
-  mode_agreement   fraction of samples whose nearest mixture component is the teacher endpoint's
-  coverage_tv      total variation between the nearest-component histogram and the mixture weights
-  nearest_rms      per-pixel RMS distance to the nearest component mean (exact data: the component std)
-  pixel_fid        FID in pixel space against exact mixture samples (the 'pixels' detector)
-An 'exact data' row gives the same figures for true mixture samples (their sampling noise).
+Every generator gets the same noises and labels (sample i from (seed, i), as image_sample.py and
+fid_evaluation.py draw them): the teacher's 18-step / 35-call Heun sampler, the teacher's 5- and
+10-call Euler samplers (what a one-call student can be compared with), the untrained student (the
+teacher's weights) and trained student checkpoints. Each is measured by
+  fid              FID in the digits classifier's feature space against the 1,797 real digits
+  class_accuracy   share of samples the classifier assigns to the label they were generated for
+  rmse_vs_teacher  per-pixel RMSE to the teacher's 35-call sample from the same noise and label
+                   (PID learns the teacher's ODE map: this is its error)
 """
 
-import numpy as np
-import torch
+import math
 
-from .fid import FeatureStats, PixelDetector, detector_input, frechet_distance
-from .generate import seeded_inputs
+import torch
+import torch.nn.functional as F
+
+from .digits import CHANNELS, NUM_CLASSES, RESOLUTION
+from .fid import DetectorTally, digits_reference_stats
+from .generate import generate, seeded_inputs, to_uint8
 from .samplers import network_calls, sample
 
 TEACHER_SAMPLER = dict(sampler="heun_deter", steps=18)
 FEW_STEP_SAMPLERS = (dict(sampler="euler", steps=5), dict(sampler="euler", steps=10))
-"""The teacher with few network calls: what a one-call student's figures can be compared with."""
-METRIC_FIELDS = ("generator", "nfe", "rmse_vs_teacher", "mode_agreement", "coverage_tv", "nearest_rms", "pixel_fid")
+METRIC_FIELDS = ("generator", "nfe", "fid", "class_accuracy", "rmse_vs_teacher")
+DIGITS_SHAPE = (CHANNELS, RESOLUTION, RESOLUTION)
+CLIP_DENOISED = True
+"""As image_sample.py and fid_evaluation.py by default (the original's --clip_denoised True)."""
 
 
-def pixel_statistics(images):
-    """(μ, Σ) of the 'pixels' detector's features for images in [-1, 1], as fid_evaluation computes them."""
-    features = PixelDetector()(detector_input(images, "float"))
-    stats = FeatureStats(features.shape[1])
-    stats.update(features)
-    return stats.mean_cov()
+def check_digits_teacher(teacher, source):
+    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    if shape != DIGITS_SHAPE or teacher.label_dim != NUM_CLASSES:
+        raise ValueError(f"{source} is not a digits teacher: it makes {'×'.join(map(str, shape))} images with "
+                         f"{teacher.label_dim} classes, the digits teacher 1×8×8 with 10")
 
 
-class MixtureMetrics:
-    def __init__(self, mixture, teacher, num_samples=2000, seed=0, reference_samples=20000, batch_size=500):
-        self.mixture = mixture
-        shape = tuple(mixture.means.shape[1:])
-        self.noise, _ = seeded_inputs(seed, range(num_samples), shape)
-        self.batch_size = batch_size
-        generator = torch.Generator().manual_seed(seed + 1)
-        exact, _ = mixture.sample_data(reference_samples, generator)
-        self.reference = pixel_statistics(exact)
-        self.exact_samples, _ = mixture.sample_data(num_samples, generator)
+class DigitsMetrics:
+    def __init__(self, teacher, detector, num_samples=2000, seed=0, batch_size=500):
+        self.detector = detector
+        self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
+        self.reference = digits_reference_stats(detector)
         self.teacher = teacher
-        self.teacher_endpoints = self.generate_images(teacher, **TEACHER_SAMPLER)
-        self.teacher_modes = mixture.nearest_component(self.teacher_endpoints)
+        tally, self.teacher_images, self.labels = self._generate(teacher, **TEACHER_SAMPLER)
+        self.teacher_row = self._row(f"teacher heun_deter {TEACHER_SAMPLER['steps']} steps", tally,
+                                     network_calls(**TEACHER_SAMPLER), rmse_vs_teacher=0.0)
 
-    def generate_images(self, denoiser, sampler, steps=1):
-        with torch.no_grad():
-            return torch.cat([sample(denoiser, chunk, sampler, steps=steps)
-                              for chunk in self.noise.split(self.batch_size)]).clamp(-1, 1)
+    def _generate(self, denoiser, sampler, steps):
+        """(DetectorTally, float images [N, 1, 8, 8], labels [N]) of one generator."""
+        tally = DetectorTally(self.detector, DIGITS_SHAPE)
+        images, labels = [], []
+        for batch in generate(denoiser, self.num_samples, self.batch_size, self.seed, DIGITS_SHAPE, NUM_CLASSES,
+                              sampler=sampler, steps=steps, clip_denoised=CLIP_DENOISED):
+            tally.update(batch.images, batch.labels)
+            images.append(batch.images)
+            labels.append(batch.labels)
+        return tally, torch.cat(images), torch.cat(labels)
 
-    def row(self, name, images, nfe):
-        modes = self.mixture.nearest_component(images)
-        weights = self.mixture.log_weights.exp()
-        histogram = torch.bincount(modes, minlength=len(weights)).to(torch.float64) / len(modes)
-        nearest = self.mixture.means[modes].to(images.dtype)
-        mu, sigma = pixel_statistics(images)
-        return dict(generator=name, nfe=nfe,
-                    rmse_vs_teacher=float((images - self.teacher_endpoints).square().mean().sqrt()),
-                    mode_agreement=float((modes == self.teacher_modes).to(torch.float64).mean()),
-                    coverage_tv=float(0.5 * (histogram - weights).abs().sum()),
-                    nearest_rms=float((images - nearest).square().flatten(1).mean(1).sqrt().mean()),
-                    pixel_fid=frechet_distance(mu, sigma, *self.reference))
+    def _row(self, name, tally, nfe, rmse_vs_teacher):
+        return dict(generator=name, nfe=nfe, fid=tally.fid(self.reference), class_accuracy=tally.class_accuracy(),
+                    rmse_vs_teacher=rmse_vs_teacher)
 
-    def teacher_row(self):
-        nfe = network_calls(TEACHER_SAMPLER["sampler"], TEACHER_SAMPLER["steps"])
-        return self.row(f"teacher heun_deter {TEACHER_SAMPLER['steps']} steps", self.teacher_endpoints, nfe)
+    def measure(self, name, denoiser, sampler="oneshot", steps=1):
+        """(metrics row, float images [N, 1, 8, 8]) of one generator."""
+        tally, images, _ = self._generate(denoiser, sampler, steps)
+        rmse = float((images - self.teacher_images).square().mean().sqrt())
+        return self._row(name, tally, network_calls(sampler, steps), rmse), images
 
     def few_step_teacher_rows(self):
-        return [self.row(f"teacher {spec['sampler']} {spec['steps']} steps",
-                         self.generate_images(self.teacher, **spec), network_calls(spec["sampler"], spec["steps"]))
+        return [self.measure(f"teacher {spec['sampler']} {spec['steps']} steps", self.teacher, **spec)[0]
                 for spec in FEW_STEP_SAMPLERS]
 
-    def student_row(self, name, student):
-        return self.row(name, self.generate_images(student, "oneshot"), 1)
+    def student(self, name, student):
+        """The metrics row of a PID student (one step)."""
+        return self.measure(name, student, "oneshot")[0]
 
-    def exact_row(self):
-        row = self.row("exact data", self.exact_samples, 0)
-        row.update(rmse_vs_teacher=float("nan"), mode_agreement=float("nan"))
-        return row
+    def comparison_rows(self, student, per_digit=3):
+        """Figure rows: `per_digit` samples of each digit, the teacher's above the student's from the same
+        noise and label (sample indices after those of the metrics). Returns [(row label, uint8 NHWC
+        images for digits 0–9)]."""
+        indices = [range(self.num_samples + d * per_digit, self.num_samples + (d + 1) * per_digit)
+                   for d in range(NUM_CLASSES)]
+        inputs = [seeded_inputs(self.seed, idx, DIGITS_SHAPE, NUM_CLASSES, class_label=d) for d, idx in enumerate(indices)]
+        noise = torch.stack([n for n, _ in inputs], dim=1).flatten(0, 1)  # row-major: sample k of digits 0..9
+        labels = F.one_hot(torch.stack([l for _, l in inputs], dim=1).flatten(), NUM_CLASSES).to(torch.float32)
+        with torch.no_grad():
+            teacher_images = sample(self.teacher, noise, class_labels=labels, clip_denoised=CLIP_DENOISED,
+                                    **TEACHER_SAMPLER).clamp(-1, 1)
+            student_images = sample(student, noise, "oneshot", class_labels=labels,
+                                    clip_denoised=CLIP_DENOISED).clamp(-1, 1)
+        rows = []
+        for k in range(per_digit):
+            row = slice(k * NUM_CLASSES, (k + 1) * NUM_CLASSES)
+            rows.append((f"teacher\n{network_calls(**TEACHER_SAMPLER)} calls", to_uint8(teacher_images[row])))
+            rows.append(("PID student\n1 call", to_uint8(student_images[row])))
+        return rows
 
 
 def format_table(rows):
-    header = f"{'generator':<34}{'NFE':>5}{'RMSE vs teacher':>17}{'mode agreement':>16}{'coverage TV':>13}" \
-             f"{'nearest RMS':>13}{'pixel FID':>11}"
+    header = f"{'generator':<34}{'NFE':>5}{'FID':>10}{'class accuracy':>16}{'RMSE vs teacher':>17}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        cells = [f"{r['rmse_vs_teacher']:17.4f}", f"{r['mode_agreement']:16.3f}"]
-        cells = [c if not np.isnan(v) else f"{'—':>{len(c)}}" for c, v in zip(cells, (r["rmse_vs_teacher"],
-                                                                                 r["mode_agreement"]))]
-        lines.append(f"{r['generator']:<34}{r['nfe']:>5}{cells[0]}{cells[1]}{r['coverage_tv']:13.3f}"
-                     f"{r['nearest_rms']:13.4f}{r['pixel_fid']:11.4f}")
+        rmse = f"{r['rmse_vs_teacher']:17.4f}" if not math.isnan(r["rmse_vs_teacher"]) else f"{'—':>17}"
+        lines.append(f"{r['generator']:<34}{r['nfe']:>5}{r['fid']:10.4f}{r['class_accuracy']:16.4f}{rmse}")
     return "\n".join(lines)
+
+
+def json_ready(rows):
+    """Rows for JSON: NaN (a metric that does not apply) as null."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+
+
+def from_json(rows):
+    return [{k: (float("nan") if v is None else v) for k, v in r.items()} for r in rows]

@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import cli, dist
 from .checkpoint import load_student, load_teacher
-from .fid import FeatureStats, detector_input
+from .fid import DetectorTally
 from .files import atomic_output
 from .generate import generate, image_grid, to_uint8
 from .samplers import SAMPLERS
@@ -54,26 +54,24 @@ def autocast_dtype(use_fp16, device):
     return torch.float16 if use_fp16 and torch.device(device).type == "cuda" else None
 
 
-def run_generation(model, image_shape, label_dim, args, options, device, detector=None, feed="float",
+def run_generation(model, image_shape, label_dim, request, options, device, detector=None, feed="float",
                    keep_images=True, progress=True):
-    """Generate this process's share. Returns (uint8 NHWC images, labels, indices, FeatureStats or None);
+    """Generate this process's share. Returns (uint8 NHWC images, labels, indices, DetectorTally or None);
     the images are kept only when `keep_images` (the first batch is always kept for a grid)."""
     from tqdm import tqdm
 
     info = dist.info()
-    batches = generate(model, args.num_samples, args.batch_size, args.seed, image_shape, label_dim, info.rank,
-                       info.world_size, device, autocast_dtype=autocast_dtype(args.use_fp16, device), **options)
-    images, labels, indices, stats = [], [], [], None
-    if detector is not None:  # every process needs the statistics, also one that gets no batch
-        with torch.no_grad():
-            probe = detector(detector_input(torch.zeros((1, *image_shape), device=device), feed), return_features=True)
-        stats = FeatureStats(probe.shape[1], device=device)
-    total = -(-args.num_samples // (args.batch_size * info.world_size))
+    batches = generate(model, request.num_samples, request.batch_size, request.seed, image_shape, label_dim, info.rank,
+                       info.world_size, device, autocast_dtype=autocast_dtype(request.use_fp16, device),
+                       class_label=request.class_label, **options)
+    # every process needs the statistics, also one that gets no batch
+    tally = None if detector is None else DetectorTally(detector, image_shape, device, feed)
+    images, labels, indices = [], [], []
+    total = -(-request.num_samples // (request.batch_size * info.world_size))
     for number, batch in enumerate(tqdm(batches, total=total, disable=not (progress and dist.is_main()),
                                         desc="sampling", unit="batch")):
-        if detector is not None:
-            with torch.no_grad():
-                stats.update(detector(detector_input(batch.images, feed), return_features=True))
+        if tally is not None:
+            tally.update(batch.images, batch.labels)
         if keep_images or number == 0:
             images.append(to_uint8(batch.images).cpu())
             indices.extend(batch.indices)
@@ -81,7 +79,7 @@ def run_generation(model, image_shape, label_dim, args, options, device, detecto
                 labels.append(batch.labels)
     images = torch.cat(images) if images else torch.zeros((0, image_shape[1], image_shape[2], image_shape[0]),
                                                           dtype=torch.uint8)
-    return images, (torch.cat(labels) if labels else None), indices, stats
+    return images, (torch.cat(labels) if labels else None), indices, tally
 
 
 def gather_in_order(images, labels, indices):
@@ -98,9 +96,17 @@ def gather_in_order(images, labels, indices):
     return all_images, all_labels
 
 
+MIN_GRID_CELL = 32
+"""Images narrower than this many pixels are enlarged (nearest neighbour) in grids, so 8×8 digits can be seen."""
+
+
 def save_grid(images_uint8, path, columns=8):
+    """A PNG grid of uint8 NHWC images (greyscale or colour)."""
+    grid = image_grid(images_uint8, columns)
+    zoom = max(1, -(-MIN_GRID_CELL // images_uint8.shape[2]))
+    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
     with atomic_output(path) as tmp:
-        Image.fromarray(image_grid(images_uint8, columns)).save(tmp)
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
 
 
 def save_samples_npz(images_uint8, labels, folder):
@@ -131,52 +137,11 @@ def read_results(path):
         return {row["model_name"]: row for row in csv.DictReader(f)}
 
 
-def append_result(path, row):
-    new = not os.path.isfile(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def plot_fid_vs_step(rows, path, size=(640, 400), margin=50):
-    """A line per checkpoint kind (model, ema_<rate>) of FID against step, drawn with Pillow."""
-    series = {}
-    for row in rows:
-        kind = re.sub(r"\d{6}$", "", row["model_name"]).rstrip("_") or "model"
-        series.setdefault(kind, []).append((int(row["step"]), float(row["FID"])))
-    points = [p for values in series.values() for p in values if np.isfinite(p[1])]
-    if not points:
-        return
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    width, height = size
-    steps, fids = [p[0] for p in points], [p[1] for p in points]
-    step_range = (min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1)
-    fid_range = (min(fids), max(fids) if max(fids) > min(fids) else min(fids) + 1)
-
-    def xy(step, fid):
-        x = margin + (step - step_range[0]) / (step_range[1] - step_range[0]) * (width - 2 * margin)
-        y = height - margin - (fid - fid_range[0]) / (fid_range[1] - fid_range[0]) * (height - 2 * margin)
-        return x, y
-
-    draw.line([(margin, height - margin), (width - margin, height - margin)], fill="black")
-    draw.line([(margin, margin), (margin, height - margin)], fill="black")
-    draw.text((margin, height - margin + 8), f"step {step_range[0]}", fill="black")
-    draw.text((width - margin - 80, height - margin + 8), f"step {step_range[1]}", fill="black")
-    draw.text((4, margin - 16), f"FID {fid_range[1]:.5g}", fill="black")
-    draw.text((4, height - margin - 6), f"{fid_range[0]:.5g}", fill="black")
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
-    for k, (kind, values) in enumerate(sorted(series.items())):
-        colour = colours[k % len(colours)]
-        coords = [xy(s, f) for s, f in sorted(values) if np.isfinite(f)]
-        if len(coords) > 1:
-            draw.line(coords, fill=colour, width=2)
-        for x, y in coords:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.text((width - margin - 120, margin + 14 * k), kind, fill=colour)
-    with atomic_output(path) as tmp:
-        image.save(tmp)
+def write_results(path, rows):
+    """Rewrite the results CSV whole (through a temporary file): a cut-off row cannot exist. The
+    columns are RESULT_FIELDS, then any others the rows carry."""
+    fields = list(RESULT_FIELDS) + sorted({k for row in rows for k in row} - set(RESULT_FIELDS))
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -10,6 +10,10 @@ What the detector is fed (`feed`):
   * "uint8" (EDM's protocol): pixels rounded to integers first, i.e. exactly the saved PNG/npz images.
 The two differ by the quantisation noise only; FIDs of a good model typically differ by a few
 hundredths. Compare numbers only under the same protocol.
+
+Other detectors: "digits" (pid_diffusion.digits: the shipped digits classifier's 64-d features;
+its reference statistics are those of the real digits, computed here, and it also classifies, which
+gives conditional accuracy) and "pixels" (raw pixels, for toy data).
 """
 
 import os
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from . import dist
+from .digits import DigitsDetector, load_classifier, load_digits
 from .files import atomic_output, weight_search_dirs
 from .generate import to_uint8
 
@@ -28,6 +33,9 @@ REFERENCE_STATS = {
     "imagenet": ("stats/imagenet-64x64.npz", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz"),
 }
 FEEDS = ("float", "uint8")
+DETECTORS = ("inception", "digits", "pixels")
+DIGITS_CLASSIFIER_FILE = "digits-classifier.pt"
+DIGITS_DATASET = "digits"
 
 
 class PixelDetector(torch.nn.Module):
@@ -38,17 +46,28 @@ class PixelDetector(torch.nn.Module):
         return images.flatten(1).to(torch.float64) / 255.0
 
 
+def _find_file(file_name, path):
+    """`path` if given, else the first of the weight search folders holding `file_name`; (found or None, where)."""
+    candidates = [path] if path else [os.path.join(d, file_name) for d in weight_search_dirs()]
+    found = next((p for p in candidates if p and os.path.isfile(p)), None)
+    return found, (path if path else " or ".join(candidates))
+
+
 def load_detector(name="inception", path=None, device="cpu"):
     """The feature detector: 'inception' (TorchScript file: `path`, else ./model_zoo/, else torch's
-    hub cache) or 'pixels'."""
+    hub cache), 'digits' (the digits classifier file, found the same way) or 'pixels'."""
     if name == "pixels":
         return PixelDetector().to(device)
-    if name != "inception":
-        raise ValueError(f"unknown detector {name!r}; valid: inception, pixels")
-    candidates = [path] if path else [os.path.join(d, INCEPTION_FILE) for d in weight_search_dirs()]
-    found = next((p for p in candidates if p and os.path.isfile(p)), None)
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
+    if name == "digits":
+        found, where = _find_file(DIGITS_CLASSIFIER_FILE, path)
+        if found is None:
+            raise FileNotFoundError(f"digits classifier {DIGITS_CLASSIFIER_FILE} not found at {where}; it ships in "
+                                    "model_zoo/ (remake it with scripts/train_digits_classifier.py)")
+        return DigitsDetector(load_classifier(found)).to(device)
+    found, where = _find_file(INCEPTION_FILE, path)
     if found is None:
-        where = path if path else " or ".join(candidates)
         raise FileNotFoundError(f"Inception detector {INCEPTION_FILE} not found at {where}. Download {INCEPTION_URL} into "
                                 f"model_zoo/ (or pass --detector_path), or use --detector pixels")
     try:
@@ -96,6 +115,42 @@ class FeatureStats:
         return mu.cpu().numpy(), sigma.cpu().numpy()
 
 
+class DetectorTally:
+    """What a detector sees of a stream of generated batches: feature statistics (for FID) and, when
+    the detector classifies (the digits detector) and the batches carry labels, how many samples are
+    classified as the label they were generated for (conditional accuracy)."""
+
+    def __init__(self, detector, image_shape, device="cpu", feed="float"):
+        self.detector, self.feed = detector, feed
+        with torch.no_grad():
+            probe = detector(detector_input(torch.zeros((1, *image_shape), device=device), feed), return_features=True)
+        self.stats = FeatureStats(probe.shape[1], device=device)
+        self.hits = torch.zeros((), dtype=torch.float64, device=device)
+        self.labelled = torch.zeros((), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, images, labels=None):
+        pixels = detector_input(images, self.feed)
+        self.stats.update(self.detector(pixels, return_features=True))
+        if labels is not None and hasattr(self.detector, "classify"):
+            predicted = self.detector.classify(pixels)
+            self.hits += (predicted == labels.to(predicted.device)).sum()
+            self.labelled += len(labels)
+
+    def all_reduce(self):
+        self.stats.all_reduce()
+        for tensor in (self.hits, self.labelled):
+            dist.all_reduce_sum(tensor)
+        return self
+
+    def fid(self, reference):
+        return frechet_distance(*self.stats.mean_cov(), *reference)
+
+    def class_accuracy(self):
+        """Share of labelled samples classified as their label; NaN when nothing was classified."""
+        return float(self.hits / self.labelled) if self.labelled > 0 else float("nan")
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2(Σ1Σ2)^½) in float64.
 
@@ -118,9 +173,28 @@ def reference_stats_path(fid_dataset, ref_path=None):
     if ref_path:
         return ref_path
     if fid_dataset not in REFERENCE_STATS:
-        raise ValueError(f"unknown --fid_dataset {fid_dataset!r}; valid: {', '.join(REFERENCE_STATS)} "
+        raise ValueError(f"unknown --fid_dataset {fid_dataset!r}; valid: {', '.join([*REFERENCE_STATS, DIGITS_DATASET])} "
                          "(or pass --ref_path)")
     return os.path.join("model_zoo", REFERENCE_STATS[fid_dataset][0])
+
+
+def digits_reference_stats(detector, device="cpu"):
+    """(μ, Σ) of the detector's features on all 1,797 real digits: the FID reference for digits."""
+    if not isinstance(detector, DigitsDetector):
+        raise ValueError(f"--fid_dataset {DIGITS_DATASET} needs --detector digits (its statistics are computed with "
+                         "the digits classifier)")
+    images, _ = load_digits("all")
+    stats = FeatureStats(detector(detector_input(images[:1].to(device))).shape[1], device=device)
+    with torch.no_grad():
+        stats.update(detector(detector_input(images.to(device))))
+    return stats.mean_cov()
+
+
+def reference_stats(fid_dataset, ref_path, detector, dim, device="cpu"):
+    """The FID reference (μ, Σ): a statistics file, or for --fid_dataset digits computed from the data."""
+    if fid_dataset == DIGITS_DATASET and not ref_path:
+        return digits_reference_stats(detector, device)
+    return load_reference_stats(reference_stats_path(fid_dataset, ref_path), dim)
 
 
 def load_reference_stats(path, dim=None):

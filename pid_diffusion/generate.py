@@ -20,14 +20,28 @@ def sample_generator(seed, index):
     return torch.Generator().manual_seed((int(seed) * 2 ** 32 + int(index)) % 2 ** 63)
 
 
-def seeded_inputs(seed, indices, image_shape, label_dim=0):
-    """Unit-normal noise [len(indices), C, H, W] and integer labels (or None) for sample indices."""
+def check_class_label(class_label, label_dim):
+    """A requested class label must be one of the model's classes 0 … label_dim − 1."""
+    if class_label is None:
+        return
+    if not label_dim:
+        raise ValueError(f"class label {class_label} asked of an unconditional model (it has no classes)")
+    if not 0 <= class_label < label_dim:
+        raise ValueError(f"class label {class_label} is outside the model's classes: valid labels are 0 to "
+                         f"{label_dim - 1}")
+
+
+def seeded_inputs(seed, indices, image_shape, label_dim=0, class_label=None):
+    """Unit-normal noise [len(indices), C, H, W] and integer labels (or None) for sample indices;
+    `class_label` fixes every label instead of drawing it (the noise stays the same)."""
+    check_class_label(class_label, label_dim)
     noise, labels = [], []
     for index in indices:
         generator = sample_generator(seed, index)
         noise.append(torch.randn(image_shape, generator=generator))
         if label_dim:
-            labels.append(int(torch.randint(0, label_dim, (), generator=generator)))
+            drawn = int(torch.randint(0, label_dim, (), generator=generator))
+            labels.append(drawn if class_label is None else class_label)
     return torch.stack(noise), (torch.tensor(labels, dtype=torch.long) if label_dim else None)
 
 
@@ -47,6 +61,17 @@ def to_uint8(images):
 
 
 @dataclasses.dataclass
+class GenerationRequest:
+    """Which samples to make: sample i's noise and label depend only on (seed, i); `class_label`
+    fixes every label; `use_fp16` runs the network under float16 autocast on CUDA."""
+    num_samples: int
+    batch_size: int
+    seed: int
+    use_fp16: bool = False
+    class_label: int = None
+
+
+@dataclasses.dataclass
 class GeneratedBatch:
     indices: list
     images: torch.Tensor        # float NCHW in [-1, 1] (clamped), on the device
@@ -54,10 +79,11 @@ class GeneratedBatch:
 
 
 def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, rank=0, world_size=1,
-             device="cpu", sampler="oneshot", autocast_dtype=None, **sampler_options):
-    """Yield this process's GeneratedBatch objects in order."""
+             device="cpu", sampler="oneshot", autocast_dtype=None, class_label=None, **sampler_options):
+    """Yield this process's GeneratedBatch objects in order (labels drawn, or all `class_label`)."""
+    check_class_label(class_label, label_dim)
     for indices in shard_batches(num_samples, batch_size, rank, world_size):
-        noise, labels = seeded_inputs(seed, indices, image_shape, label_dim)
+        noise, labels = seeded_inputs(seed, indices, image_shape, label_dim, class_label)
         noise = noise.to(device)
         one_hot = None if labels is None else F.one_hot(labels, label_dim).to(device=device, dtype=torch.float32)
         context = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype

@@ -7,6 +7,9 @@ With the derivative a finite difference between two noise levels of the ρ-grid,
     loss(z, t)    = λ(t) · d(implied(z, t), sg[D(x_θ(z,t); t)])
 
 gradients flow through both student evaluations and never into the teacher.
+
+Also here: EDM's denoising objective, which makes teachers (Karras et al. 2022, eq. 8 with the
+loss weight of Table 1): λ(σ)·‖D(y + σn; σ) − y‖², ln σ ~ N(P_mean, P_std²).
 """
 
 import os
@@ -41,6 +44,26 @@ def weightings(weight_schedule, t, sigma_data=SIGMA_DATA):
 
 
 LOSS_NORMS = ("l1", "l2", "lpips")
+EDM_P_MEAN = -1.2
+EDM_P_STD = 1.2
+
+
+def edm_loss_weight(sigma, sigma_data=SIGMA_DATA):
+    """EDM's λ(σ) = (σ² + σ_d²)/(σ·σ_d)²: the inverse of the denoiser's error variance at init."""
+    return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+
+
+def edm_training_sigmas(log_normal_draws, p_mean=EDM_P_MEAN, p_std=EDM_P_STD):
+    """σ = exp(P_mean + P_std·n) for standard-normal draws n."""
+    return (p_mean + p_std * log_normal_draws).exp()
+
+
+def edm_denoising_loss(denoiser, images, sigma, noise, class_labels=None, sigma_data=SIGMA_DATA):
+    """Per-sample EDM loss λ(σ)·mean over C,H,W of (D(y + σ·n; σ) − y)² for clean images y, noise
+    levels σ [N] and unit noise n."""
+    noisy = images + sigma.reshape(-1, 1, 1, 1) * noise
+    denoised = denoiser(noisy, sigma, class_labels)
+    return edm_loss_weight(sigma, sigma_data) * _mean_over_pixels((denoised.to(images.dtype) - images) ** 2)
 
 
 def implied_denoised(x_t, x_t_next, t, t_next):

@@ -1,9 +1,12 @@
-"""The PID distillation loop (official-pid.md §4–5, with its bugs fixed).
+"""The training loop shared by PID distillation and teacher training, and the PID trainer on it
+(official-pid.md §4–5, with its bugs fixed).
 
-One process per device. Each step draws the *global* batch of noise, noise levels and labels from
-a generator seeded by (seed, step) and takes this process's slice, so a run is reproducible, survives
-resume bit for bit, and computes the same step on 1 or 8 GPUs. Gradients of micro-batches are
-summed (the original's definition, §1.10) and averaged over processes by DDP.
+One process per device. Each step draws the *global* batch of its random inputs (noise, noise
+levels, labels; for a teacher also the data indices) from a generator seeded by (seed, step) and
+takes this process's slice, so a run is reproducible, survives resume bit for bit, and computes the
+same step on 1 or 8 GPUs. Gradients of micro-batches are summed (the original's definition, §1.10)
+and averaged over processes by DDP. A trainer defines what it trains, `step_inputs(step)` and
+`batch_losses(model, inputs)`; `TrainingLoop` does the rest.
 
 Files in the run folder (rank 0 writes, each through a temporary name and a rename):
   model%06d.pt            the student network's state dict (bare keys, as the original)
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import dist
-from .checkpoint import (atomic_torch_save, build_teacher, load_strictly, network_state_dict, read_teacher_file,
+from .checkpoint import (PID_RUN, atomic_torch_save, build_teacher, load_strictly, network_state_dict, read_teacher_file,
                          read_torch_file, student_from_teacher)
 from .ema import EMA
 from .log import RunLogger, prepare_log_dir
@@ -50,10 +53,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    teacher_model_path: str
+class LoopConfig:
+    """What every training loop takes: batch, optimizer, EMA, schedule of logs and checkpoints,
+    precision and speed options."""
     log_dir: str
-    network_flags: dict = dataclasses.field(default_factory=dict)
     global_batch_size: int = 2048
     batch_size: int = -1
     microbatch: int = -1
@@ -67,21 +70,9 @@ class TrainConfig:
     save_interval: int = 10000
     total_training_steps: int = 600000
     resume_checkpoint: str = ""
-    start_scales: int = 40
-    end_scales: int = 40
-    scale_mode: str = "fixed"
-    sigma_min: float = SIGMA_MIN
-    sigma_max: float = SIGMA_MAX
-    rho: float = RHO
-    loss_norm: str = "lpips"
-    weight_schedule: str = "karras"
-    dropout: float = 0.0
     mixed_precision: str = "fp32"
     fp16_scale_growth: float = 1e-3
     seed: int = 0
-    lpips_vgg_weights: str = ""
-    lpips_lin_weights: str = ""
-    batched_student: bool = True
     channels_last: bool = False
     attention: str = "sdpa"
     compile: bool = False
@@ -89,20 +80,19 @@ class TrainConfig:
     fused_optimizer: bool = True
     cudnn_benchmark: bool = True
 
+    def choices(self):
+        return dict(optimizer=OPTIMIZERS, mixed_precision=MIXED_PRECISION, attention=ATTENTION_IMPLEMENTATIONS,
+                    compile_mode=COMPILE_MODES)
+
     def validate(self):
-        choices = dict(optimizer=OPTIMIZERS, mixed_precision=MIXED_PRECISION, scale_mode=SCALE_MODES,
-                       loss_norm=LOSS_NORMS, weight_schedule=WEIGHTINGS, attention=ATTENTION_IMPLEMENTATIONS,
-                       compile_mode=COMPILE_MODES)
-        for name, valid in choices.items():
+        for name, valid in self.choices().items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
-        for name in ("global_batch_size", "log_interval", "total_training_steps", "start_scales"):
+        for name in ("global_batch_size", "log_interval", "total_training_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.save_interval == 0 or self.save_interval < -1:
             raise ValueError("--save_interval must be positive, or -1 to save only at the end")
-        if self.start_scales < 2 or self.end_scales < 2:
-            raise ValueError("--start_scales/--end_scales: the ρ-grid needs at least 2 noise levels")
         ema_rates(self.ema_rate)
 
     @property
@@ -115,6 +105,35 @@ def ema_rates(text):
         return tuple(float(v) for v in str(text).split(",") if v.strip())
     except ValueError:
         raise ValueError(f"--ema_rate must be comma-separated numbers, got {text!r}") from None
+
+
+@dataclasses.dataclass
+class TrainConfig(LoopConfig):
+    """PID distillation: the loop's settings, the teacher, the ρ-grid and the loss."""
+    teacher_model_path: str = ""
+    network_flags: dict = dataclasses.field(default_factory=dict)
+    start_scales: int = 40
+    end_scales: int = 40
+    scale_mode: str = "fixed"
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
+    loss_norm: str = "lpips"
+    weight_schedule: str = "karras"
+    dropout: float = 0.0
+    lpips_vgg_weights: str = ""
+    lpips_lin_weights: str = ""
+    batched_student: bool = True
+
+    def choices(self):
+        return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS}
+
+    def validate(self):
+        super().validate()
+        if not self.teacher_model_path:
+            raise ValueError("--teacher_model_path is required: the teacher is what PID distils")
+        if self.start_scales < 2 or self.end_scales < 2:
+            raise ValueError("--start_scales/--end_scales: the ρ-grid needs at least 2 noise levels")
 
 
 def num_scales_at(config, step):
@@ -187,7 +206,12 @@ def step_from_checkpoint_name(path):
     return int(match.group(1)) if match else 0
 
 
-class PIDTrainer:
+class TrainingLoop:
+    """Optimizer, EMA, micro-batches, mixed precision, DDP, compilation, logging, checkpoints and
+    resume for any network trained by per-sample losses. A subclass builds its model and calls
+    `start(model, network, network_config)`; it defines `step_inputs(step)` (this process's tensors,
+    batch first, None allowed) and `batch_losses(model, inputs)` (per-sample losses)."""
+
     def __init__(self, config, dist_info=None):
         config.validate()
         self.config = config
@@ -199,75 +223,64 @@ class PIDTrainer:
         if dist.is_main():
             prepare_log_dir(config.log_dir)
         dist.barrier()
-
-        if config.teacher_model_path.startswith(BUILTIN_PREFIX):
-            self.teacher, teacher_config = builtin_teacher(config.teacher_model_path)
-            teacher_state = None
-        else:
-            teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
-            self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path)
-        self.teacher = self.teacher.to(self.device)
-        self.network_config = student_network_config(teacher_config, config.dropout)
-        if teacher_state is None:
-            self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
-                            "starts from random weights")
-        self.student = student_from_teacher(self.network_config, teacher_state, config.sigma_max)
-        self.student = self.student.to(self.device).train()
-        self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
-                            teacher_config["img_resolution"])
-        self.label_dim = teacher_config.get("label_dim", 0)
-
-        set_attention_implementation(config.attention)
         self.memory_format = (torch.channels_last if config.channels_last and self.device.type == "cuda"
                               else torch.contiguous_format)
-        self.student.to(memory_format=self.memory_format)
-        self.teacher.to(memory_format=self.memory_format)
-        self.optimizer = make_optimizer(config, self.student.net.parameters(), self.device)
-        self.ema = EMA(self.student.net, config.ema_rates)
-        self.lpips = None
-        if config.loss_norm == "lpips":
-            self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
-                self.device, memory_format=self.memory_format)
+        set_attention_implementation(config.attention)
+
+    def start(self, module, network, network_config):
+        """Train `network` (the weights saved in checkpoints) inside `module` (what the loss calls)."""
+        config = self.config
+        self.network, self.network_config = network, network_config
+        module.to(self.device, memory_format=self.memory_format).train()
+        self.optimizer = make_optimizer(config, network.parameters(), self.device)
+        self.ema = EMA(network, config.ema_rates)
         self.step = 0
         self.log2_loss_scale = FP16_INITIAL_LOG2_SCALE
         self._resume()
-        dist.broadcast_tensors(list(self.student.state_dict().values()))
+        dist.broadcast_tensors(list(network.state_dict().values()))
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
-        self.model = self.student
+        self.model = module
         if self.info.world_size > 1:
             if self.device.type == "cpu":
                 # CPU convolutions give a 1×1 kernel's gradient other strides on its size-1 dimensions: the
                 # same memory layout as DDP's bucket view, yet every process would print a warning about it.
                 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            self.model = DistributedDataParallel(self.student,
-                                                 device_ids=[self.device] if self.device.type == "cuda" else None,
+            self.model = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None,
                                                  gradient_as_bucket_view=True)
-        self.teacher_call, self.lpips_call = self.teacher, self.lpips
         if config.compile:
             keep_compiled_convolutions_channels_last(self.memory_format is torch.channels_last)
-            self.model = torch.compile(self.model, mode=config.compile_mode)
-            self.teacher_call = torch.compile(self.teacher, mode=config.compile_mode)
-            self.lpips_call = None if self.lpips is None else torch.compile(self.lpips, mode=config.compile_mode)
+        self.model = self.compiled(self.model)
 
-    # ----------------------------------------------------------------------------- noise
+    def compiled(self, module):
+        """`module` under torch.compile when --compile is on (None stays None)."""
+        if module is None or not self.config.compile:
+            return module
+        return torch.compile(module, mode=self.config.compile_mode)
+
     def step_inputs(self, step):
-        """This process's share of the step's global batch: z = σ_max·ε, t, t', one-hot labels."""
-        generator = torch.Generator(device=self.device).manual_seed((self.config.seed * 2 ** 32 + step) % 2 ** 63)
-        num_scales = num_scales_at(self.config, step)
-        noise = torch.randn((self.global_batch, *self.image_shape), generator=generator, device=self.device)
-        noise = noise.contiguous(memory_format=self.memory_format)
-        indices = torch.randint(0, num_scales, (self.global_batch,), generator=generator, device=self.device)
-        labels = None
-        if self.label_dim:
-            classes = torch.randint(0, self.label_dim, (self.global_batch,), generator=generator, device=self.device)
-            labels = F.one_hot(classes, self.label_dim).to(torch.float32)
-        share = slice(self.info.rank * self.batch, (self.info.rank + 1) * self.batch)
-        indices = indices[share]
-        grid = dict(sigma_min=self.config.sigma_min, sigma_max=self.config.sigma_max, rho=self.config.rho)
-        t = index_to_sigma(indices, num_scales, **grid).to(torch.float32)
-        t_next = index_to_sigma(pid_partner_index(indices, num_scales), num_scales, **grid).to(torch.float32)
-        return (self.config.sigma_max * noise[share], t, t_next, None if labels is None else labels[share])
+        raise NotImplementedError
+
+    def batch_losses(self, model, inputs):
+        raise NotImplementedError
+
+    def describe(self):
+        """The first line of the log: what is trained on what."""
+        raise NotImplementedError
+
+    run_kind = PID_RUN
+
+    def run_config(self):
+        """What run_config.json records beside the loop's settings."""
+        return {**dataclasses.asdict(self.config), "network_config": self.network_config, "run_kind": self.run_kind}
+
+    def step_generator(self, step):
+        """The generator of a step's global batch: seeded by (seed, step) alone."""
+        return torch.Generator(device=self.device).manual_seed((self.config.seed * 2 ** 32 + step) % 2 ** 63)
+
+    def share(self, global_tensor):
+        """This process's slice of a global-batch tensor."""
+        return global_tensor[self.info.rank * self.batch:(self.info.rank + 1) * self.batch]
 
     # ----------------------------------------------------------------------------- one step
     def _autocast(self):
@@ -279,7 +292,7 @@ class PIDTrainer:
     def train_step(self):
         """One optimizer step over the process's batch. Returns (loss sum over micro-batches as a
         device tensor, whether the step was applied)."""
-        z, t, t_next, labels = self.step_inputs(self.step)
+        inputs = self.step_inputs(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         scale = 2.0 ** self.log2_loss_scale if self.config.mixed_precision == "fp16" else 1.0
         loss_sum = torch.zeros((), device=self.device)
@@ -292,9 +305,7 @@ class PIDTrainer:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous micro-batch's graph outputs are consumed
             with sync:
                 with self._autocast():
-                    losses = pid_loss(self.model, self.teacher_call, z[part], t[part], t_next[part],
-                                      None if labels is None else labels[part], self.config.loss_norm,
-                                      self.config.weight_schedule, self.lpips_call, self.config.batched_student)
+                    losses = self.batch_losses(self.model, [None if x is None else x[part] for x in inputs])
                 loss = losses.float().mean()
                 (loss * scale).backward()
             loss_sum += loss.detach()
@@ -302,7 +313,7 @@ class PIDTrainer:
 
     def _optimizer_step(self, scale):
         if self.config.mixed_precision == "fp16":
-            grads = [p.grad for p in self.student.net.parameters() if p.grad is not None]
+            grads = [p.grad for p in self.network.parameters() if p.grad is not None]
             finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
             if not bool(finite):  # the original's dynamic loss scale: halve and skip the step
                 self.log2_loss_scale -= 1
@@ -322,13 +333,11 @@ class PIDTrainer:
     # ----------------------------------------------------------------------------- the loop
     def run(self):
         cfg = self.config
-        self.logger.save_config({**dataclasses.asdict(cfg), "network_config": self.network_config,
-                                 "world_size": self.info.world_size, "per_process_batch": self.batch,
-                                 "torch_version": torch.__version__})
-        self.logger.log(f"PID distillation: teacher {cfg.teacher_model_path}, {self.info.world_size} process(es) on "
-                        f"{self.device.type}, global batch {self.global_batch} ({self.batch} per process, "
-                        f"micro-batch {self.microbatch}), steps {self.step} → {cfg.total_training_steps}, "
-                        f"run folder {cfg.log_dir}")
+        self.logger.save_config({**self.run_config(), "world_size": self.info.world_size,
+                                 "per_process_batch": self.batch, "torch_version": torch.__version__})
+        self.logger.log(f"{self.describe()}, {self.info.world_size} process(es) on {self.device.type}, global batch "
+                        f"{self.global_batch} ({self.batch} per process, micro-batch {self.microbatch}), steps "
+                        f"{self.step} → {cfg.total_training_steps}, run folder {cfg.log_dir}")
         loss_total = torch.zeros((), device=self.device)
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         steps_in_interval, started = 0, time.time()
@@ -362,7 +371,7 @@ class PIDTrainer:
             where = (f"in the update to step {int(first_bad_step.item())}" if first_bad_step.item() >= 0
                      else "on another process")
             kept = f"model{last_saved:06d}.pt" if last_saved else "no checkpoint was written"
-            raise NonFiniteLossError(f"the PID loss became NaN or infinite {where}; stopping without saving. "
+            raise NonFiniteLossError(f"the loss became NaN or infinite {where}; stopping without saving. "
                                      f"Last good checkpoint: {kept} in {self.config.log_dir}. Lower --lr, "
                                      "or use --use_fp16 False / --mixed_precision bf16.")
 
@@ -388,7 +397,7 @@ class PIDTrainer:
             state = dict(step=self.step, log2_loss_scale=self.log2_loss_scale, cpu_rng=torch.get_rng_state(),
                          cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
             atomic_torch_save(state, files["state"])
-            atomic_torch_save(self.student.net.state_dict(), files["model"])  # last: marks it complete
+            atomic_torch_save(self.network.state_dict(), files["model"])  # last: marks it complete
             self.logger.log(f"saved checkpoint {self.step:06d}")
         dist.barrier()
 
@@ -406,11 +415,11 @@ class PIDTrainer:
             raise FileNotFoundError(f"--resume_checkpoint {model_path}: no such file")
         folder = os.path.dirname(os.path.abspath(model_path))
         files = checkpoint_files(folder, step, self.ema.rates)
-        load_strictly(self.student.net, network_state_dict(read_torch_file(model_path)), model_path,
-                      "the teacher's architecture")
+        load_strictly(self.network, network_state_dict(read_torch_file(model_path)), model_path,
+                      "the network being trained")
         for rate in self.ema.rates:
             path = files[f"ema_{rate}"]
-            self.ema.load_state_dict(rate, read_torch_file(path) if os.path.isfile(path) else self.student.net.state_dict())
+            self.ema.load_state_dict(rate, read_torch_file(path) if os.path.isfile(path) else self.network.state_dict())
         if os.path.isfile(files["opt"]):
             self.optimizer.load_state_dict(read_torch_file(files["opt"]))
         if os.path.isfile(files["state"]):
@@ -429,9 +438,63 @@ class PIDTrainer:
         self.model = self.optimizer = self.ema = None
 
 
-def train(config):
-    """Run a whole distillation in this process (the caller has called dist.init)."""
-    trainer = PIDTrainer(config)
+class PIDTrainer(TrainingLoop):
+    """PID distillation: the student x_θ starts from the teacher's weights (random weights for an
+    analytic teacher) and learns from noise and the frozen teacher alone."""
+
+    def __init__(self, config, dist_info=None):
+        super().__init__(config, dist_info)
+        if config.teacher_model_path.startswith(BUILTIN_PREFIX):
+            self.teacher, teacher_config = builtin_teacher(config.teacher_model_path)
+            teacher_state = None
+        else:
+            teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
+            self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path)
+        self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
+        if teacher_state is None:
+            self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
+                            "starts from random weights")
+        network_config = student_network_config(teacher_config, config.dropout)
+        self.student = student_from_teacher(network_config, teacher_state, config.sigma_max)
+        self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
+                            teacher_config["img_resolution"])
+        self.label_dim = teacher_config.get("label_dim", 0)
+        self.lpips = None
+        if config.loss_norm == "lpips":
+            self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
+                self.device, memory_format=self.memory_format)
+        self.start(self.student, self.student.net, network_config)
+        self.teacher_call, self.lpips_call = self.compiled(self.teacher), self.compiled(self.lpips)
+
+    def describe(self):
+        return f"PID distillation: teacher {self.config.teacher_model_path}"
+
+    def step_inputs(self, step):
+        """This process's share of the step's global batch: z = σ_max·ε, t, t', one-hot labels."""
+        generator = self.step_generator(step)
+        num_scales = num_scales_at(self.config, step)
+        noise = torch.randn((self.global_batch, *self.image_shape), generator=generator, device=self.device)
+        noise = noise.contiguous(memory_format=self.memory_format)
+        indices = torch.randint(0, num_scales, (self.global_batch,), generator=generator, device=self.device)
+        labels = None
+        if self.label_dim:
+            classes = torch.randint(0, self.label_dim, (self.global_batch,), generator=generator, device=self.device)
+            labels = self.share(F.one_hot(classes, self.label_dim).to(torch.float32))
+        indices = self.share(indices)
+        grid = dict(sigma_min=self.config.sigma_min, sigma_max=self.config.sigma_max, rho=self.config.rho)
+        t = index_to_sigma(indices, num_scales, **grid).to(torch.float32)
+        t_next = index_to_sigma(pid_partner_index(indices, num_scales), num_scales, **grid).to(torch.float32)
+        return self.config.sigma_max * self.share(noise), t, t_next, labels
+
+    def batch_losses(self, model, inputs):
+        z, t, t_next, labels = inputs
+        return pid_loss(model, self.teacher_call, z, t, t_next, labels, self.config.loss_norm,
+                        self.config.weight_schedule, self.lpips_call, self.config.batched_student)
+
+
+def train(config, trainer_class=PIDTrainer):
+    """Run a whole training in this process (the caller has called dist.init)."""
+    trainer = trainer_class(config)
     try:
         trainer.run()
     finally:

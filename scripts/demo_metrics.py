@@ -1,14 +1,13 @@
-"""Distillation-quality metrics of a PID run on the demo teacher (the built-in Gaussian mixture).
+"""Distillation-quality metrics of a PID run on the digits teacher (the quickstart's step 2).
 
     python scripts/demo_metrics.py --run_dir experiment/quickstart-...
 
-Compares, on the same noise, the teacher's 35-call Heun sampler, the teacher's 5- and 10-call Euler
-samplers, the untrained student (the teacher's weights) and the run's newest checkpoints (model and
-every EMA rate): per-pixel RMSE to the teacher's ODE endpoint, mode agreement, coverage, distance to
-the nearest component and pixel-space FID against exact mixture samples (see pid_diffusion/demo.py).
-Writes into the run folder: demo_metrics.csv, demo_metrics.json, demo_reference_stats.npz
-(exact-mixture pixel statistics, for fid_evaluation.py --detector pixels --ref_path) and
-teacher_vs_student.png.
+Compares, on the same noises and labels, the teacher's 35-call Heun sampler, the teacher's 5- and
+10-call Euler samplers, the untrained student (the teacher's weights) and the run's newest
+checkpoints (model and every EMA rate): digit FID, conditional accuracy and RMSE to the teacher's
+samples (see pid_diffusion/demo.py). Writes into the run folder: demo_metrics.csv, demo_metrics.json
+and teacher_vs_student.png (the teacher's samples above the best student checkpoint's). A run
+folder whose teacher is not a digits teacher is refused and nothing is written.
 """
 
 import argparse
@@ -17,20 +16,17 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 from pid_diffusion.checkpoint import RUN_CONFIG_FILE, load_student, load_teacher, student_from_teacher
-from pid_diffusion.demo import METRIC_FIELDS, MixtureMetrics, format_table
-from pid_diffusion.evaluation import checkpoints_in, save_grid
-from pid_diffusion.fid import save_reference_stats
+from pid_diffusion.demo import (METRIC_FIELDS, DigitsMetrics, check_digits_teacher, format_table, from_json,
+                                json_ready)
+from pid_diffusion.digits import DigitsUnavailableError
+from pid_diffusion.evaluation import checkpoints_in
+from pid_diffusion.fid import load_detector
 from pid_diffusion.files import atomic_output
-from pid_diffusion.generate import to_uint8
 from pid_diffusion.log import write_json_atomic
-from pid_diffusion.teachers import demo_mixture
-
-FIGURE_SAMPLES = 16
-FIGURE_ZOOM = 4
+from pid_diffusion.plots import paired_sample_grid
 
 
 def newest_checkpoints(run_dir):
@@ -41,49 +37,70 @@ def newest_checkpoints(run_dir):
     return [(name, path) for name, step, path in found if step == newest]
 
 
-def comparison_figure(teacher_images, student_images, path):
-    """Teacher samples (top row) above student samples (bottom row) from the same noise, enlarged."""
-    pair = torch.cat([teacher_images[:FIGURE_SAMPLES], student_images[:FIGURE_SAMPLES]])
-    pair = torch.nn.functional.interpolate(pair, scale_factor=FIGURE_ZOOM, mode="nearest")
-    save_grid(to_uint8(pair), path, columns=FIGURE_SAMPLES)
+def read_run_config(run_dir):
+    path = os.path.join(run_dir, RUN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir} is not a training run folder: {RUN_CONFIG_FILE} not found")
+    with open(path) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is damaged ({e})") from None
+    missing = [key for key in ("teacher_model_path", "network_config", "sigma_max") if key not in config]
+    if missing:
+        raise ValueError(f"{run_dir} is not a PID run folder: {path} lacks {', '.join(missing)}")
+    return config
+
+
+def measure(args):
+    """(rows, comparison figure rows, name of the best student) — everything before anything is written."""
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    run_config = read_run_config(args.run_dir)
+    teacher_path = run_config["teacher_model_path"]
+    teacher = load_teacher(teacher_path)
+    check_digits_teacher(teacher, teacher_path)
+    checkpoints = newest_checkpoints(args.run_dir)
+    metrics = DigitsMetrics(teacher, load_detector("digits", args.detector_path or None), args.num_samples, args.seed)
+    rows = [metrics.teacher_row, *metrics.few_step_teacher_rows()]
+    untrained = student_from_teacher(run_config["network_config"], teacher.state_dict(), run_config["sigma_max"])
+    rows.append(metrics.student("student untrained (step 0)", untrained.eval()))
+    best = None
+    for name, path in checkpoints:
+        student = load_student(path)
+        row = metrics.student(f"student {name}", student)
+        rows.append(row)
+        if best is None or row["fid"] < best[0]["fid"]:
+            best = (row, student)
+    return rows, metrics.comparison_rows(best[1]), best[0]["generator"]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run_dir", required=True, help="training run folder (with run_config.json)")
-    parser.add_argument("--num_samples", type=int, default=2000, help="noise samples per generator")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the exact samples")
+    parser.add_argument("--num_samples", type=int, default=2000, help="samples per generator")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noises and labels (sample i from (seed, i))")
+    parser.add_argument("--detector_path", default="", help="digits classifier file (default: model_zoo/)")
+    parser.add_argument("--show", action="store_true", help="print the table of an earlier run's demo_metrics.json")
     args = parser.parse_args(argv)
+    if args.show:
+        try:
+            with open(os.path.join(args.run_dir, "demo_metrics.json")) as f:
+                print(format_table(from_json(json.load(f))))
+        except (OSError, ValueError, KeyError) as e:
+            sys.exit(f"error: no readable demo_metrics.json in {args.run_dir} ({e}); run without --show first")
+        return
     try:
-        with open(os.path.join(args.run_dir, RUN_CONFIG_FILE)) as f:
-            run_config = json.load(f)
-        teacher = load_teacher(run_config["teacher_model_path"])
-        mixture = demo_mixture()
-        if (teacher.img_channels, teacher.img_resolution, teacher.img_resolution) != tuple(mixture.means.shape[1:]):
-            raise ValueError(f"{run_config['teacher_model_path']} is not a demo teacher (images of another shape)")
-        metrics = MixtureMetrics(mixture, teacher, args.num_samples, args.seed)
-        rows = [metrics.exact_row(), metrics.teacher_row(), *metrics.few_step_teacher_rows()]
-        if hasattr(teacher, "model"):  # a network teacher: its weights are the untrained student
-            untrained = student_from_teacher(run_config["network_config"], teacher.state_dict()).eval()
-            rows.append(metrics.student_row("student, untrained (step 0)", untrained))
-        students = {}
-        for name, path in newest_checkpoints(args.run_dir):
-            students[name] = load_student(path)
-            rows.append(metrics.student_row(f"student {name}", students[name]))
-    except (FileNotFoundError, ValueError, KeyError) as e:
+        rows, figure_rows, best = measure(args)
+    except (OSError, ValueError, DigitsUnavailableError) as e:
         sys.exit(f"error: {e}")
 
-    save_reference_stats(os.path.join(args.run_dir, "demo_reference_stats.npz"), *metrics.reference)
     with atomic_output(os.path.join(args.run_dir, "demo_metrics.csv")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    write_json_atomic(os.path.join(args.run_dir, "demo_metrics.json"),
-                      [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows])
-    closest = min((r for r in rows if r["generator"].removeprefix("student ") in students),
-                  key=lambda r: r["rmse_vs_teacher"])["generator"].removeprefix("student ")
-    student_images = metrics.generate_images(students[closest], "oneshot")
-    comparison_figure(metrics.teacher_endpoints, student_images, os.path.join(args.run_dir, "teacher_vs_student.png"))
+    write_json_atomic(os.path.join(args.run_dir, "demo_metrics.json"), json_ready(rows))
+    paired_sample_grid(figure_rows, [str(d) for d in range(10)], os.path.join(args.run_dir, "teacher_vs_student.png"),
+                       title=f"same noise and label: teacher (35 calls) above {best} (1 call)")
     print(format_table(rows))
 
 

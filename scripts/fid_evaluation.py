@@ -4,9 +4,14 @@
         --num_samples 50000 --batch_size 500 --seed 0
 
 Evaluates model*.pt and ema_*.pt (never opt*.pt or trainer_state*.pt) in step order with the same
-noise for every checkpoint, skips those already listed in <exp_dir>/fid_results_{seed}.csv, appends
-`model_name,step,FID` rows, and writes <exp_dir>/FID/{name}_samples.png and <exp_dir>/fid_vs_step.png.
-A checkpoint that cannot be read is reported and skipped. Runs under mpirun, torchrun or alone.
+noise for every checkpoint, skips those already listed in <exp_dir>/fid_results_{seed}.csv, adds
+`model_name,step,FID` rows (and `class_accuracy` with the digits detector: the share of samples the
+classifier assigns to the label they were generated for), and writes <exp_dir>/FID/{name}_samples.png
+and <exp_dir>/fid_vs_step.png. A checkpoint that cannot be read is reported and skipped. Runs under
+mpirun, torchrun or alone.
+
+Digits: --detector digits --fid_dataset digits (features of the shipped digits classifier, reference
+statistics computed from the 1,797 real digits).
 """
 
 import argparse
@@ -14,7 +19,9 @@ import os
 import sys
 
 from pid_diffusion import cli, dist, evaluation
-from pid_diffusion.fid import frechet_distance, load_detector, load_reference_stats, reference_stats_path
+from pid_diffusion.digits import DigitsUnavailableError
+from pid_diffusion.fid import DetectorTally, load_detector, reference_stats
+from pid_diffusion.plots import plot_fid_vs_step
 
 
 def parse(argv):
@@ -36,12 +43,12 @@ def evaluate_folder(args, given, device):
     checkpoints = evaluation.checkpoints_in(args.exp_dir)
     if not checkpoints:
         raise FileNotFoundError(f"no model*.pt or ema_*.pt checkpoints in {args.exp_dir}")
-    ref_path = reference_stats_path(args.fid_dataset, args.ref_path or None)
     results_path = os.path.join(args.exp_dir, f"fid_results_{args.seed}.csv")
     done = evaluation.read_results(results_path)
     sample_dir = os.path.join(args.exp_dir, "FID")
     if dist.is_main():
         os.makedirs(sample_dir, exist_ok=True)
+    request = cli.generation_request(args)
     reference = None
     for name, step, path in checkpoints:
         if name in done:
@@ -53,27 +60,33 @@ def evaluate_folder(args, given, device):
         except (ValueError, RuntimeError) as e:  # unreadable or foreign checkpoint files
             dist.print0(f"{name}: skipped, cannot be loaded ({e})")
             continue
-        images, _, _, stats = evaluation.run_generation(model, shape, label_dim, args, options, device,
-                                                        detector=detector, feed=args.detector_feed,
-                                                        keep_images=False)
-        mu, sigma = stats.all_reduce().mean_cov()
-        if reference is None:
-            reference = load_reference_stats(ref_path, dim=mu.shape[0])
+        if reference is None:  # checked before the first sampling, against the detector's feature size
+            dim = DetectorTally(detector, shape, device, args.detector_feed).stats.total.shape[0]
+            reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, dim, device)
+        images, _, _, tally = evaluation.run_generation(model, shape, label_dim, request, options, device,
+                                                        detector=detector, feed=args.detector_feed, keep_images=False)
+        tally.all_reduce()
         if dist.is_main():
-            fid = frechet_distance(mu, sigma, *reference)
-            evaluation.append_result(results_path, dict(model_name=name, step=step, FID=f"{fid:.6f}"))
+            row = dict(model_name=name, step=step, FID=f"{tally.fid(reference):.6f}")
+            accuracy = tally.class_accuracy()
+            if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional model
+                row["class_accuracy"] = f"{accuracy:.6f}"
+            done[name] = row
+            evaluation.write_results(results_path, list(done.values()))
             evaluation.save_grid(images[:100], os.path.join(sample_dir, f"{name}_samples.png"), columns=10)
-            print(f"{name}: FID {fid:.4f} ({int(stats.count)} samples, {args.detector} detector)", flush=True)
+            extra = f", class accuracy {accuracy:.4f}" if "class_accuracy" in row else ""
+            print(f"{name}: FID {float(row['FID']):.4f}{extra} ({int(tally.stats.count)} samples, {args.detector} "
+                  "detector)", flush=True)
         dist.barrier()
     if dist.is_main():
-        rows = list(evaluation.read_results(results_path).values())
-        evaluation.plot_fid_vs_step(rows, os.path.join(args.exp_dir, "fid_vs_step.png"))
+        plot_fid_vs_step(list(evaluation.read_results(results_path).values()),
+                         os.path.join(args.exp_dir, "fid_vs_step.png"), title=f"FID ({args.detector} detector) by step")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, given = parse(argv)
-    cli.run_script(lambda info: evaluate_folder(args, given, info.device))
+    cli.run_script(lambda info: evaluate_folder(args, given, info.device), extra_errors=(DigitsUnavailableError,))
 
 
 if __name__ == "__main__":

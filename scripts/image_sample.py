@@ -35,7 +35,8 @@ def sample_to_folder(args, given, info):
     out_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
     if dist.is_main():
         prepare_log_dir(out_dir)
-    images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, args, options, info.device)
+    request = cli.generation_request(args)
+    images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, request, options, info.device)
     images, labels = evaluation.gather_in_order(images, labels, indices)
     if dist.is_main():
         path = evaluation.save_samples_npz(images, labels, out_dir)

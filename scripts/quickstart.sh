@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole method on a laptop, in minutes, with nothing to download: PID distillation of the shipped demo
-# teacher (a DDPM++ fitted to a Gaussian mixture of 8 colour templates, model_zoo/demo-gmm-ddpmpp.pt) through
-# the same scripts and code paths as a CIFAR-10 run, on 2 CPU processes under mpirun (gloo).
+# The whole method on a laptop, in minutes, on real data with nothing to download: PID distillation of the
+# shipped digits teacher (a class-conditional DDPM++ trained with EDM's objective on scikit-learn's handwritten
+# digits, model_zoo/digits-ddpmpp.pt) into a one-step generator, through the same scripts and code paths as a
+# CIFAR-10 or ImageNet-64 run, on 2 CPU processes under mpirun (gloo); then digit FID and conditional accuracy
+# (model_zoo/digits-classifier.pt) of every checkpoint, and pictures.
 #
 #   bash scripts/quickstart.sh                 # a new run folder experiment/quickstart-<time>
 #   bash scripts/quickstart.sh --resume DIR    # continue the run in DIR
@@ -15,7 +17,7 @@ STEPS=${QUICKSTART_STEPS:-2000}
 BATCH=${QUICKSTART_BATCH:-64}
 SAMPLES=${QUICKSTART_SAMPLES:-2000}
 NUM_PROCESSES=${NUM_PROCESSES:-2}
-TEACHER=model_zoo/demo-gmm-ddpmpp.pt
+TEACHER=model_zoo/digits-ddpmpp.pt
 
 if [[ "${1:-}" == "--resume" ]]; then
   RUN_DIR=${2:?usage: bash scripts/quickstart.sh --resume RUN_DIR}
@@ -40,25 +42,24 @@ echo "== 1/4 PID distillation: $STEPS steps of $BATCH images, ${LAUNCH[*]:-1 pro
 OPENAI_LOGDIR=$RUN_DIR "${LAUNCH[@]}" "$PYTHON" scripts/cm_train.py --teacher_model_path "$TEACHER" \
   --training_mode one_shot_pinn_edm_edm --start_scales 250 --loss_norm l2 --weight_schedule uniform \
   --optimizer radam --lr 0.001 --global_batch_size "$BATCH" --total_training_steps "$STEPS" \
-  --save_interval $((STEPS / 4 > 0 ? STEPS / 4 : 1)) --log_interval $((STEPS / 10 > 0 ? STEPS / 10 : 1)) \
+  --save_interval $((STEPS / 8 > 0 ? STEPS / 8 : 1)) --log_interval $((STEPS / 10 > 0 ? STEPS / 10 : 1)) \
   --ema_rate 0.99,0.999
 
-echo "== 2/4 distillation quality against the teacher and the exact mixture"
+echo "== 2/4 the newest checkpoints beside the teacher's samplers: digit FID, conditional accuracy (same noises and labels)"
 "$PYTHON" scripts/demo_metrics.py --run_dir "$RUN_DIR" --num_samples "$SAMPLES"
 
-echo "== 3/4 pixel-space FID of every checkpoint"
-"${LAUNCH[@]}" "$PYTHON" scripts/fid_evaluation.py --exp_dir "$RUN_DIR" --detector pixels \
-  --ref_path "$RUN_DIR/demo_reference_stats.npz" --num_samples "$SAMPLES" --batch_size 500 --seed 0 \
-  2> >(grep -v "sampling:" >&2)
+echo "== 3/4 digit FID and conditional accuracy of every checkpoint"
+"${LAUNCH[@]}" "$PYTHON" scripts/fid_evaluation.py --exp_dir "$RUN_DIR" --detector digits --fid_dataset digits \
+  --num_samples "$SAMPLES" --batch_size 500 --seed 0 2> >(grep -v "sampling:" >&2)
 
-echo "== 4/4 sample grids: teacher (heun_deter, 18 steps = 35 calls) and student (1 call)"
+echo "== 4/4 samples: teacher (heun_deter, 18 steps = 35 calls) and student (1 call)"
 OPENAI_LOGDIR=$RUN_DIR/samples_teacher "$PYTHON" scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_teacher \
-  --model_path "$TEACHER" --sampler heun_deter --steps 18 --num_samples 64 --batch_size 64 2> >(grep -v "sampling:" >&2)
-FINAL=$(ls "$RUN_DIR"/model*.pt | sort | tail -n 1)
+  --model_path "$TEACHER" --sampler heun_deter --steps 18 --num_samples 100 --batch_size 100 2> >(grep -v "sampling:" >&2)
+FINAL=$(ls "$RUN_DIR"/ema_0.99_*.pt | sort | tail -n 1)
 OPENAI_LOGDIR=$RUN_DIR/samples_student "$PYTHON" scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_one_shot \
-  --model_path "$FINAL" --num_samples 64 --batch_size 64 2> >(grep -v "sampling:" >&2)
+  --model_path "$FINAL" --num_samples 100 --batch_size 100 2> >(grep -v "sampling:" >&2)
 
 echo
 echo "== summary ($((SECONDS - START)) s) — run folder $RUN_DIR"
-column -s, -t < "$RUN_DIR/fid_results_0.csv" 2>/dev/null || cat "$RUN_DIR/fid_results_0.csv"
-echo "figures: $RUN_DIR/teacher_vs_student.png, $RUN_DIR/fid_vs_step.png; metrics: $RUN_DIR/demo_metrics.csv"
+"$PYTHON" scripts/demo_metrics.py --run_dir "$RUN_DIR" --show
+echo "figures: $RUN_DIR/teacher_vs_student.png, $RUN_DIR/fid_vs_step.png; all checkpoints: $RUN_DIR/fid_results_0.csv"

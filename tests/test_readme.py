@@ -21,7 +21,8 @@ def test_model_zoo_readme_lists_every_file_the_code_looks_for():
     listed = open(os.path.join(REPO, "model_zoo", "README.md")).read()
     from pid_diffusion import fid, losses
     for name in (fid.INCEPTION_FILE, losses.VGG16_WEIGHTS_FILE, losses.LPIPS_WEIGHTS_FILE,
-                 "edm-cifar10-32x32-uncond-vp.pkl", "edm-imagenet-64x64-cond-adm.pkl", "demo-gmm-ddpmpp.pt",
+                 "edm-cifar10-32x32-uncond-vp.pkl", "edm-imagenet-64x64-cond-adm.pkl", "digits-ddpmpp.pt",
+                 fid.DIGITS_CLASSIFIER_FILE,
                  *(os.path.basename(path) for path, _ in fid.REFERENCE_STATS.values())):
         assert name in listed, name
     for script in ("distill_pid_diffusion.sh", "image_sampling.sh", "fid_eval.sh", "quickstart.sh"):

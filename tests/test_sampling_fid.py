@@ -79,7 +79,7 @@ def test_samples_do_not_depend_on_batch_size_or_processes(workspace, tmp_path, m
     assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
     assert a["arr_0"].std() > 0
     grid = Image.open(tmp_path / "one" / "samples_grid.png")
-    assert grid.size == (8 * 8, 2 * 8)
+    assert grid.size == (8 * 32, 2 * 32)  # 8×8 images enlarged 4× in grids
 
 
 def test_per_sample_noise_and_sharding():
@@ -168,7 +168,7 @@ def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path, num_samp
 def test_bad_inputs(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt.*nvlabs-fi-cdn"):
         load_detector("inception", path=str(tmp_path / "missing.pt"))
-    with pytest.raises(ValueError, match="valid: inception, pixels"):
+    with pytest.raises(ValueError, match="valid: inception, digits, pixels"):
         load_detector("clip")
     with pytest.raises(FileNotFoundError, match="cifar10-32x32.npz.*fid-refs"):
         load_reference_stats(str(tmp_path / "stats" / "cifar10-32x32.npz"))

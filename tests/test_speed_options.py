@@ -71,7 +71,10 @@ def test_reference_and_fast_paths_give_the_same_step(tmp_path):
     start = {k[len("model."):]: v for k, v in teacher.state_dict().items()}
     for key, value in params_ref.items():
         step_ref = value - start[key]
-        assert (params_fast[key] - value).norm() <= 1e-4 * step_ref.norm() + 1e-9, key
+        # the steps agree to 1e-4 (other summation orders of the same gradient); on top, each updated weight
+        # may round to either neighbouring float32 (one ulp of its value: steps of 1e-6 on weights of 0.1 do)
+        rounding = torch.finfo(value.dtype).eps * value.norm()
+        assert (params_fast[key] - value).norm() <= 1e-4 * step_ref.norm() + rounding, key
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,

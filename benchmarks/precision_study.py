@@ -1,0 +1,101 @@
+"""Precision study on a real teacher: the same PID distillation (same teacher, initialisation, seeds
+and steps) once per configuration, scored by digit FID and conditional accuracy of its checkpoints.
+
+    python benchmarks/precision_study.py --modes reference,reference+seed=1,default,default+mixed_precision=fp16,default+mixed_precision=bf16,fast --json precision.json
+
+Modes are those of benchmarks/train_step.py (reference, default, fast, fast-no<option>,
+<mode>+<option>=<value>). Every run: the digits teacher (model_zoo/digits-ddpmpp.pt), the
+quickstart's settings (l2, N = 250, RAdam 1e-3, batch 64, EMA 0.99 and 0.999), one process. Every
+`--eval_every` steps, each checkpoint (model and EMA) makes `--num_samples` one-step samples from the
+same noises and labels (seed 0), scored with the digits classifier. Two runs of `reference` with
+different seeds give the noise floor: a configuration is quality-neutral when its curves stay within
+their spread. Writes --json with the curves and the loss log, and prints a table.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import mode_options  # noqa: E402
+
+from pid_diffusion import dist  # noqa: E402
+from pid_diffusion.checkpoint import load_student  # noqa: E402
+from pid_diffusion.demo import CLIP_DENOISED, DIGITS_SHAPE  # noqa: E402
+from pid_diffusion.digits import NUM_CLASSES  # noqa: E402
+from pid_diffusion.evaluation import checkpoints_in  # noqa: E402
+from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector  # noqa: E402
+from pid_diffusion.generate import generate  # noqa: E402
+from pid_diffusion.trainer import TrainConfig, train  # noqa: E402
+
+STUDY_SETTINGS = dict(loss_norm="l2", weight_schedule="uniform", start_scales=250, lr=1e-3, optimizer="radam",
+                      global_batch_size=64, ema_rate="0.99,0.999")
+LOG_INTERVAL = 50
+
+
+def study_config(teacher, folder, steps, eval_every, options):
+    """The trainer configuration of one study run: the quickstart's settings, `options` on top."""
+    return TrainConfig(teacher_model_path=teacher, log_dir=folder, total_training_steps=steps,
+                       save_interval=eval_every, log_interval=min(LOG_INTERVAL, eval_every),
+                       **{**STUDY_SETTINGS, **options})
+
+
+def score(folder, detector, reference, num_samples, device):
+    """[{name, step, fid, class_accuracy}] of every checkpoint in a run folder."""
+    rows = []
+    for name, step, path in checkpoints_in(folder):
+        student = load_student(path).to(device)
+        tally = DetectorTally(detector, DIGITS_SHAPE, device)
+        for batch in generate(student, num_samples, 1000, 0, DIGITS_SHAPE, NUM_CLASSES, device=device,
+                              sampler="oneshot", clip_denoised=CLIP_DENOISED):
+            tally.update(batch.images, batch.labels.to(device))
+        rows.append(dict(name=name, step=step, fid=tally.fid(reference), class_accuracy=tally.class_accuracy()))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="reference,reference+seed=1,default", help="comma list of modes")
+    parser.add_argument("--teacher", default="model_zoo/digits-ddpmpp.pt", help="digits teacher file")
+    parser.add_argument("--steps", type=int, default=2000, help="PID steps per run")
+    parser.add_argument("--eval_every", type=int, default=250, help="checkpoint and score every this many steps")
+    parser.add_argument("--num_samples", type=int, default=2000, help="samples per checkpoint")
+    parser.add_argument("--json", default="precision_study.json", help="output file")
+    args = parser.parse_args(argv)
+    info = dist.init()
+    device = info.device
+    detector = load_detector("digits", device=device)
+    reference = digits_reference_stats(detector, device)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, options in mode_options(args.modes.split(",")):
+            folder = os.path.join(tmp, str(len(results)))
+            started = time.time()
+            train(study_config(args.teacher, folder, args.steps, args.eval_every, options))
+            seconds = time.time() - started
+            with open(os.path.join(folder, "progress.csv"), newline="") as f:
+                losses = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+            checkpoints = score(folder, detector, reference, args.num_samples, device)
+            results.append(dict(mode=label, options=options, train_seconds=seconds, losses=losses,
+                                checkpoints=checkpoints))
+            final = {row["name"].rsplit("_", 1)[0] if row["name"].startswith("ema") else "model": row
+                     for row in checkpoints if row["step"] == args.steps}
+            print(f"{label:<45} {seconds:6.0f} s  final loss {losses[-1][1]:.6f}  " + "  ".join(
+                f"{kind}: FID {row['fid']:.3f} acc {row['class_accuracy']:.4f}" for kind, row in sorted(final.items())),
+                flush=True)
+    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
+                date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv), teacher=args.teacher, steps=args.steps,
+                num_samples=args.num_samples, settings=STUDY_SETTINGS)
+    with open(args.json, "w") as f:
+        json.dump(dict(meta=meta, results=results), f, indent=2)
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The real-data case: digits data, the EDM teacher objective and trainer, the digits detector and its
+FID / conditional accuracy, and the demo metrics' handling of bad input."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_song_config
+from pid_diffusion import digits
+from pid_diffusion.checkpoint import load_teacher, save_teacher
+from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
+from pid_diffusion.generate import seeded_inputs
+from pid_diffusion.losses import edm_denoising_loss, edm_loss_weight, edm_training_sigmas
+from pid_diffusion.networks import EDMPrecond
+from pid_diffusion.teacher_trainer import TeacherTrainConfig, TeacherTrainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_CLASSIFIER = os.path.join(REPO, "model_zoo", "digits-classifier.pt")
+SHIPPED_TEACHER = os.path.join(REPO, "model_zoo", "digits-ddpmpp.pt")
+
+
+def test_digits_split_is_fixed_disjoint_and_scaled():
+    train_images, train_labels = digits.load_digits("train")
+    held_images, held_labels = digits.load_digits("held_out")
+    all_images, _ = digits.load_digits("all")
+    assert len(train_labels) + len(held_labels) == len(all_images) == 1797 and len(held_labels) == digits.HELD_OUT
+    assert train_images.shape[1:] == (1, 8, 8) and train_images.min() == -1 and train_images.max() == 1
+    # 17 grey levels 0..16 map to k/8 − 1
+    assert torch.equal((train_images + 1) * 8, ((train_images + 1) * 8).round())
+    again, _ = digits.load_digits("train")
+    assert torch.equal(again, train_images)
+    assert set(held_labels.tolist()) == set(range(10))
+    with pytest.raises(ValueError, match="valid: train, held_out, all"):
+        digits.load_digits("test")
+
+
+def test_missing_scikit_learn_names_the_install_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if not installed
+    with pytest.raises(digits.DigitsUnavailableError, match=r"pip install -e '\.\[digits\]'"):
+        digits.load_digits()
+
+
+def test_edm_loss_against_a_hand_computation():
+    # Denoiser D(x; σ, labels) = a·x with a = 0.5; one pixel per image: everything is a scalar sum.
+    images = torch.tensor([0.5, -1.0]).reshape(2, 1, 1, 1)
+    sigma = torch.tensor([0.1, 2.0])
+    noise = torch.tensor([1.0, -0.5]).reshape(2, 1, 1, 1)
+    got = edm_denoising_loss(lambda x, s, labels: 0.5 * x, images, sigma, noise)
+    expected = []
+    for y, s, n in ((0.5, 0.1, 1.0), (-1.0, 2.0, -0.5)):
+        weight = (s * s + 0.25) / (s * 0.5) ** 2
+        expected.append(weight * (0.5 * (y + s * n) - y) ** 2)
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+    assert edm_loss_weight(torch.tensor(0.5)).item() == pytest.approx(8.0)  # (0.25 + 0.25)/(0.25·0.25)
+    assert edm_training_sigmas(torch.tensor([0.0, 1.0])).tolist() == pytest.approx([math.exp(-1.2), 1.0])
+
+
+def tiny_teacher_config(tmp_path, **overrides):
+    network = {**digits.DIGITS_NETWORK_CONFIG, "model_channels": 8, "num_blocks": 1}
+    values = dict(log_dir=str(tmp_path), network_config=network, global_batch_size=8, total_training_steps=3,
+                  save_interval=3, log_interval=1, ema_rate="0.5", lr=1e-3, optimizer="adam")
+    values.update(overrides)
+    return TeacherTrainConfig(**values)
+
+
+def test_teacher_trainer_draws_real_digits_and_exports_a_loadable_teacher(tmp_path):
+    trainer = TeacherTrainer(tiny_teacher_config(tmp_path / "run"))
+    images, labels, sigma, noise = trainer.step_inputs(0)
+    pool = {}
+    for image, label in zip(trainer.images, trainer.labels):
+        pool.setdefault(tuple(image.flatten().tolist()), set()).add(int(label))
+    # training digits with their own labels, not noise
+    assert all(int(label) in pool[tuple(image.flatten().tolist())] for image, label in zip(images, labels.argmax(1)))
+    assert labels.shape == (8, 10) and torch.equal(labels.sum(1), torch.ones(8))
+    assert sigma.shape == (8,) and noise.shape == images.shape
+    again = trainer.step_inputs(0)
+    assert all(torch.equal(a, b) for a, b in zip(again, (images, labels, sigma, noise)))  # (seed, step) only
+    start = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    trainer.run()
+    assert trainer.step == 3 and (tmp_path / "run" / "model000003.pt").exists()
+    assert any(not torch.equal(v, start[k]) for k, v in trainer.network.state_dict().items())
+    trainer.export(0.5, tmp_path / "teacher.pt")
+    teacher = load_teacher(tmp_path / "teacher.pt")
+    ema = trainer.ema.state_dict(0.5)
+    assert all(torch.equal(v, ema[k]) for k, v in teacher.model.state_dict().items())
+    assert (teacher.img_channels, teacher.img_resolution, teacher.label_dim) == (1, 8, 10)
+    trainer.close()
+    # the same seed gives the same initial weights and the same steps
+    other = TeacherTrainer(tiny_teacher_config(tmp_path / "other"))
+    assert all(torch.equal(v, start[k]) for k, v in other.network.state_dict().items())
+
+
+def test_train_teacher_script_refuses_to_replace_an_export(tmp_path):
+    existing = tmp_path / "teacher.pt"
+    existing.write_bytes(b"keep me")
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train_teacher.py"), "--export",
+                           str(existing)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OPENAI_LOGDIR": str(tmp_path / "run")})
+    assert done.returncode == 2 and "exists" in done.stderr and existing.read_bytes() == b"keep me"
+    assert not (tmp_path / "run").exists()
+
+
+def test_shipped_classifier_held_out_accuracy():
+    model = digits.load_classifier(SHIPPED_CLASSIFIER)
+    images, labels = digits.load_digits("held_out")
+    assert digits.accuracy(model, images, labels) >= 0.97  # the stated figure: 98.9%
+    assert os.path.getsize(SHIPPED_CLASSIFIER) <= 1_000_000
+
+
+def test_digits_detector_fid_and_class_accuracy_on_real_digits():
+    detector = load_detector("digits", SHIPPED_CLASSIFIER)
+    reference = digits_reference_stats(detector)
+    images, labels = digits.load_digits("held_out")
+    tally = DetectorTally(detector, (1, 8, 8))
+    tally.update(images, labels)
+    assert tally.class_accuracy() >= 0.97
+    real_fid = tally.fid(reference)
+    shuffled = DetectorTally(detector, (1, 8, 8))
+    shuffled.update(images, labels.roll(1))  # right images, wrong labels: accuracy collapses, FID does not move
+    assert shuffled.class_accuracy() < 0.2 and shuffled.fid(reference) == pytest.approx(real_fid)
+    noise = DetectorTally(detector, (1, 8, 8))
+    noise.update(torch.rand(360, 1, 8, 8) * 2 - 1, labels)
+    assert noise.fid(reference) > 5 * real_fid and noise.class_accuracy() < 0.5
+    unlabelled = DetectorTally(detector, (1, 8, 8))
+    unlabelled.update(images)
+    assert math.isnan(unlabelled.class_accuracy())
+
+
+def test_digits_detector_explains_images_of_another_kind():
+    detector = load_detector("digits", SHIPPED_CLASSIFIER)
+    with pytest.raises(ValueError, match="expects 1-channel 8×8 images.*got images of shape \\(3, 32, 32\\)"):
+        DetectorTally(detector, (3, 32, 32))
+    with pytest.raises(ValueError, match="needs --detector digits"):
+        digits_reference_stats(load_detector("pixels"))
+
+
+def test_class_label_outside_the_classes_names_the_range():
+    noise, labels = seeded_inputs(0, range(4), (1, 8, 8), label_dim=10, class_label=7)
+    assert labels.tolist() == [7, 7, 7, 7]
+    assert torch.equal(noise, seeded_inputs(0, range(4), (1, 8, 8), label_dim=10)[0])  # same noise
+    with pytest.raises(ValueError, match="valid labels are 0 to 9"):
+        seeded_inputs(0, range(4), (1, 8, 8), label_dim=10, class_label=10)
+    with pytest.raises(ValueError, match="unconditional"):
+        seeded_inputs(0, range(4), (1, 8, 8), label_dim=0, class_label=3)
+
+
+def test_demo_metrics_script_explains_bad_run_folders(tmp_path):
+    script = os.path.join(REPO, "scripts", "demo_metrics.py")
+
+    def run(folder):
+        return subprocess.run([sys.executable, script, "--run_dir", str(folder), "--num_samples", "16"],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+
+    missing = run(tmp_path / "nothing")
+    assert missing.returncode == 1 and "run_config.json" in missing.stderr and "Traceback" not in missing.stderr
+    config = tiny_song_config(img_resolution=16)
+    save_teacher(EDMPrecond(**config), tmp_path / "teacher16.pt", config)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run_config.json").write_text(json.dumps({"teacher_model_path": str(tmp_path / "teacher16.pt"),
+                                                        "network_config": config, "sigma_max": 80.0}))
+    foreign = run(folder)
+    assert foreign.returncode == 1 and "is not a digits teacher" in foreign.stderr
+    assert "Traceback" not in foreign.stderr
+    assert sorted(os.listdir(folder)) == ["run_config.json"]  # nothing written
+    (folder / "run_config.json").write_text(json.dumps({"teacher_model_path": "x"}))
+    teacher_run = run(folder)
+    assert teacher_run.returncode == 1 and "not a PID run folder" in teacher_run.stderr
