@@ -13,6 +13,7 @@ their spread. Writes --json with the curves and the loss log, and prints a table
 """
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -21,6 +22,7 @@ import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import mode_options  # noqa: E402
@@ -32,7 +34,9 @@ from pid_diffusion.digits import NUM_CLASSES  # noqa: E402
 from pid_diffusion.evaluation import checkpoints_in  # noqa: E402
 from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector  # noqa: E402
 from pid_diffusion.generate import generate  # noqa: E402
-from pid_diffusion.trainer import TrainConfig, train  # noqa: E402
+from pid_diffusion.losses import implied_denoised  # noqa: E402
+from pid_diffusion.schedules import index_to_sigma, pid_partner_index  # noqa: E402
+from pid_diffusion.trainer import PIDTrainer, TrainConfig, float32_call, train  # noqa: E402
 
 STUDY_SETTINGS = dict(loss_norm="l2", weight_schedule="uniform", start_scales=250, lr=1e-3, optimizer="radam",
                       global_batch_size=64, ema_rate="0.99,0.999")
@@ -44,6 +48,36 @@ def study_config(teacher, folder, steps, eval_every, options):
     return TrainConfig(teacher_model_path=teacher, log_dir=folder, total_training_steps=steps,
                        save_interval=eval_every, log_interval=min(LOG_INTERVAL, eval_every),
                        **{**STUDY_SETTINGS, **options})
+
+
+PROBE_INDICES = (5, 25, 60, 125, 200, 249)
+
+
+def probe(config, indices=PROBE_INDICES, batch=64):
+    """{grid index: relative error of the implied denoised image} of the untrained student (the
+    teacher's weights) in this configuration's precision, against the same computation in float64."""
+    trainer = PIDTrainer(config)
+    exact = copy.deepcopy(trainer.student).double().eval()
+    trainer.student.eval()
+    generator = torch.Generator(device=trainer.device).manual_seed(0)
+    errors = {}
+    for index in indices:
+        z = config.sigma_max * torch.randn((batch, *trainer.image_shape), generator=generator, device=trainer.device)
+        labels = F.one_hot(torch.arange(batch, device=trainer.device) % trainer.label_dim, trainer.label_dim).float()
+        idx = torch.full((batch,), index, device=trainer.device)
+        t = index_to_sigma(idx, config.start_scales).float()
+        t_next = index_to_sigma(pid_partner_index(idx, config.start_scales), config.start_scales).float()
+        with torch.no_grad():
+            with trainer._autocast():
+                student = trainer.model if config.student_precision != "fp32" else float32_call(trainer.model)
+                x_t, x_next = student(torch.cat([z, z]), torch.cat([t, t_next]), torch.cat([labels, labels])).float().chunk(2)
+            implied = implied_denoised(x_t, x_next, t, t_next).double()
+            e_t, e_next = exact(torch.cat([z, z]).double(), torch.cat([t, t_next]).double(),
+                                torch.cat([labels, labels]).double()).chunk(2)
+            truth = implied_denoised(e_t, e_next, t.double(), t_next.double())
+        errors[index] = float((implied - truth).norm() / truth.norm())
+    trainer.close()
+    return errors
 
 
 def score(folder, detector, reference, num_samples, device):
@@ -59,6 +93,30 @@ def score(folder, detector, reference, num_samples, device):
     return rows
 
 
+def plot(json_paths, path):
+    """Digit FID and loss against step, one line per mode, from study JSON files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for p in json_paths for r in json.load(open(p))["results"]]
+    figure, (fid_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        curve = sorted((c["step"], c["fid"]) for c in r["checkpoints"] if c["name"].startswith("ema_0.99_"))
+        style = "--" if r["mode"].startswith("reference") else "-"
+        fid_axes.plot(*zip(*curve), style, marker="o", markersize=3, label=r["mode"])
+        loss_axes.plot(*zip(*r["losses"]), style, label=r["mode"])
+    fid_axes.set(yscale="log", xlabel="PID step", ylabel="digit FID (EMA 0.99, 2,000 samples)",
+                 title="quality of the one-step student")
+    loss_axes.set(yscale="log", xlabel="PID step", ylabel="logged l2 loss (mean of 50 steps)", title="training loss")
+    for axes in (fid_axes, loss_axes):
+        axes.grid(True, which="both", alpha=0.3)
+    fid_axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default="reference,reference+seed=1,default", help="comma list of modes")
@@ -67,15 +125,25 @@ def main(argv=None):
     parser.add_argument("--eval_every", type=int, default=250, help="checkpoint and score every this many steps")
     parser.add_argument("--num_samples", type=int, default=2000, help="samples per checkpoint")
     parser.add_argument("--json", default="precision_study.json", help="output file")
+    parser.add_argument("--plot", default="", help="instead of running: draw this PNG from the comma-separated "
+                                                   "--json files")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot(args.json.split(","), args.plot)
+        return
     info = dist.init()
     device = info.device
     detector = load_detector("digits", device=device)
     reference = digits_reference_stats(detector, device)
+    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
+                date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv), teacher=args.teacher, steps=args.steps,
+                num_samples=args.num_samples, settings=STUDY_SETTINGS)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, options in mode_options(args.modes.split(",")):
             folder = os.path.join(tmp, str(len(results)))
+            errors = None if options.get("compile") else probe(study_config(args.teacher, folder + "-probe", 1, 1,
+                                                                            options))
             started = time.time()
             train(study_config(args.teacher, folder, args.steps, args.eval_every, options))
             seconds = time.time() - started
@@ -83,17 +151,17 @@ def main(argv=None):
                 losses = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
             checkpoints = score(folder, detector, reference, args.num_samples, device)
             results.append(dict(mode=label, options=options, train_seconds=seconds, losses=losses,
-                                checkpoints=checkpoints))
+                                checkpoints=checkpoints, implied_denoised_relative_error=errors))
+            with open(args.json, "w") as f:  # after every mode: a run cut short keeps what it measured
+                json.dump(dict(meta=meta, results=results), f, indent=2)
             final = {row["name"].rsplit("_", 1)[0] if row["name"].startswith("ema") else "model": row
                      for row in checkpoints if row["step"] == args.steps}
             print(f"{label:<45} {seconds:6.0f} s  final loss {losses[-1][1]:.6f}  " + "  ".join(
                 f"{kind}: FID {row['fid']:.3f} acc {row['class_accuracy']:.4f}" for kind, row in sorted(final.items())),
                 flush=True)
-    meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
-                date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv), teacher=args.teacher, steps=args.steps,
-                num_samples=args.num_samples, settings=STUDY_SETTINGS)
-    with open(args.json, "w") as f:
-        json.dump(dict(meta=meta, results=results), f, indent=2)
+            if errors:
+                print("    implied-denoised error vs float64 by grid index: "
+                      + "  ".join(f"{i}: {100 * e:.2f}%" for i, e in errors.items()), flush=True)
     dist.shutdown()
 
 

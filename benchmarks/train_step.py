@@ -9,8 +9,10 @@ LPIPS gets a random VGG16 and random linear weights. Modes:
   default    the trainer's defaults (what scripts/cm_train.py runs when no speed flag is given)
   reference  the original's numerics and structure: fp32, two separate student calls, explicit
              float32-softmax attention, per-parameter optimizer loop, NCHW, no compilation
-  fast       every speed option: bf16 autocast, one batched student call, fused attention (SDPA),
-             multi-tensor optimizer, channels-last, cuDNN autotuning, torch.compile
+  fast       the --speed fast preset: bf16 autocast for teacher and LPIPS with the student in float32,
+             one batched student call, fused attention (SDPA), multi-tensor optimizer, channels-last,
+             cuDNN autotuning, torch.compile (before 2026-11-29 the student ran in bf16 too: that is
+             fast+student_precision=autocast)
   ablation   reference plus one option at a time, cumulatively, in the order listed in ABLATION
   fast-no<option>  fast with one option as in reference, e.g. fast-nocompile, fast-nochannels_last
   <mode>+<option>=<value>  a mode with trainer options changed, e.g. fast+compile_mode=reduce-overhead,
@@ -35,18 +37,17 @@ from pid_diffusion import arch, dist
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.cli import str2bool
 from pid_diffusion.networks import EDMPrecond
-from pid_diffusion.trainer import PIDTrainer, TrainConfig
+from pid_diffusion.trainer import SPEED_PRESETS, PIDTrainer, TrainConfig
 
 OFFICIAL_FLAGS = {
     "cifar10": dict(image_size=32, num_channels=128, num_res_blocks=4, attention_resolutions="2"),
     "imagenet64": dict(image_size=64, num_channels=192, num_res_blocks=3, attention_resolutions="2,4,8",
                        class_cond=True),
 }
-REFERENCE = dict(mixed_precision="fp32", batched_student=False, attention="reference", fused_optimizer=False,
-                 channels_last=False, compile=False, cudnn_benchmark=False)
-ABLATION = [("attention", "sdpa"), ("batched_student", True), ("fused_optimizer", True),
-            ("channels_last", True), ("mixed_precision", "bf16"), ("cudnn_benchmark", True), ("compile", True)]
-FAST = {**REFERENCE, **dict(ABLATION)}
+REFERENCE = SPEED_PRESETS["reference"]
+ABLATION = [("attention", "sdpa"), ("batched_student", True), ("fused_optimizer", True), ("channels_last", True),
+            ("mixed_precision", "bf16"), ("student_precision", "fp32"), ("cudnn_benchmark", True), ("compile", True)]
+FAST = SPEED_PRESETS["fast"]
 
 
 def option_value(name, text):

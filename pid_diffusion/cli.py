@@ -66,9 +66,15 @@ TRAIN_FLAGS = {
     "eval_interval": (10000, None),
     "random_init_stu": (False, None),
     "seed": (0, "seed of the training noise: the global batch of a step depends only on (seed, step)"),
-    "mixed_precision": ("", "fp32, fp16 or bf16 autocast (default: fp16 if --use_fp16 else fp32)"),
+    "speed": ("auto", "preset of the speed and precision options below: reference (the original's numerics), eager "
+                      "(same numbers, faster; no compilation), fast (bf16 teacher and LPIPS, float32 student, "
+                      "compiled, channels-last; measured quality-neutral); auto = fast on CUDA, eager on CPU. Options "
+                      "given explicitly override the preset"),
+    "mixed_precision": ("", "fp32, fp16 or bf16 autocast (fp16 with --use_fp16)"),
     "lpips_vgg_weights": ("", "path of torchvision's vgg16-397923af.pth (default: model_zoo/, torch hub cache)"),
     "lpips_lin_weights": ("", "path of piq's lpips_weights.pt or lpips' vgg.pth (default: model_zoo/, hub cache)"),
+    "student_precision": ("autocast", "with --mixed_precision fp16/bf16: autocast (the student in that precision "
+                                      "too), fp32_output (its output layers in float32), fp32 (all of it in float32)"),
     "batched_student": (True, "speed: both student evaluations of the PID residual in one call on a doubled batch"),
     "channels_last": (False, "speed: channels-last memory layout on CUDA (slower without --compile: GroupNorm copies)"),
     "attention": ("sdpa", "speed: sdpa (fused attention) or reference (the original's explicit softmax)"),
@@ -156,10 +162,16 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
-def add_flags(parser, flags):
+SPEED_FLAG_NAMES = ("mixed_precision", "student_precision", "batched_student", "attention", "fused_optimizer",
+                    "channels_last", "compile", "cudnn_benchmark")
+"""The options a --speed preset sets (those given explicitly win)."""
+
+
+def add_flags(parser, flags, preset_flags=()):
     for name, (default, help_text) in flags.items():
         kind = str2bool if isinstance(default, bool) else (str if default is None else type(default))
-        text = (help_text or "accepted for compatibility; PID ignores it") + f" (default: {default!r})"
+        shown = "set by --speed" if name in preset_flags else repr(default)
+        text = (help_text or "accepted for compatibility; PID ignores it") + f" (default: {shown})"
         parser.add_argument(f"--{name}", default=default, type=kind, metavar=type(default).__name__.upper(),
                             help=text.replace("%", "%%"))  # argparse %-formats help texts
 
@@ -180,6 +192,22 @@ def network_flags(args, given):
     """The architecture flags the user gave, for load_teacher (files that record their
     architecture need none; a bare state dict takes the official defaults for the rest)."""
     return {name: getattr(args, name) for name in NETWORK_FLAG_NAMES if name in given}
+
+
+def speed_options(args, given, device_type):
+    """The speed and precision options of a training run: the --speed preset (auto: by device), then
+    --use_fp16 (the original's fp16 path: everything, the student too, in float16 with loss
+    scaling), then the options given explicitly."""
+    from .trainer import DEFAULT_SPEED, SPEED_PRESETS
+
+    preset = DEFAULT_SPEED.get(device_type, "eager") if args.speed == "auto" else args.speed
+    if preset not in SPEED_PRESETS:
+        raise ValueError(f"--speed {args.speed!r} is not supported; valid: auto, {', '.join(SPEED_PRESETS)}")
+    options = dict(SPEED_PRESETS[preset])
+    if args.use_fp16:
+        options.update(mixed_precision="fp16", student_precision="autocast")
+    options.update({name: getattr(args, name) for name in SPEED_FLAG_NAMES if name in given})
+    return preset, options
 
 
 def generation_request(args):

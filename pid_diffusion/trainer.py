@@ -41,7 +41,25 @@ from .teachers import BUILTIN_PREFIX, builtin_teacher
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
 
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
+SPEED_PRESETS = {
+    "reference": dict(mixed_precision="fp32", student_precision="autocast", batched_student=False,
+                      attention="reference", fused_optimizer=False, channels_last=False, compile=False,
+                      cudnn_benchmark=False),
+    "eager": dict(mixed_precision="fp32", student_precision="autocast", batched_student=True, attention="sdpa",
+                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True),
+    "fast": dict(mixed_precision="bf16", student_precision="fp32", batched_student=True, attention="sdpa",
+                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True),
+}
+"""--speed: reference = the original's numerics and structure (fp32, two student calls, explicit-softmax
+attention, per-parameter optimizer loop); eager = the same numbers computed faster, no compilation
+(the default on CPU); fast = the fastest configuration measured quality-neutral on a real teacher
+(docs/precision.md): teacher and LPIPS in bf16, the student in float32 (its finite difference
+amplifies bf16 rounding up to 46×), compiled, channels-last (the default on CUDA)."""
+DEFAULT_SPEED = {"cuda": "fast", "cpu": "eager"}
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
+STUDENT_PRECISION = ("autocast", "fp32_output", "fp32")
+"""Under --mixed_precision fp16/bf16: the student runs in the autocast precision, or only its output
+layers in float32, or all of it in float32 (the teacher and LPIPS stay in the autocast precision)."""
 SCALE_MODES = ("fixed", "progressive")
 COMPILE_MODES = ("default", "reduce-overhead")
 FP16_INITIAL_LOG2_SCALE = 20.0
@@ -124,9 +142,11 @@ class TrainConfig(LoopConfig):
     lpips_vgg_weights: str = ""
     lpips_lin_weights: str = ""
     batched_student: bool = True
+    student_precision: str = "autocast"
 
     def choices(self):
-        return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS}
+        return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,
+                "student_precision": STUDENT_PRECISION}
 
     def validate(self):
         super().validate()
@@ -456,6 +476,7 @@ class PIDTrainer(TrainingLoop):
                             "starts from random weights")
         network_config = student_network_config(teacher_config, config.dropout)
         self.student = student_from_teacher(network_config, teacher_state, config.sigma_max)
+        self.student.net.float32_output = config.student_precision == "fp32_output"
         self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
                             teacher_config["img_resolution"])
         self.label_dim = teacher_config.get("label_dim", 0)
@@ -488,8 +509,17 @@ class PIDTrainer(TrainingLoop):
 
     def batch_losses(self, model, inputs):
         z, t, t_next, labels = inputs
-        return pid_loss(model, self.teacher_call, z, t, t_next, labels, self.config.loss_norm,
+        student = model if self.config.student_precision != "fp32" else float32_call(model)
+        return pid_loss(student, self.teacher_call, z, t, t_next, labels, self.config.loss_norm,
                         self.config.weight_schedule, self.lpips_call, self.config.batched_student)
+
+
+def float32_call(module):
+    """`module` called with autocast off: it computes in float32 inside an autocast region."""
+    def call(*args, **kwargs):
+        with torch.autocast(args[0].device.type, enabled=False):
+            return module(*args, **kwargs)
+    return call
 
 
 def train(config, trainer_class=PIDTrainer):

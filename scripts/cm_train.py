@@ -10,16 +10,22 @@ Runs under mpirun, torchrun or as a single process. The run folder is $OPENAI_LO
 
 import argparse
 import dataclasses
+import os
 import sys
+
+import torch
 
 from pid_diffusion import cli, dist
 from pid_diffusion.log import default_log_dir
 from pid_diffusion.trainer import NonFiniteLossError, TrainConfig, train
 
 
+INDUCTOR_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "pid_diffusion", "inductor")
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.TRAIN_FLAGS})
+    cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.TRAIN_FLAGS}, preset_flags=cli.SPEED_FLAG_NAMES)
     args = parser.parse_args(argv)
     given = cli.given_flags(argv)
     if args.training_mode not in cli.TRAINING_MODES:
@@ -30,11 +36,14 @@ def parse(argv):
     return args, given
 
 
-def config_from_args(args, given, log_dir):
+def config_from_args(args, given, log_dir, device_type=None):
+    """The trainer's configuration; speed and precision options from --speed for `device_type`
+    (default: cuda when a GPU is visible, else cpu)."""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
-    values.update(log_dir=log_dir, network_flags=cli.network_flags(args, given),
-                  mixed_precision=args.mixed_precision or ("fp16" if args.use_fp16 else "fp32"))
+    _, speed = cli.speed_options(args, given, device_type)
+    values.update(speed, log_dir=log_dir, network_flags=cli.network_flags(args, given))
     return TrainConfig(**values)
 
 
@@ -44,7 +53,13 @@ def main(argv=None):
 
     def distil(info):
         log_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
-        train(config_from_args(args, given, log_dir))
+        config = config_from_args(args, given, log_dir, info.device.type)
+        if config.compile:
+            # compiled kernels are kept here between runs: only the first run on a machine waits minutes
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", INDUCTOR_CACHE)
+            dist.print0(f"torch.compile is on (--speed {args.speed}): the first steps wait for compilation, minutes on "
+                        f"a cold cache (kept in {os.environ['TORCHINDUCTOR_CACHE_DIR']}); --compile False skips it")
+        train(config)
 
     cli.run_script(distil, extra_errors=(NonFiniteLossError,))
 

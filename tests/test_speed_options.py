@@ -12,7 +12,8 @@ from conftest import tiny_song_config
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.networks.layers import GroupNorm, attention, set_attention_implementation
-from pid_diffusion.trainer import PIDTrainer, TrainConfig, keep_compiled_convolutions_channels_last
+from pid_diffusion.trainer import (SPEED_PRESETS, PIDTrainer, TrainConfig, float32_call,
+                                   keep_compiled_convolutions_channels_last)
 
 REFERENCE = dict(batched_student=False, attention="reference", fused_optimizer=False, channels_last=False)
 FAST_FP32 = dict(batched_student=True, attention="sdpa", fused_optimizer=True, channels_last=True)
@@ -51,7 +52,8 @@ def test_group_norm_runs_in_the_autocast_precision(dtype):
         assert (out.float() - exact).abs().max() <= 8 * unit_roundoff * exact.abs().max()
 
 
-def test_reference_and_fast_paths_give_the_same_step(tmp_path):
+@pytest.mark.parametrize("loss_norm,microbatch", [("l2", -1), ("l1", -1), ("l2", 3)])
+def test_reference_and_fast_paths_give_the_same_step(tmp_path, loss_norm, microbatch):
     torch.manual_seed(0)
     config = tiny_song_config(label_dim=3, model_channels=64)  # 64 channels: ADM-style heads exist too
     teacher = EDMPrecond(**config)
@@ -61,8 +63,8 @@ def test_reference_and_fast_paths_give_the_same_step(tmp_path):
     results = []
     for name, options in (("reference", REFERENCE), ("fast", FAST_FP32)):
         trainer = PIDTrainer(TrainConfig(teacher_model_path=str(tmp_path / "teacher.pt"), log_dir=str(tmp_path / name),
-                                         global_batch_size=6, loss_norm="l2", weight_schedule="uniform", lr=1e-3,
-                                         **options))
+                                         global_batch_size=6, loss_norm=loss_norm, weight_schedule="uniform", lr=1e-3,
+                                         microbatch=microbatch, **options))
         loss, applied = trainer.train_step()
         assert applied
         results.append((float(loss), {k: v.clone() for k, v in trainer.student.net.state_dict().items()}))
@@ -115,6 +117,57 @@ def test_channels_last_is_forced_in_compiled_graphs_and_compile_modes_are_checke
         config.validate()
 
 
+def test_student_precision_keeps_the_student_in_float32_under_autocast(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_song_config(label_dim=3)
+    teacher = EDMPrecond(**config)
+    for p in teacher.parameters():
+        p.data.normal_(0, 0.05)
+    save_teacher(teacher, tmp_path / "teacher.pt", config)
+    z, t = 80 * torch.randn(4, 3, 8, 8), torch.tensor([80.0, 2.5, 0.1, 0.002])
+    labels = torch.nn.functional.one_hot(torch.arange(4) % 3, 3).float()
+    outputs = {}
+    for precision in ("autocast", "fp32_output", "fp32"):
+        trainer = PIDTrainer(TrainConfig(teacher_model_path=str(tmp_path / "teacher.pt"), log_dir=str(tmp_path / precision),
+                                         global_batch_size=4, loss_norm="l2", mixed_precision="bf16",
+                                         student_precision=precision))
+        student = trainer.model if precision != "fp32" else float32_call(trainer.model)
+        with torch.no_grad(), trainer._autocast():
+            outputs[precision] = student(z, t, labels).float()
+        exact = trainer.student(z, t, labels).detach()  # no autocast: float32 throughout
+        trainer.close()
+    assert torch.equal(outputs["fp32"], exact)  # autocast switched off for the whole student
+    error = {k: ((v - exact).norm() / (exact - z * (t / 80).reshape(-1, 1, 1, 1)).norm()).item() for k, v in outputs.items()}
+    bf16_unit = torch.finfo(torch.bfloat16).eps / 2
+    assert error["autocast"] > bf16_unit / 4  # bf16 rounding reaches the output ...
+    assert error["fp32_output"] < error["autocast"]  # ... less of it with the output layers in float32
+    with pytest.raises(ValueError, match="valid: autocast, fp32_output, fp32"):
+        TrainConfig(teacher_model_path="x", log_dir=str(tmp_path), student_precision="half").validate()
+
+
+def test_speed_presets_resolve_by_device_and_yield_to_given_flags():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        import cm_train
+    finally:
+        sys.path.pop(0)
+
+    def resolved(flags, device_type):
+        args, given = cm_train.parse(["--teacher_model_path", "t.pt", *flags])
+        return cm_train.config_from_args(args, given, "unused", device_type)
+
+    assert {k: getattr(resolved([], "cpu"), k) for k in SPEED_PRESETS["eager"]} == SPEED_PRESETS["eager"]
+    assert {k: getattr(resolved([], "cuda"), k) for k in SPEED_PRESETS["fast"]} == SPEED_PRESETS["fast"]
+    reference = resolved(["--speed", "reference"], "cuda")
+    assert {k: getattr(reference, k) for k in SPEED_PRESETS["reference"]} == SPEED_PRESETS["reference"]
+    fp16 = resolved(["--use_fp16", "True"], "cuda")  # the original's fp16 path: the student in fp16 too
+    assert (fp16.mixed_precision, fp16.student_precision, fp16.compile) == ("fp16", "autocast", True)
+    given = resolved(["--compile", "False", "--mixed_precision", "fp32"], "cuda")
+    assert (given.compile, given.mixed_precision, given.channels_last) == (False, "fp32", True)
+    with pytest.raises(ValueError, match="valid: auto, reference, eager, fast"):
+        resolved(["--speed", "fastest"], "cuda")
+
+
 def test_benchmark_modes_and_overrides():
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     try:
@@ -133,3 +186,28 @@ def test_benchmark_modes_and_overrides():
         mode_options(["fast+compile=maybe"])
     with pytest.raises(ValueError, match="unknown mode 'slow'"):
         mode_options(["slow"])
+
+
+STUDY_MODES = ("reference,reference+seed=1,default,default+mixed_precision=fp16,default+mixed_precision=bf16,"
+               "default+mixed_precision=bf16+student_precision=fp32_output,"
+               "default+mixed_precision=bf16+student_precision=fp32")
+"""The configurations of the precision study in docs/precision.md."""
+
+
+def test_precision_study_configurations_build_and_step(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    try:
+        from precision_study import study_config
+        from train_step import mode_options
+    finally:
+        sys.path.pop(0)
+    teacher = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_zoo", "digits-ddpmpp.pt")
+    for number, (label, options) in enumerate(mode_options(STUDY_MODES.split(","))):
+        config = study_config(teacher, str(tmp_path / str(number)), 1, 1, options)
+        assert (config.loss_norm, config.start_scales, config.global_batch_size) == ("l2", 250, 64)
+        trainer = PIDTrainer(config)
+        for name, value in options.items():
+            assert getattr(trainer.config, name) == value, (label, name)
+        loss, applied = trainer.train_step()
+        assert applied and torch.isfinite(loss), label
+        trainer.close()

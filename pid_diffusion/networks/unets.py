@@ -5,6 +5,7 @@ and module names are EDM's, so EDM checkpoints load strictly. Unlike the origina
 honour `dropout` and `attn_resolutions`.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -30,6 +31,15 @@ def _conditioning_labels(class_labels, label_dim, batch, training, label_dropout
         keep = (torch.rand([batch, 1], device=like.device) >= label_dropout).to(labels.dtype)
         labels = labels * keep
     return labels
+
+
+def output_precision(module, x):
+    """The context of a network's output layers: autocast off when `module.float32_output` is set, so
+    the last normalisation and convolution compute and round in float32 (what PID's finite difference
+    of two outputs needs); otherwise whatever precision the caller chose."""
+    if getattr(module, "float32_output", False) and torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _run_unet(enc, dec, x, emb):
@@ -63,6 +73,7 @@ class SongUNet(torch.nn.Module):
         self.img_channels = in_channels
         self.label_dim = label_dim
         self.label_dropout = label_dropout
+        self.float32_output = False  # see output_precision()
         attn_resolutions = tuple(attn_resolutions)
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
@@ -156,9 +167,11 @@ class SongUNet(torch.nn.Module):
             if "aux_up" in name:
                 aux = block(aux)
             elif "aux_norm" in name:
-                tmp = block(x)
+                with output_precision(self, x):
+                    tmp = block(x.float() if self.float32_output else x)
             elif "aux_conv" in name:
-                tmp = block(F.silu(tmp))
+                with output_precision(self, x):
+                    tmp = block(F.silu(tmp))
                 aux = tmp if aux is None else tmp + aux
             else:
                 if x.shape[1] != block.in_channels:
@@ -178,6 +191,7 @@ class DhariwalUNet(torch.nn.Module):
         self.img_channels = in_channels
         self.label_dim = label_dim
         self.label_dropout = label_dropout
+        self.float32_output = False  # see output_precision()
         attn_resolutions = tuple(attn_resolutions)
         emb_channels = model_channels * channel_mult_emb
         init = dict(init_mode="kaiming_uniform", init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
@@ -235,4 +249,5 @@ class DhariwalUNet(torch.nn.Module):
             emb = emb + self.map_label(labels)
         emb = F.silu(emb)
         x = _run_unet(self.enc, self.dec, x, emb)
-        return self.out_conv(F.silu(self.out_norm(x)))
+        with output_precision(self, x):
+            return self.out_conv(F.silu(self.out_norm(x.float() if self.float32_output else x)))
