@@ -209,5 +209,6 @@ def test_precision_study_configurations_build_and_step(tmp_path):
         for name, value in options.items():
             assert getattr(trainer.config, name) == value, (label, name)
         loss, applied = trainer.train_step()
-        assert applied and torch.isfinite(loss), label
+        # fp16 starts at the original's loss scale 2^20, whose first steps overflow and are skipped
+        assert torch.isfinite(loss) and (applied or config.mixed_precision == "fp16"), label
         trainer.close()
