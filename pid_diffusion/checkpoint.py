@@ -125,6 +125,14 @@ def _check_given_flags(path, config, network_flags):
                                f"Drop these flags or use: {arch.format_flags(recorded)}")
 
 
+def _config_from_flags(network_flags, why):
+    """The network the official flags describe, for a file that does not record its own (`why` says so)."""
+    try:
+        return arch.config_from_flags(**network_flags)
+    except arch.ArchitectureError as e:
+        raise TeacherLoadError(f"{why}, so the network flags describe it: {e}") from e
+
+
 def read_teacher_file(path, **network_flags):
     """(config, EDMPrecond state dict) from any teacher file format; see the module docstring."""
     path = os.fspath(path)
@@ -146,10 +154,7 @@ def read_teacher_file(path, **network_flags):
                 config = {**run_config["network_config"], "sigma_data": run_config["sigma_data"]}
                 _check_given_flags(path, config, network_flags)
             else:
-                try:
-                    config = arch.config_from_flags(**network_flags)
-                except arch.ArchitectureError as e:
-                    raise TeacherLoadError(f"{path} is a bare state dict, so the network flags describe it: {e}") from e
+                config = _config_from_flags(network_flags, f"{path} is a bare state dict")
             state_dict = data
         else:
             raise TeacherLoadError(f"{path}: a torch file, but neither a state dict nor a "
@@ -227,10 +232,7 @@ def load_student(path, **network_flags):
         config, sigma_max = run_config["network_config"], run_config.get("sigma_max")
         _check_given_flags(path, config, network_flags)
     else:
-        try:
-            config = arch.config_from_flags(**network_flags)
-        except arch.ArchitectureError as e:
-            raise TeacherLoadError(f"{path} has no {RUN_CONFIG_FILE} beside it, so the network flags describe it: {e}") from e
+        config = _config_from_flags(network_flags, f"{path} has no {RUN_CONFIG_FILE} beside it")
     state = read_torch_file(path)
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise TeacherLoadError(f"{path}: not a network state dict (optimizer and trainer-state files are not models)")

@@ -37,6 +37,18 @@ def tiny_song_config(**overrides):
     return config
 
 
+def save_random_teacher(path, config):
+    """A teacher file whose every weight is random and non-zero (EDM zero-initialises some layers)."""
+    from pid_diffusion.checkpoint import save_teacher
+    from pid_diffusion.networks import EDMPrecond
+
+    teacher = EDMPrecond(**config)
+    for p in teacher.parameters():
+        p.data.normal_(0, 0.05)
+    save_teacher(teacher, path, config)
+    return teacher
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

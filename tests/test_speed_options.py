@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_song_config
+from conftest import save_random_teacher, tiny_song_config
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.networks.layers import GroupNorm, attention, set_attention_implementation
@@ -56,10 +56,7 @@ def test_group_norm_runs_in_the_autocast_precision(dtype):
 def test_reference_and_fast_paths_give_the_same_step(tmp_path, loss_norm, microbatch):
     torch.manual_seed(0)
     config = tiny_song_config(label_dim=3, model_channels=64)  # 64 channels: ADM-style heads exist too
-    teacher = EDMPrecond(**config)
-    for p in teacher.parameters():
-        p.data.normal_(0, 0.05)
-    save_teacher(teacher, tmp_path / "teacher.pt", config)
+    teacher = save_random_teacher(tmp_path / "teacher.pt", config)
     results = []
     for name, options in (("reference", REFERENCE), ("fast", FAST_FP32)):
         trainer = PIDTrainer(TrainConfig(teacher_model_path=str(tmp_path / "teacher.pt"), log_dir=str(tmp_path / name),
@@ -119,11 +116,7 @@ def test_channels_last_is_forced_in_compiled_graphs_and_compile_modes_are_checke
 
 def test_student_precision_keeps_the_student_in_float32_under_autocast(tmp_path):
     torch.manual_seed(0)
-    config = tiny_song_config(label_dim=3)
-    teacher = EDMPrecond(**config)
-    for p in teacher.parameters():
-        p.data.normal_(0, 0.05)
-    save_teacher(teacher, tmp_path / "teacher.pt", config)
+    save_random_teacher(tmp_path / "teacher.pt", tiny_song_config(label_dim=3))
     z, t = 80 * torch.randn(4, 3, 8, 8), torch.tensor([80.0, 2.5, 0.1, 0.002])
     labels = torch.nn.functional.one_hot(torch.arange(4) % 3, 3).float()
     outputs = {}
