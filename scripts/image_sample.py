@@ -16,6 +16,7 @@ import os
 import sys
 
 from pid_diffusion import cli, dist, evaluation
+from pid_diffusion.generate import check_class_label
 from pid_diffusion.log import default_log_dir, prepare_log_dir
 
 
@@ -32,10 +33,11 @@ def sample_to_folder(args, given, info):
     options = evaluation.sampler_options(args, args.training_mode)
     model, shape, label_dim = evaluation.load_sampling_model(args.training_mode, args.model_path,
                                                              cli.network_flags(args, given), info.device)
+    request = cli.generation_request(args)
+    check_class_label(request.class_label, label_dim)  # before the output folder is made
     out_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
     if dist.is_main():
         prepare_log_dir(out_dir)
-    request = cli.generation_request(args)
     images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, request, options, info.device)
     images, labels = evaluation.gather_in_order(images, labels, indices)
     if dist.is_main():

@@ -171,3 +171,12 @@ def test_demo_metrics_script_explains_bad_run_folders(tmp_path):
     (folder / "run_config.json").write_text(json.dumps({"teacher_model_path": "x"}))
     teacher_run = run(folder)
     assert teacher_run.returncode == 1 and "not a PID run folder" in teacher_run.stderr
+
+
+def test_image_sample_refuses_a_label_outside_the_teacher_classes(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "image_sample.py"), "--training_mode",
+                           "one_shot_pinn_edm_edm_teacher", "--model_path", SHIPPED_TEACHER, "--class_label", "12"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "OPENAI_LOGDIR": str(tmp_path / "out")})
+    assert done.returncode == 1 and "valid labels are 0 to 9" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
