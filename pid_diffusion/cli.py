@@ -82,12 +82,15 @@ TRAIN_FLAGS = {
     "compile_mode": ("default", "speed: torch.compile mode: default, or reduce-overhead (CUDA graphs)"),
     "fused_optimizer": (True, "speed: multi-tensor / fused optimizer kernels"),
     "cudnn_benchmark": (True, "speed: cuDNN times its convolution algorithms once and keeps the fastest"),
+    "allow_changed_settings": (False, "resume a run folder although settings that define the run (teacher, network, "
+                                      "loss, N, seed, lr, EMA rates, batch) differ; the change is recorded in "
+                                      "run_config.json"),
 }
 
 LOOP_FLAG_NAMES = ("global_batch_size", "batch_size", "microbatch", "lr", "weight_decay", "lr_anneal_steps", "optimizer",
                    "opt_eps", "ema_rate", "log_interval", "save_interval", "total_training_steps", "resume_checkpoint",
                    "fp16_scale_growth", "seed", "mixed_precision", "channels_last", "attention", "compile",
-                   "compile_mode", "fused_optimizer", "cudnn_benchmark")
+                   "compile_mode", "fused_optimizer", "cudnn_benchmark", "allow_changed_settings")
 """The flags of the training loop that PID distillation and teacher training share."""
 
 TEACHER_FLAGS = {

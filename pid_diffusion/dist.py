@@ -137,6 +137,15 @@ def broadcast_tensors(tensors, src=0):
             torch_dist.broadcast(tensor, src)
 
 
+def all_gather_objects(obj):
+    """[every process's obj] in rank order, on every process ([obj] for one process)."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_object(obj, src=0):
     if not is_distributed():
         return obj

@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 import time
 import warnings
 
@@ -31,10 +30,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import dist
-from .checkpoint import (PID_RUN, atomic_torch_save, build_teacher, load_strictly, network_state_dict, read_teacher_file,
+from .checkpoint import (PID_RUN, TeacherLoadError, atomic_torch_save, build_teacher, load_strictly, network_state_dict, read_teacher_file,
                          read_torch_file, student_from_teacher)
 from .ema import EMA
 from .log import RunLogger, prepare_log_dir
+from .run_folder import (RunFolderLock, check_resumed_settings, checkpoint_files, checkpoint_steps, read_run_config,
+                         remove_temporary_files, step_from_checkpoint_name)
 from .losses import LOSS_NORMS, LPIPS, WEIGHTINGS, pid_loss
 from .networks.layers import ATTENTION_IMPLEMENTATIONS, set_attention_implementation
 from .teachers import BUILTIN_PREFIX, builtin_teacher
@@ -63,11 +64,14 @@ layers in float32, or all of it in float32 (the teacher and LPIPS stay in the au
 SCALE_MODES = ("fixed", "progressive")
 COMPILE_MODES = ("default", "reduce-overhead")
 FP16_INITIAL_LOG2_SCALE = 20.0
-MODEL_FILE = re.compile(r"^model(\d{6})\.pt$")
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used: another run holds it, or it cannot be written."""
 
 
 @dataclasses.dataclass
@@ -97,6 +101,7 @@ class LoopConfig:
     compile_mode: str = "default"
     fused_optimizer: bool = True
     cudnn_benchmark: bool = True
+    allow_changed_settings: bool = False
 
     def choices(self):
         return dict(optimizer=OPTIMIZERS, mixed_precision=MIXED_PRECISION, attention=ATTENTION_IMPLEMENTATIONS,
@@ -109,6 +114,11 @@ class LoopConfig:
         for name in ("global_batch_size", "log_interval", "total_training_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("batch_size", "microbatch"):
+            if getattr(self, name) < 1 and getattr(self, name) != -1:
+                raise ValueError(f"--{name} must be positive, or -1 for the default, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"--lr must be a finite non-negative number, got {self.lr}")
         if self.save_interval == 0 or self.save_interval < -1:
             raise ValueError("--save_interval must be positive, or -1 to save only at the end")
         ema_rates(self.ema_rate)
@@ -205,27 +215,6 @@ def student_network_config(teacher_config, dropout):
     return {**teacher_config, "augment_dim": 0, "dropout": dropout, "use_fp16": False}
 
 
-def checkpoint_files(log_dir, step, rates):
-    names = dict(model=f"model{step:06d}.pt", opt=f"opt{step:06d}.pt", state=f"trainer_state{step:06d}.pt")
-    names.update({f"ema_{rate}": f"ema_{rate}_{step:06d}.pt" for rate in rates})
-    return {key: os.path.join(log_dir, name) for key, name in names.items()}
-
-
-def latest_complete_checkpoint(log_dir, rates):
-    """The largest step whose every checkpoint file exists, or None."""
-    steps = sorted((int(m.group(1)) for m in (MODEL_FILE.match(n) for n in os.listdir(log_dir)) if m), reverse=True)
-    for step in steps:
-        if all(os.path.isfile(p) for p in checkpoint_files(log_dir, step, rates).values()):
-            return step
-    return None
-
-
-def step_from_checkpoint_name(path):
-    """The original's rule: the integer after the last 'model' in the file name (0 if none)."""
-    match = re.search(r"model(\d+)\.[^.]*$", os.path.basename(path))
-    return int(match.group(1)) if match else 0
-
-
 class TrainingLoop:
     """Optimizer, EMA, micro-batches, mixed precision, DDP, compilation, logging, checkpoints and
     resume for any network trained by per-sample losses. A subclass builds its model and calls
@@ -240,23 +229,56 @@ class TrainingLoop:
         self.batch, self.global_batch = per_process_batch(config, self.info.world_size)
         self.microbatch = config.microbatch if config.microbatch > 0 else self.batch
         self.logger = RunLogger(config.log_dir)
-        if dist.is_main():
-            prepare_log_dir(config.log_dir)
-        dist.barrier()
+        self.lock = RunFolderLock(config.log_dir)
+        # every random draw outside the step generator (initial weights, dropout) follows --seed and the rank
+        torch.manual_seed((config.seed * 1_000_003 + self.info.rank) % 2 ** 63)
         self.memory_format = (torch.channels_last if config.channels_last and self.device.type == "cuda"
                               else torch.contiguous_format)
         set_attention_implementation(config.attention)
 
     def start(self, module, network, network_config):
         """Train `network` (the weights saved in checkpoints) inside `module` (what the loss calls)."""
+        try:
+            self._take_run_folder()
+            self._start(module, network, network_config)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _take_run_folder(self):
+        """Lock the run folder (rank 0; every process stops with its reason if that fails) and remove
+        the debris of saves a crash interrupted."""
+        problem, removed = None, []
+        if dist.is_main():
+            try:
+                prepare_log_dir(self.config.log_dir)
+                self.lock.acquire()
+                removed = remove_temporary_files(self.config.log_dir)
+            except (OSError, RuntimeError) as e:
+                problem = str(e)
+        problem = dist.broadcast_object(problem)
+        if problem:
+            raise RunFolderError(problem)
+        if self.lock.previous_holder:
+            self.logger.log(f"took over the lock of a run that ended without releasing it ({self.lock.previous_holder})")
+        if removed:
+            self.logger.log(f"removed {len(removed)} temporary file(s) of an interrupted save: {', '.join(removed)}")
+
+    def _start(self, module, network, network_config):
         config = self.config
         self.network, self.network_config = network, network_config
         module.to(self.device, memory_format=self.memory_format).train()
         self.optimizer = make_optimizer(config, network.parameters(), self.device)
-        self.ema = EMA(network, config.ema_rates)
         self.step = 0
         self.log2_loss_scale = FP16_INITIAL_LOG2_SCALE
-        self._resume()
+        self.recorded = read_run_config(config.log_dir) or {}
+        self.changes = list(self.recorded.get("changes", []))
+        steps = checkpoint_steps(config.log_dir)
+        if self.recorded and steps and not config.resume_checkpoint:
+            self.changes += check_resumed_settings(config.log_dir, self.recorded, self.run_config(),
+                                                   config.allow_changed_settings, steps[0])
+        self.ema = EMA(network, config.ema_rates)
+        self._resume(steps)
         dist.broadcast_tensors(list(network.state_dict().values()))
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
@@ -292,7 +314,8 @@ class TrainingLoop:
 
     def run_config(self):
         """What run_config.json records beside the loop's settings."""
-        return {**dataclasses.asdict(self.config), "network_config": self.network_config, "run_kind": self.run_kind}
+        return {**dataclasses.asdict(self.config), "network_config": self.network_config, "run_kind": self.run_kind,
+                "changes": getattr(self, "changes", [])}
 
     def step_generator(self, step):
         """The generator of a step's global batch: seeded by (seed, step) alone."""
@@ -409,26 +432,40 @@ class TrainingLoop:
 
     # ----------------------------------------------------------------------------- checkpoints
     def save(self):
+        rng_by_rank = dist.all_gather_objects((torch.get_rng_state(), torch.cuda.get_rng_state_all()
+                                               if torch.cuda.is_available() else []))
         if dist.is_main():
             files = checkpoint_files(self.config.log_dir, self.step, self.ema.rates)
             for rate in self.ema.rates:
                 atomic_torch_save(self.ema.state_dict(rate), files[f"ema_{rate}"])
             atomic_torch_save(self.optimizer.state_dict(), files["opt"])
-            state = dict(step=self.step, log2_loss_scale=self.log2_loss_scale, cpu_rng=torch.get_rng_state(),
-                         cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+            state = dict(step=self.step, log2_loss_scale=self.log2_loss_scale, cpu_rng=rng_by_rank[0][0],
+                         cuda_rng=rng_by_rank[0][1], rng_by_rank=rng_by_rank)
             atomic_torch_save(state, files["state"])
             atomic_torch_save(self.network.state_dict(), files["model"])  # last: marks it complete
             self.logger.log(f"saved checkpoint {self.step:06d}")
         dist.barrier()
 
-    def _resume(self):
+    def _resume(self, steps):
+        """Load --resume_checkpoint, or the newest complete checkpoint of the folder; a damaged one is
+        reported and the one before it used."""
         cfg = self.config
         if cfg.resume_checkpoint:
             self._load(cfg.resume_checkpoint, step_from_checkpoint_name(cfg.resume_checkpoint))
             return
-        step = latest_complete_checkpoint(cfg.log_dir, self.ema.rates) if os.path.isdir(cfg.log_dir) else None
-        if step is not None:
-            self._load(checkpoint_files(cfg.log_dir, step, self.ema.rates)["model"], step)
+        saved_rates = ema_rates(self.recorded.get("ema_rate", cfg.ema_rate))  # the rates the files were saved with
+        complete = [step for step in steps
+                    if all(os.path.isfile(p) for p in checkpoint_files(cfg.log_dir, step, saved_rates).values())]
+        for step in complete:
+            try:
+                self._load(checkpoint_files(cfg.log_dir, step, self.ema.rates)["model"], step)
+                return
+            except TeacherLoadError as e:
+                self.logger.log(f"checkpoint {step:06d} is damaged and skipped: {e}")
+        if steps:
+            raise RunFolderError(f"{cfg.log_dir} holds checkpoints ({', '.join(f'{s:06d}' for s in steps[:5])}) but "
+                                 "none is complete and readable; nothing was overwritten. Move them away to start "
+                                 "afresh, or point --resume_checkpoint at a model file")
 
     def _load(self, model_path, step):
         if not os.path.isfile(model_path):
@@ -445,17 +482,21 @@ class TrainingLoop:
         if os.path.isfile(files["state"]):
             state = read_torch_file(files["state"])
             self.log2_loss_scale = state["log2_loss_scale"]
-            torch.set_rng_state(state["cpu_rng"])
-            if state["cuda_rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            by_rank = state.get("rng_by_rank") or [(state["cpu_rng"], state["cuda_rng"])]
+            cpu_rng, cuda_rng = by_rank[self.info.rank] if len(by_rank) == self.info.world_size else by_rank[0]
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda_rng)
         self.step = step
         missing = [key for key, path in files.items() if key != "model" and not os.path.isfile(path)]
         note = f" (not found, started fresh: {', '.join(missing)})" if missing else ""
         self.logger.log(f"resumed from {model_path} at step {step}{note}")
 
     def close(self):
-        """Release the DDP wrapper and optimizer before the process group ends (see dist.shutdown)."""
+        """Release the DDP wrapper and optimizer before the process group ends (see dist.shutdown), and
+        the run folder."""
         self.model = self.optimizer = self.ema = None
+        self.lock.release()
 
 
 class PIDTrainer(TrainingLoop):
@@ -471,9 +512,6 @@ class PIDTrainer(TrainingLoop):
             teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
             self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path)
         self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
-        if teacher_state is None:
-            self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
-                            "starts from random weights")
         network_config = student_network_config(teacher_config, config.dropout)
         self.student = student_from_teacher(network_config, teacher_state, config.sigma_max)
         self.student.net.float32_output = config.student_precision == "fp32_output"
@@ -485,6 +523,9 @@ class PIDTrainer(TrainingLoop):
             self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
                 self.device, memory_format=self.memory_format)
         self.start(self.student, self.student.net, network_config)
+        if teacher_state is None:
+            self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
+                            "starts from random weights")
         self.teacher_call, self.lpips_call = self.compiled(self.teacher), self.compiled(self.lpips)
 
     def describe(self):

@@ -1,0 +1,137 @@
+"""The run folder of a training run: checkpoint file names, the newest usable checkpoint, the lock
+that keeps one run per folder, the debris of interrupted saves, and the settings a resumed run must
+share with the folder's run_config.json.
+
+Files (rank 0 writes, each through a temporary name and a rename):
+  model%06d.pt            the trained network's state dict (bare keys, as the original); written last,
+                          so its presence marks the checkpoint complete
+  ema_{rate}_%06d.pt      one per EMA rate, same keys
+  opt%06d.pt              the optimizer state
+  trainer_state%06d.pt    step, every process's RNG states, fp16 loss scale
+  run_config.json         the resolved configuration, its changes, the git revision
+  .lock                   held (flock) while a run uses the folder; names the process
+"""
+
+import fcntl
+import json
+import os
+import re
+import socket
+import time
+
+MODEL_FILE = re.compile(r"^model(\d{6})\.pt$")
+TEMPORARY_FILE = re.compile(r"^.+\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
+"""files.atomic_output's temporary names: <name>.<random>.tmp<extension>."""
+LOCK_FILE = ".lock"
+RUN_DEFINING_SETTINGS = ("teacher_model_path", "network_config", "loss_norm", "weight_schedule", "start_scales",
+                         "end_scales", "scale_mode", "sigma_min", "sigma_max", "rho", "seed", "lr", "optimizer",
+                         "ema_rate", "global_batch_size", "dataset", "p_mean", "p_std", "sigma_data")
+"""Settings that define what a run learns: a resumed run must keep them (or say it changes them)."""
+
+
+class RunFolderInUse(RuntimeError):
+    pass
+
+
+class ChangedSettingsError(ValueError):
+    pass
+
+
+def checkpoint_files(log_dir, step, rates):
+    names = dict(model=f"model{step:06d}.pt", opt=f"opt{step:06d}.pt", state=f"trainer_state{step:06d}.pt")
+    names.update({f"ema_{rate}": f"ema_{rate}_{step:06d}.pt" for rate in rates})
+    return {key: os.path.join(log_dir, name) for key, name in names.items()}
+
+
+def checkpoint_steps(log_dir):
+    """Steps of the folder's model files, newest first (a model file is written last: complete)."""
+    if not os.path.isdir(log_dir):
+        return []
+    return sorted((int(m.group(1)) for m in (MODEL_FILE.match(n) for n in os.listdir(log_dir)) if m), reverse=True)
+
+
+def step_from_checkpoint_name(path):
+    """The original's rule: the integer after the last 'model' in the file name (0 if none)."""
+    match = re.search(r"model(\d+)\.[^.]*$", os.path.basename(path))
+    return int(match.group(1)) if match else 0
+
+
+def remove_temporary_files(log_dir):
+    """Delete the temporary files of saves that a crash interrupted; returns their names."""
+    removed = sorted(n for n in os.listdir(log_dir) if TEMPORARY_FILE.match(n))
+    for name in removed:
+        os.remove(os.path.join(log_dir, name))
+    return removed
+
+
+class RunFolderLock:
+    """An exclusive flock on <folder>/.lock for as long as the run lives. The kernel releases it when
+    the process ends, however it ends, so a lock file that nobody holds is stale and is taken over."""
+
+    def __init__(self, log_dir):
+        self.path = os.path.join(log_dir, LOCK_FILE)
+        self.handle = None
+        self.previous_holder = None
+
+    def acquire(self):
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunFolderInUse(f"the run folder {os.path.dirname(self.path)} is in use by {holder}; wait for that "
+                                 "run to end, or give this one another folder (OPENAI_LOGDIR)") from None
+        handle.seek(0)
+        self.previous_holder = handle.read().strip() or None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self):
+        """Give the folder back (the lock file is emptied: an empty lock file names no crashed run)."""
+        if self.handle is not None:
+            self.handle.truncate(0)
+            self.handle.close()  # closing the file releases the flock
+            self.handle = None
+
+
+def read_run_config(log_dir):
+    """The folder's run_config.json, or None when there is none."""
+    path = os.path.join(log_dir, "run_config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); restore it, or start the run in a new folder") from None
+
+
+def changed_settings(recorded, current):
+    """[(name, recorded value, new value)] of the run-defining settings that differ."""
+    return [(name, recorded[name], current[name]) for name in RUN_DEFINING_SETTINGS
+            if name in recorded and name in current and _comparable(recorded[name]) != _comparable(current[name])]
+
+
+def _comparable(value):
+    return json.loads(json.dumps(value, default=str))  # what run_config.json holds
+
+
+def check_resumed_settings(log_dir, recorded, current, allow_changes, step):
+    """Refuse a resumed run whose settings differ from the folder's, or, when changes are allowed,
+    return the changes to record: [{step, setting, from, to}]."""
+    changes = changed_settings(recorded, current)
+    if not changes:
+        return []
+    listed = "; ".join(f"{name}: {old!r} → {new!r}" for name, old, new in changes)
+    if not allow_changes:
+        raise ChangedSettingsError(
+            f"{log_dir} holds a run with other settings ({listed}). Start a new run in another folder "
+            "(OPENAI_LOGDIR), or continue this one with the new settings by adding --allow_changed_settings True "
+            "(the change is recorded in run_config.json)")
+    return [{"step": step, "setting": name, "from": old, "to": new} for name, old, new in changes]

@@ -1,0 +1,105 @@
+"""A run folder that cannot be corrupted: one run per folder, changed settings refused or recorded,
+debris of interrupted saves removed, damaged checkpoints skipped, the same command gives the same run."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import save_random_teacher, tiny_song_config
+from pid_diffusion.run_folder import ChangedSettingsError
+from pid_diffusion.trainer import PIDTrainer, RunFolderError, TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_random_teacher(path, tiny_song_config(label_dim=3))
+    return str(path)
+
+
+def make_config(teacher_path, log_dir, **overrides):
+    values = dict(teacher_model_path=teacher_path, log_dir=str(log_dir), global_batch_size=4, loss_norm="l2",
+                  ema_rate="0.9", log_interval=1, save_interval=2, total_training_steps=2, lr=1e-3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def snapshot(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder)) if name != ".lock"}
+
+
+def test_a_second_run_on_a_folder_in_use_stops_and_a_stale_lock_is_taken_over(teacher_path, tmp_path):
+    first = PIDTrainer(make_config(teacher_path, tmp_path))
+    with pytest.raises(RunFolderError, match=f"in use by process {os.getpid()}"):
+        PIDTrainer(make_config(teacher_path, tmp_path))
+    first.close()
+    second = PIDTrainer(make_config(teacher_path, tmp_path))  # released: usable again
+    second.close()
+    (tmp_path / ".lock").write_text("process 4242 on elsewhere, started 2026-01-01 00:00:00\n")  # a crashed run's
+    third = PIDTrainer(make_config(teacher_path, tmp_path))
+    third.close()
+    assert "took over the lock of a run that ended without releasing it (process 4242" in (tmp_path / "log.txt").read_text()
+
+
+def test_changed_settings_are_refused_or_recorded_never_restarted(teacher_path, tmp_path):
+    train(make_config(teacher_path, tmp_path))
+    before = snapshot(tmp_path)
+    for change in (dict(lr=2e-3), dict(ema_rate="0.9,0.99"), dict(seed=1)):
+        with pytest.raises(ChangedSettingsError, match="--allow_changed_settings True") as refused:
+            train(make_config(teacher_path, tmp_path, total_training_steps=4, **change))
+        assert list(change)[0] in str(refused.value)
+        assert snapshot(tmp_path) == before  # nothing written, nothing overwritten
+    resumed = train(make_config(teacher_path, tmp_path, total_training_steps=4, ema_rate="0.9,0.99",
+                                allow_changed_settings=True))
+    assert resumed.step == 4 and "at step 2" in (tmp_path / "log.txt").read_text()  # not restarted at 0
+    recorded = json.loads((tmp_path / "run_config.json").read_text())
+    assert recorded["ema_rate"] == "0.9,0.99"
+    assert recorded["changes"] == [{"step": 2, "setting": "ema_rate", "from": "0.9", "to": "0.9,0.99"}]
+    assert (tmp_path / "ema_0.99_000004.pt").exists() and (tmp_path / "model000002.pt").read_bytes() == before["model000002.pt"]
+
+
+def test_debris_of_interrupted_saves_is_removed_and_a_damaged_checkpoint_skipped(teacher_path, tmp_path):
+    train(make_config(teacher_path, tmp_path, total_training_steps=4))
+    (tmp_path / "model000006.pt.x1y2z3ab.tmp.pt").write_bytes(b"partial")
+    (tmp_path / "model000004.pt").write_bytes((tmp_path / "model000004.pt").read_bytes()[:1000])  # truncated
+    resumed = PIDTrainer(make_config(teacher_path, tmp_path, total_training_steps=6))
+    log = (tmp_path / "log.txt").read_text()
+    assert "removed 1 temporary file(s) of an interrupted save: model000006.pt.x1y2z3ab.tmp.pt" in log
+    assert "checkpoint 000004 is damaged and skipped" in log and resumed.step == 2
+    assert not (tmp_path / "model000006.pt.x1y2z3ab.tmp.pt").exists()
+    resumed.close()
+
+
+def test_checkpoints_but_none_readable_stops_without_overwriting(teacher_path, tmp_path):
+    train(make_config(teacher_path, tmp_path))
+    (tmp_path / "model000002.pt").write_bytes(b"garbage")
+    before = snapshot(tmp_path)
+    with pytest.raises(RunFolderError, match="none is complete and readable; nothing was overwritten"):
+        PIDTrainer(make_config(teacher_path, tmp_path, total_training_steps=4))
+    after = snapshot(tmp_path)
+    assert after.pop("log.txt").startswith(before.pop("log.txt"))  # the log only gained the reason
+    assert after == before
+
+
+def test_the_same_command_twice_gives_identical_checkpoints(tmp_path):
+    # builtin:gmm: the student starts from random weights; dropout draws masks every step
+    for name in ("a", "b"):
+        train(TrainConfig(teacher_model_path="builtin:gmm", log_dir=str(tmp_path / name), global_batch_size=4,
+                          loss_norm="l2", ema_rate="0.9", dropout=0.1, total_training_steps=3, save_interval=3,
+                          log_interval=1, lr=1e-3, seed=7))
+    for file in ("model000003.pt", "ema_0.9_000003.pt"):
+        a, b = (torch.load(tmp_path / name / file, weights_only=True) for name in ("a", "b"))
+        assert all(torch.equal(a[k], b[k]) for k in a), file
+    other = PIDTrainer(TrainConfig(teacher_model_path="builtin:gmm", log_dir=str(tmp_path / "c"), loss_norm="l2", seed=8))
+    first = torch.load(tmp_path / "a" / "model000003.pt", weights_only=True)
+    assert any(not torch.equal(v, first[k]) for k, v in other.student.net.state_dict().items())  # seed matters
+    other.close()
+
+
+@pytest.mark.parametrize("flag,value", [("batch_size", -7), ("microbatch", -3), ("microbatch", 0),
+                                        ("lr", float("inf"))])
+def test_impossible_numbers_are_refused(teacher_path, tmp_path, flag, value):
+    with pytest.raises(ValueError, match=f"--{flag} must be"):
+        make_config(teacher_path, tmp_path, **{flag: value}).validate()
