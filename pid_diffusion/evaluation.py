@@ -131,10 +131,25 @@ def checkpoints_in(folder):
 
 
 def read_results(path):
+    """{model_name: row} of a results CSV; a damaged row is reported with its line number."""
     if not os.path.isfile(path):
         return {}
+    rows = {}
     with open(path, newline="") as f:
-        return {row["model_name"]: row for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"model_name", "FID"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} line 1: not a results header (model_name,...,FID); move the file away")
+        for row in reader:
+            try:
+                if not row["model_name"] or row["FID"] is None or None in row:
+                    raise ValueError("wrong number of fields")
+                float(row["FID"])
+                int(row.get("step") or 0)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path} line {reader.line_num}: damaged row {row} ({e}); delete that line and rerun "
+                                 "(its checkpoint is evaluated again)") from None
+            rows[row["model_name"]] = row
+    return rows
 
 
 def write_results(path, rows):

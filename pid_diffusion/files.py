@@ -14,6 +14,23 @@ def weight_search_dirs():
     return [os.path.join(os.getcwd(), "model_zoo"), os.path.join(torch.hub.get_dir(), "checkpoints")]
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def io_error(path, error):
+    """One OSError naming the file and the cause of a failed write (torch reports a full disk as a
+    RuntimeError whose cause, somewhere in the chain, is the OSError)."""
+    cause = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return OSError(cause.errno, f"cannot write {path}: {cause.strerror}")
+    return OSError(f"cannot write {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+
+
 @contextlib.contextmanager
 def atomic_output(path):
     """Yield a temporary path (same folder, same extension) to write; rename it to `path` on success."""
@@ -24,6 +41,7 @@ def atomic_output(path):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file follows the user's umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -69,7 +69,7 @@ class TeacherTrainer(TrainingLoop):
         return (self.share(self.images[picks]).contiguous(memory_format=self.memory_format),
                 None if labels is None else self.share(labels), self.share(sigma), self.share(noise))
 
-    def batch_losses(self, model, inputs):
+    def batch_losses(self, model, inputs, eager=False):
         images, labels, sigma, noise = inputs
         return edm_denoising_loss(model, images, sigma, noise, labels, self.config.sigma_data)
 

@@ -64,6 +64,9 @@ layers in float32, or all of it in float32 (the teacher and LPIPS stay in the au
 SCALE_MODES = ("fixed", "progressive")
 COMPILE_MODES = ("default", "reduce-overhead")
 FP16_INITIAL_LOG2_SCALE = 20.0
+DIVERGENCE_FACTOR = 1e4
+"""Weights whose loss on the next batch exceeds this many times the largest step loss of the run so
+far have diverged (huge but finite weights, which the next steps turn into NaN), and are not saved."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -266,7 +269,7 @@ class TrainingLoop:
 
     def _start(self, module, network, network_config):
         config = self.config
-        self.network, self.network_config = network, network_config
+        self.module, self.network, self.network_config = module, network, network_config
         module.to(self.device, memory_format=self.memory_format).train()
         self.optimizer = make_optimizer(config, network.parameters(), self.device)
         self.step = 0
@@ -303,7 +306,9 @@ class TrainingLoop:
     def step_inputs(self, step):
         raise NotImplementedError
 
-    def batch_losses(self, model, inputs):
+    def batch_losses(self, model, inputs, eager=False):
+        """Per-sample losses of `model` on `inputs`; `eager` asks for uncompiled helpers (a one-off
+        evaluation should not compile new graphs)."""
         raise NotImplementedError
 
     def describe(self):
@@ -382,6 +387,7 @@ class TrainingLoop:
                         f"{self.global_batch} ({self.batch} per process, micro-batch {self.microbatch}), steps "
                         f"{self.step} → {cfg.total_training_steps}, run folder {cfg.log_dir}")
         loss_total = torch.zeros((), device=self.device)
+        largest_loss = torch.zeros((), device=self.device)
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         steps_in_interval, started = 0, time.time()
         last_saved = self.step
@@ -393,11 +399,14 @@ class TrainingLoop:
             if not applied:
                 continue
             loss_total += loss.nan_to_num(0.0, 0.0, 0.0)
+            largest_loss = torch.maximum(largest_loss, loss.detach().nan_to_num(0.0, 0.0, 0.0))
             steps_in_interval += 1
             due_log = self.step % cfg.log_interval == 0
             due_save = cfg.save_interval > 0 and self.step % cfg.save_interval == 0
             if due_log or due_save or self.step == cfg.total_training_steps:
                 self._check_finite(first_bad_step, last_saved)
+            if due_save or self.step == cfg.total_training_steps:
+                self._check_weights(last_saved, largest_loss)
             if due_log:
                 elapsed = time.time() - started
                 self._log(loss_total / steps_in_interval, steps_in_interval, elapsed)
@@ -413,10 +422,27 @@ class TrainingLoop:
         if processes_with_bad_loss:
             where = (f"in the update to step {int(first_bad_step.item())}" if first_bad_step.item() >= 0
                      else "on another process")
-            kept = f"model{last_saved:06d}.pt" if last_saved else "no checkpoint was written"
-            raise NonFiniteLossError(f"the loss became NaN or infinite {where}; stopping without saving. "
-                                     f"Last good checkpoint: {kept} in {self.config.log_dir}. Lower --lr, "
-                                     "or use --use_fp16 False / --mixed_precision bf16.")
+            raise NonFiniteLossError(f"the loss became NaN or infinite {where}; {self._divergence_advice(last_saved)}")
+
+    def _check_weights(self, last_saved, largest_loss):
+        """Before a checkpoint is written: the weights are finite and give a finite loss on the next
+        step's batch, not DIVERGENCE_FACTOR times the largest step loss so far (an update can leave huge
+        but finite weights that the next steps turn into NaN); otherwise stop without saving them."""
+        with torch.no_grad(), self._autocast():
+            inputs = [None if x is None else x[:self.microbatch] for x in self.step_inputs(self.step)]
+            probe = self.batch_losses(self.module, inputs, eager=True).float().mean()
+        healthy = torch.isfinite(probe) & (probe <= DIVERGENCE_FACTOR * largest_loss)
+        healthy &= torch.stack([torch.isfinite(p).all() for p in self.network.parameters()]).all()
+        if int(dist.all_reduce_sum((~healthy).long()).item()):
+            raise NonFiniteLossError(f"the weights after step {self.step} give a NaN or infinite loss (the updates "
+                                     f"diverged); {self._divergence_advice(last_saved)}")
+
+    def _divergence_advice(self, last_saved):
+        if not last_saved:
+            return "stopping without saving; no checkpoint was written. Lower --lr and start again."
+        return (f"stopping without saving these weights. Last good checkpoint: model{last_saved:06d}.pt in "
+                f"{self.config.log_dir}. To continue from it with a lower learning rate, run the same command with "
+                "--lr <lower> --allow_changed_settings True (or --use_fp16 False if fp16 overflowed).")
 
     def _log(self, mean_loss, steps, elapsed):
         loss = float(dist.all_reduce_sum(mean_loss.clone()).item()) / self.info.world_size
@@ -548,11 +574,12 @@ class PIDTrainer(TrainingLoop):
         t_next = index_to_sigma(pid_partner_index(indices, num_scales), num_scales, **grid).to(torch.float32)
         return self.config.sigma_max * self.share(noise), t, t_next, labels
 
-    def batch_losses(self, model, inputs):
+    def batch_losses(self, model, inputs, eager=False):
         z, t, t_next, labels = inputs
         student = model if self.config.student_precision != "fp32" else float32_call(model)
-        return pid_loss(student, self.teacher_call, z, t, t_next, labels, self.config.loss_norm,
-                        self.config.weight_schedule, self.lpips_call, self.config.batched_student)
+        teacher, lpips = (self.teacher, self.lpips) if eager else (self.teacher_call, self.lpips_call)
+        return pid_loss(student, teacher, z, t, t_next, labels, self.config.loss_norm,
+                        self.config.weight_schedule, lpips, self.config.batched_student)
 
 
 def float32_call(module):

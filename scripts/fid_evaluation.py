@@ -50,6 +50,7 @@ def evaluate_folder(args, given, device):
         os.makedirs(sample_dir, exist_ok=True)
     request = cli.generation_request(args)
     reference = None
+    unreadable = []
     for name, step, path in checkpoints:
         if name in done:
             dist.print0(f"{name}: already evaluated (FID {done[name]['FID']})")
@@ -59,6 +60,7 @@ def evaluate_folder(args, given, device):
                                                                      cli.network_flags(args, given), device)
         except (ValueError, RuntimeError) as e:  # unreadable or foreign checkpoint files
             dist.print0(f"{name}: skipped, cannot be loaded ({e})")
+            unreadable.append(name)
             continue
         if reference is None:  # checked before the first sampling, against the detector's feature size
             dim = DetectorTally(detector, shape, device, args.detector_feed).stats.total.shape[0]
@@ -78,6 +80,9 @@ def evaluate_folder(args, given, device):
             print(f"{name}: FID {float(row['FID']):.4f}{extra} ({int(tally.stats.count)} samples, {args.detector} "
                   "detector)", flush=True)
         dist.barrier()
+    if len(unreadable) == len(checkpoints):
+        raise ValueError(f"nothing could be evaluated: none of the {len(checkpoints)} checkpoints in {args.exp_dir} "
+                         "can be loaded (see the reasons above)")
     if dist.is_main():
         plot_fid_vs_step(list(evaluation.read_results(results_path).values()),
                          os.path.join(args.exp_dir, "fid_vs_step.png"), title=f"FID ({args.detector} detector) by step")

@@ -9,7 +9,7 @@ import torch
 
 from conftest import save_random_teacher, tiny_song_config
 from pid_diffusion.run_folder import ChangedSettingsError
-from pid_diffusion.trainer import PIDTrainer, RunFolderError, TrainConfig, train
+from pid_diffusion.trainer import NonFiniteLossError, PIDTrainer, RunFolderError, TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,57 @@ def test_the_same_command_twice_gives_identical_checkpoints(tmp_path):
 def test_impossible_numbers_are_refused(teacher_path, tmp_path, flag, value):
     with pytest.raises(ValueError, match=f"--{flag} must be"):
         make_config(teacher_path, tmp_path, **{flag: value}).validate()
+
+
+def test_diverged_weights_are_never_saved_and_the_advice_resumes(teacher_path, tmp_path, monkeypatch):
+    trainer = PIDTrainer(make_config(teacher_path, tmp_path, total_training_steps=8, save_interval=1))
+    real_step = trainer._optimizer_step
+
+    def explode_after_two(scale):  # from the third update on, lr 1e6: huge weights, still finite
+        if trainer.step >= 2:
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = 1e6
+        return real_step(scale)
+
+    monkeypatch.setattr(trainer, "_optimizer_step", explode_after_two)
+    with pytest.raises(NonFiniteLossError, match="after step 3 give a NaN or infinite loss") as stopped:
+        trainer.run()
+    trainer.close()
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("model")) == ["model000001.pt", "model000002.pt"]
+    assert "Last good checkpoint: model000002.pt" in str(stopped.value)
+    assert "--lr <lower> --allow_changed_settings True" in str(stopped.value)
+    # the advice works: the run continues from the good checkpoint
+    resumed = train(make_config(teacher_path, tmp_path, total_training_steps=4, save_interval=1, lr=1e-4,
+                                allow_changed_settings=True))
+    assert resumed.step == 4 and "at step 2" in (tmp_path / "log.txt").read_text()
+
+
+def test_diverging_from_the_start_saves_nothing(teacher_path, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written"):
+        train(make_config(teacher_path, tmp_path, total_training_steps=4, save_interval=1, lr=1e6))
+    assert not any(n.startswith("model") for n in os.listdir(tmp_path))
+
+
+def test_a_failed_write_is_one_line_naming_the_file_and_files_follow_the_umask(tmp_path, monkeypatch):
+    from pid_diffusion.checkpoint import atomic_torch_save
+
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "kept.pt")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert os.stat(tmp_path / "kept.pt").st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):  # what torch raises when the disk fills: the OSError is the cause
+        f.write(b"partial")
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as cause:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed") from cause
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError) as failed:
+        atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "kept.pt")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert str(failed.value) == f"[Errno 28] cannot write {tmp_path / 'kept.pt'}: No space left on device"
+    assert sorted(os.listdir(tmp_path)) == ["kept.pt"]  # no temporary file left
+    assert torch.equal(torch.load(tmp_path / "kept.pt", weights_only=True)["w"], torch.ones(2))  # the old file intact

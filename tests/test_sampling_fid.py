@@ -199,3 +199,24 @@ def test_bad_inputs(workspace, tmp_path):
                                      "--batch_size", "3"], workspace, tmp_path / "uneven")
     assert uneven.returncode == 0, uneven.stderr
     assert np.load(tmp_path / "uneven" / "samples_7x8x8x3.npz")["arr_0"].shape[0] == 7
+
+
+def test_fid_walk_exit_codes_and_damaged_results(workspace, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("model000001.pt", "model000002.pt"):
+        (broken / name).write_bytes(b"not a checkpoint")
+    args = ["--ref_path", str(workspace / "ref.npz"), "--num_samples", "6", "--batch_size", "3"]
+    nothing = run("fid_evaluation.py", ["--exp_dir", str(broken), *args], workspace)
+    assert nothing.returncode == 1 and "nothing could be evaluated" in nothing.stderr
+    assert "Traceback" not in nothing.stderr
+
+    folder = tmp_path / "run"
+    shutil.copytree(workspace / "run", folder)
+    # cut-off or garbled rows (a cut inside a number, 234.57 → 23, cannot be seen: the file is now always
+    # rewritten whole through a temporary file, so it cannot happen)
+    for cut in ("model000002,2\n", "model000002,two,23.5\n", "model000002,2,\n"):
+        (folder / "fid_results_42.csv").write_text("model_name,step,FID\nmodel000001,1,12.5\n" + cut)
+        damaged = run("fid_evaluation.py", ["--exp_dir", str(folder), *args], workspace)
+        assert damaged.returncode == 1 and "fid_results_42.csv line 3: damaged row" in damaged.stderr, cut
+        assert "Traceback" not in damaged.stderr
