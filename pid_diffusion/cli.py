@@ -223,13 +223,18 @@ def run_script(body, extra_errors=()):
     """Start the process group, run body(dist_info), end the group.
 
     A user error (bad file, bad flag value, full disk, ...) prints one line and exits 1 without a
-    traceback. With several processes every failure ends this process at once (os._exit, skipping
-    MPI's finalisation, which would wait for the others): the launcher then stops the rest instead
-    of leaving them blocked in a collective operation."""
+    traceback; one of `extra_errors` with an `exit_code` (an orderly stop on SIGTERM) prints its line
+    once and exits with that code. With several processes every failure ends this process at once
+    (os._exit, skipping MPI's finalisation, which would wait for the others): the launcher then stops
+    the rest instead of leaving them blocked in a collective operation."""
     info = dist.init()
     try:
         body(info)
     except (ValueError, OSError, *extra_errors) as e:
+        if hasattr(e, "exit_code"):  # an orderly stop (trainer.TrainingInterrupted): its line, its code
+            if info.rank == 0:
+                print(str(e), file=sys.stderr, flush=True)
+            _exit(e.exit_code, info)
         print(f"error (rank {info.rank}): {e}", file=sys.stderr, flush=True)
         _exit(1, info)
     except BaseException:

@@ -131,6 +131,13 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+def all_reduce_max(tensor):
+    """The largest value of a tensor over processes, in place. Returns it."""
+    if is_distributed():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+    return tensor
+
+
 def broadcast_tensors(tensors, src=0):
     if is_distributed():
         for tensor in tensors:

@@ -22,6 +22,8 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 
@@ -71,6 +73,14 @@ far have diverged (huge but finite weights, which the next steps turn into NaN),
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGINT stopped the run after a checkpoint was written; `exit_code` is 128 + signal."""
+
+    def __init__(self, message, signal_number):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
 
 
 class RunFolderError(RuntimeError):
@@ -380,6 +390,35 @@ class TrainingLoop:
 
     # ----------------------------------------------------------------------------- the loop
     def run(self):
+        """Train to --total_training_steps. SIGTERM (a scheduler's notice) and SIGINT (Ctrl-C) end the
+        current step on every process; then a checkpoint is written and TrainingInterrupted raised."""
+        with self._signals_noted():
+            self._run()
+
+    @contextlib.contextmanager
+    def _signals_noted(self):
+        self.stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def note(signal_number, frame):
+            self.stop_signal = signal_number
+            signal.signal(signal_number, previous[signal_number])  # a second signal acts at once
+
+        previous = {number: signal.signal(number, note) for number in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stop_requested(self):
+        """Whether any process got SIGTERM/SIGINT (several processes agree through an all-reduce)."""
+        flag = torch.tensor(0 if self.stop_signal is None else int(self.stop_signal), device=self.device)
+        return int(dist.all_reduce_max(flag).item()) if self.info.world_size > 1 else int(flag.item())
+
+    def _run(self):
         cfg = self.config
         self.logger.save_config({**self.run_config(), "world_size": self.info.world_size,
                                  "per_process_batch": self.batch, "torch_version": torch.__version__})
@@ -415,6 +454,19 @@ class TrainingLoop:
             if due_save or self.step == cfg.total_training_steps:
                 self.save()
                 last_saved = self.step
+            # one process alone checks every step (a flag on the host); several agree at each log step
+            if (self.info.world_size == 1 or due_log) and self.step < cfg.total_training_steps:
+                stop = self._stop_requested()
+                if stop:
+                    if last_saved != self.step:
+                        self._check_finite(first_bad_step, last_saved)
+                        self._check_weights(last_saved, largest_loss)
+                        self.save()
+                    name = signal.Signals(stop).name
+                    self.logger.log(f"stopped by {name} at step {self.step}: checkpoint model{self.step:06d}.pt is "
+                                    "written; the same command continues the run")
+                    raise TrainingInterrupted(f"stopped by {name} at step {self.step}; checkpoint "
+                                              f"model{self.step:06d}.pt in {cfg.log_dir}", stop)
         self.logger.log(f"done: {self.step} steps; checkpoints in {cfg.log_dir}")
 
     def _check_finite(self, first_bad_step, last_saved):

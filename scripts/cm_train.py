@@ -17,7 +17,7 @@ import torch
 
 from pid_diffusion import cli, dist
 from pid_diffusion.log import default_log_dir
-from pid_diffusion.trainer import NonFiniteLossError, RunFolderError, TrainConfig, train
+from pid_diffusion.trainer import NonFiniteLossError, RunFolderError, TrainConfig, TrainingInterrupted, train
 
 
 INDUCTOR_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "pid_diffusion", "inductor")
@@ -61,7 +61,7 @@ def main(argv=None):
                         f"a cold cache (kept in {os.environ['TORCHINDUCTOR_CACHE_DIR']}); --compile False skips it")
         train(config)
 
-    cli.run_script(distil, extra_errors=(NonFiniteLossError, RunFolderError))
+    cli.run_script(distil, extra_errors=(NonFiniteLossError, RunFolderError, TrainingInterrupted))
 
 
 if __name__ == "__main__":

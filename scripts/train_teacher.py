@@ -17,7 +17,7 @@ from pid_diffusion import cli, dist
 from pid_diffusion.digits import DIGITS_NETWORK_CONFIG, DigitsUnavailableError
 from pid_diffusion.log import default_log_dir
 from pid_diffusion.teacher_trainer import TeacherTrainConfig, TeacherTrainer
-from pid_diffusion.trainer import NonFiniteLossError, RunFolderError, ema_rates
+from pid_diffusion.trainer import NonFiniteLossError, RunFolderError, TrainingInterrupted, ema_rates
 
 
 def parse(argv):
@@ -57,7 +57,8 @@ def main(argv=None):
         finally:
             trainer.close()
 
-    cli.run_script(train, extra_errors=(NonFiniteLossError, RunFolderError, DigitsUnavailableError))
+    cli.run_script(train, extra_errors=(NonFiniteLossError, RunFolderError, TrainingInterrupted,
+                                        DigitsUnavailableError))
 
 
 if __name__ == "__main__":

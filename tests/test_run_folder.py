@@ -3,6 +3,11 @@ debris of interrupted saves removed, damaged checkpoints skipped, the same comma
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -10,6 +15,10 @@ import torch
 from conftest import save_random_teacher, tiny_song_config
 from pid_diffusion.run_folder import ChangedSettingsError
 from pid_diffusion.trainer import NonFiniteLossError, PIDTrainer, RunFolderError, TrainConfig, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_SCRIPT = os.path.join(REPO, "scripts", "cm_train.py")
+MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +166,31 @@ def test_a_failed_write_is_one_line_naming_the_file_and_files_follow_the_umask(t
     assert str(failed.value) == f"[Errno 28] cannot write {tmp_path / 'kept.pt'}: No space left on device"
     assert sorted(os.listdir(tmp_path)) == ["kept.pt"]  # no temporary file left
     assert torch.equal(torch.load(tmp_path / "kept.pt", weights_only=True)["w"], torch.ones(2))  # the old file intact
+
+
+@pytest.mark.parametrize("launcher,signal_number", [("mpirun", signal.SIGTERM), (None, signal.SIGINT)])
+def test_a_signal_ends_the_step_writes_a_checkpoint_and_exits_with_one_line(teacher_path, tmp_path, launcher,
+                                                                          signal_number):
+    if launcher and MPIRUN is None:
+        pytest.skip("no mpirun: install the mpich extra (pip install -e '.[mpich]')")
+    command = [sys.executable, TRAIN_SCRIPT, "--teacher_model_path", teacher_path, "--global_batch_size", "8",
+               "--loss_norm", "l2", "--ema_rate", "0.9", "--log_interval", "5", "--save_interval", "100000",
+               "--total_training_steps", "100000"]
+    if launcher:
+        command = [MPIRUN, "-np", "2", *command]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OPENAI_LOGDIR": str(tmp_path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = tmp_path / "log.txt", time.time() + 120
+    while time.time() < deadline and not (log.exists() and "step      10" in log.read_text()):
+        time.sleep(0.1)
+    process.send_signal(signal_number)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal_number, err[-2000:]
+    name = signal.Signals(signal_number).name
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"stopped by {name} at step") and "Traceback" not in err
+    step = int(lines[0].split("at step ")[1].split(";")[0])
+    assert step >= 10 and (tmp_path / f"model{step:06d}.pt").exists() and (tmp_path / f"ema_0.9_{step:06d}.pt").exists()
+    resumed = subprocess.run(command[command.index(sys.executable):-1] + [str(step + 2)], cwd=REPO, timeout=120,
+                             env={**os.environ, "OPENAI_LOGDIR": str(tmp_path)}, capture_output=True, text=True)
+    assert resumed.returncode == 0 and f"at step {step}" in resumed.stdout  # the same command continues
