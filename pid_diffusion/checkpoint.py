@@ -11,6 +11,7 @@ Every file we write goes to a temporary name in the same folder and is renamed i
 
 import json
 import os
+import zipfile
 
 import torch
 
@@ -110,8 +111,27 @@ def build_teacher(config, state_dict, source):
     return teacher.eval().requires_grad_(False)
 
 
+def _check_archive(path):
+    """torch.save's zip archives carry a CRC32 of every record: a flipped bit or a partial copy fails it
+    (torch.load itself does not look)."""
+    with open(path, "rb") as f:
+        if f.read(4) != ZIP_MAGIC:
+            return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise TeacherLoadError(f"{path}: cannot read this torch file (truncated or damaged: {e}); copy or fetch it "
+                               "again") from None
+    if damaged is not None:
+        raise TeacherLoadError(f"{path}: damaged: the checksum of its record {damaged} does not match (a flipped bit "
+                               "or a partial copy); copy or fetch the file again")
+
+
 def read_torch_file(path):
-    """torch.load(weights_only=True) to CPU, or a TeacherLoadError saying why the file cannot be read."""
+    """torch.load(weights_only=True) to CPU after the archive's checksums are verified, or a
+    TeacherLoadError saying why the file cannot be read."""
+    _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated / foreign archives

@@ -44,6 +44,7 @@ from .teachers import BUILTIN_PREFIX, builtin_teacher
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
 
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
+ADAM_BETA1 = 0.9  # both optimizers run with PyTorch's default betas, as the original
 SPEED_PRESETS = {
     "reference": dict(mixed_precision="fp32", student_precision="autocast", batched_student=False,
                       attention="reference", fused_optimizer=False, channels_last=False, compile=False,
@@ -132,6 +133,9 @@ class LoopConfig:
                 raise ValueError(f"--{name} must be positive, or -1 for the default, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"--lr must be a finite non-negative number, got {self.lr}")
+        if self.lr / (1 - ADAM_BETA1) > torch.finfo(torch.float32).max:  # Adam's first step size: lr / (1 − β₁)
+            raise ValueError(f"--lr must be below {torch.finfo(torch.float32).max * (1 - ADAM_BETA1):.3g} (the "
+                             f"optimizer's first step overflows float32), got {self.lr}")
         if self.save_interval == 0 or self.save_interval < -1:
             raise ValueError("--save_interval must be positive, or -1 to save only at the end")
         ema_rates(self.ema_rate)

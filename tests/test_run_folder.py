@@ -108,7 +108,7 @@ def test_the_same_command_twice_gives_identical_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("flag,value", [("batch_size", -7), ("microbatch", -3), ("microbatch", 0),
-                                        ("lr", float("inf"))])
+                                        ("lr", float("inf")), ("lr", 1e38)])
 def test_impossible_numbers_are_refused(teacher_path, tmp_path, flag, value):
     with pytest.raises(ValueError, match=f"--{flag} must be"):
         make_config(teacher_path, tmp_path, **{flag: value}).validate()
@@ -194,3 +194,22 @@ def test_a_signal_ends_the_step_writes_a_checkpoint_and_exits_with_one_line(teac
     resumed = subprocess.run(command[command.index(sys.executable):-1] + [str(step + 2)], cwd=REPO, timeout=120,
                              env={**os.environ, "OPENAI_LOGDIR": str(tmp_path)}, capture_output=True, text=True)
     assert resumed.returncode == 0 and f"at step {step}" in resumed.stdout  # the same command continues
+
+
+def test_damaged_files_are_named_not_loaded(teacher_path, tmp_path):
+    from pid_diffusion.checkpoint import TeacherLoadError, load_student, load_teacher
+
+    flipped = bytearray(open(teacher_path, "rb").read())
+    flipped[len(flipped) // 2] ^= 0x10  # one bit inside a tensor's bytes
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(TeacherLoadError, match="checksum of its record .* does not match"):
+        load_teacher(tmp_path / "flipped.pt")
+    train(make_config(teacher_path, tmp_path / "run"))
+    config_path = tmp_path / "run" / "run_config.json"
+    text = config_path.read_text()
+    config_path.write_text(text[:len(text) // 2])  # truncated
+    with pytest.raises(TeacherLoadError, match="run_config.json cannot be read"):
+        load_student(tmp_path / "run" / "model000002.pt")
+    config_path.write_text(json.dumps({"sigma_max": 80.0}))
+    with pytest.raises(TeacherLoadError, match="has no network_config"):
+        load_student(tmp_path / "run" / "model000002.pt")
