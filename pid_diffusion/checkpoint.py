@@ -17,7 +17,7 @@ import torch
 
 from . import arch
 from .edm_pickle import EDMPickleError, load_edm_snapshot
-from .files import atomic_output, io_error
+from .files import atomic_output
 from .networks import EDMPrecond, network_from_config
 from .precond import PIDStudent
 from .schedules import SIGMA_MAX
@@ -46,13 +46,10 @@ class TeacherNotFoundError(TeacherLoadError, FileNotFoundError):
 def atomic_torch_save(obj, path):
     """torch.save to `path` through a temporary file in the same folder and a rename, so that a
     crash or a full disk never leaves a half-written file under the final name."""
-    try:
-        with atomic_output(path) as tmp, open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except (OSError, RuntimeError) as e:  # a full disk, a read-only folder, an I/O error
-        raise io_error(path, e) from None
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def network_state_dict(state_dict):

@@ -20,15 +20,18 @@ def _umask():
     return mask
 
 
-def io_error(path, error):
-    """One OSError naming the file and the cause of a failed write (torch reports a full disk as a
-    RuntimeError whose cause, somewhere in the chain, is the OSError)."""
-    cause = error
-    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
-        cause = cause.__cause__ or cause.__context__
-    if cause is not None:
-        return OSError(cause.errno, f"cannot write {path}: {cause.strerror}")
-    return OSError(f"cannot write {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+def _os_error_in(error):
+    """The OSError (with a reason) in an exception's chain: torch reports a full disk as a RuntimeError
+    caused, somewhere down the chain, by the OSError."""
+    while error is not None and not (isinstance(error, OSError) and error.strerror):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _io_error(path, error):
+    """One OSError naming the file and the cause of a failed write."""
+    cause = _os_error_in(error)
+    return OSError(cause.errno, f"cannot write {path}: {cause.strerror}")
 
 
 @contextlib.contextmanager
@@ -43,7 +46,9 @@ def atomic_output(path):
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file follows the user's umask
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if _os_error_in(e):  # a full disk, a permission or I/O error: one line naming the file
+            raise _io_error(path, e) from None
         raise
