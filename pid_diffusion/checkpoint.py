@@ -193,7 +193,7 @@ def read_teacher_file(path, **network_flags):
 
 def load_teacher(path, **network_flags):
     """A frozen EDMPrecond (eval mode, no gradients) from any teacher file format, or the analytic
-    teacher named by 'builtin:<name>' (e.g. builtin:gmm, the demo's Gaussian mixture).
+    teacher named by 'builtin:<name>' (e.g. builtin:gmm, an exact Gaussian-mixture denoiser).
 
     Files that record their architecture need no flags; flags given for them are only checked.
     """

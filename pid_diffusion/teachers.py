@@ -1,4 +1,4 @@
-"""Analytic teachers: denoisers with an exact D(x; σ), the oracle for tests and the demo teacher.
+"""Analytic teachers: denoisers with an exact D(x; σ), the oracle for tests (`builtin:gmm`).
 
 Data distribution: an isotropic Gaussian mixture in image space,
     p(x₀) = Σ_k w_k N(x₀; μ_k, s_k² I).
@@ -112,7 +112,7 @@ def smooth_templates(num_components, resolution, channels=3, generator=None):
 
 
 DEMO_MIXTURE = dict(num_components=8, resolution=8, channels=3, std=0.05, seed=0)
-"""The built-in demo distribution: 8 smooth 3×8×8 colour templates, equal weights, std 0.05."""
+"""The built-in mixture (`builtin:gmm`): 8 smooth 3×8×8 colour templates, equal weights, std 0.05."""
 
 
 def demo_mixture():
@@ -127,8 +127,7 @@ DEMO_NETWORK_CONFIG = dict(img_resolution=DEMO_MIXTURE["resolution"], img_channe
                            attn_resolutions=[4], dropout=0.0, augment_dim=0, embedding_type="positional",
                            encoder_type="standard", decoder_type="standard", channel_mult_noise=1,
                            resample_filter=[1, 1])
-"""EDMPrecond keywords of the demo's network teacher (scripts/fit_demo_teacher.py) and of the student
-that distils the analytic `builtin:gmm` teacher directly."""
+"""EDMPrecond keywords of the student that distils the analytic `builtin:gmm` teacher (from random weights)."""
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_TEACHERS = {"gmm": (demo_mixture, DEMO_NETWORK_CONFIG)}
