@@ -418,9 +418,12 @@ class TrainingLoop:
                 signal.signal(number, handler)
 
     def _stop_requested(self):
-        """Whether any process got SIGTERM/SIGINT (several processes agree through an all-reduce)."""
-        flag = torch.tensor(0 if self.stop_signal is None else int(self.stop_signal), device=self.device)
-        return int(dist.all_reduce_max(flag).item()) if self.info.world_size > 1 else int(flag.item())
+        """The signal any process got (0: none); several processes agree through an all-reduce, one
+        process reads its flag without touching the device."""
+        noted = 0 if self.stop_signal is None else int(self.stop_signal)
+        if self.info.world_size == 1:
+            return noted
+        return int(dist.all_reduce_max(torch.tensor(noted, device=self.device)).item())
 
     def _run(self):
         cfg = self.config
