@@ -52,16 +52,27 @@ def test_group_norm_runs_in_the_autocast_precision(dtype):
         assert (out.float() - exact).abs().max() <= 8 * unit_roundoff * exact.abs().max()
 
 
-@pytest.mark.parametrize("loss_norm,microbatch", [("l2", -1), ("l1", -1), ("l2", 3)])
+def random_lpips_files(folder):
+    """LPIPS weight files with random values: VGG16's feature convolutions and the five linear layers."""
+    from pid_diffusion.losses import LPIPS_TAPS, _vgg16_features
+
+    torch.save(_vgg16_features().state_dict(), folder / "vgg.pth")
+    features = [m.out_channels for i, m in enumerate(_vgg16_features()) if i + 1 in LPIPS_TAPS]
+    torch.save([torch.rand(1, c, 1, 1) for c in features], folder / "lin.pt")
+    return dict(lpips_vgg_weights=str(folder / "vgg.pth"), lpips_lin_weights=str(folder / "lin.pt"))
+
+
+@pytest.mark.parametrize("loss_norm,microbatch", [("l2", -1), ("l1", -1), ("l2", 3), ("lpips", 3)])
 def test_reference_and_fast_paths_give_the_same_step(tmp_path, loss_norm, microbatch):
     torch.manual_seed(0)
     config = tiny_song_config(label_dim=3, model_channels=64)  # 64 channels: ADM-style heads exist too
     teacher = save_random_teacher(tmp_path / "teacher.pt", config)
+    lpips_files = random_lpips_files(tmp_path) if loss_norm == "lpips" else {}
     results = []
     for name, options in (("reference", REFERENCE), ("fast", FAST_FP32)):
         trainer = PIDTrainer(TrainConfig(teacher_model_path=str(tmp_path / "teacher.pt"), log_dir=str(tmp_path / name),
                                          global_batch_size=6, loss_norm=loss_norm, weight_schedule="uniform", lr=1e-3,
-                                         microbatch=microbatch, **options))
+                                         microbatch=microbatch, **lpips_files, **options))
         loss, applied = trainer.train_step()
         assert applied
         results.append((float(loss), {k: v.clone() for k, v in trainer.student.net.state_dict().items()}))
