@@ -28,6 +28,7 @@ def load_sampling_model(training_mode, model_path, network_flags, device):
         raise ValueError("--model_path is required: a teacher file or a student checkpoint")
     if training_mode == cli.TEACHER_MODE:
         model = load_teacher(model_path, **network_flags)
+        model.use_fp16 = False  # --use_fp16 decides (autocast), not the flag the file records
         shape = (model.img_channels, model.img_resolution, model.img_resolution)
         label_dim = model.label_dim
     else:

@@ -597,6 +597,9 @@ class PIDTrainer(TrainingLoop):
             teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
             self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path)
         self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
+        # its precision follows --mixed_precision / --use_fp16 (autocast), not the use_fp16 its file records
+        # (EDM's ImageNet-64 .pkl says True), as the original follows its flag
+        self.teacher.use_fp16 = False
         network_config = student_network_config(teacher_config, config.dropout)
         self.student = student_from_teacher(network_config, teacher_state, config.sigma_max)
         self.student.net.float32_output = config.student_precision == "fp32_output"

@@ -278,3 +278,15 @@ def test_explicit_resume_checkpoint_from_another_folder(teacher_path, tmp_path):
     cut.write_bytes((tmp_path / "first" / "model000002.pt").read_bytes()[:2000])
     with pytest.raises(ValueError, match="cannot read this torch file"):
         PIDTrainer(make_config(teacher_path, tmp_path / "fourth", resume_checkpoint=str(cut)))
+
+
+def test_the_teacher_precision_follows_the_command_line_not_the_file(tmp_path):
+    from pid_diffusion.evaluation import load_sampling_model
+
+    config = tiny_song_config(use_fp16=True)  # as EDM's ImageNet-64 .pkl records
+    save_teacher(EDMPrecond(**config), tmp_path / "fp16_teacher.pt", config)
+    trainer = PIDTrainer(make_config(str(tmp_path / "fp16_teacher.pt"), tmp_path / "run"))
+    assert trainer.teacher.use_fp16 is False
+    trainer.close()
+    teacher, _, _ = load_sampling_model("one_shot_pinn_edm_edm_teacher", str(tmp_path / "fp16_teacher.pt"), {}, "cpu")
+    assert teacher.use_fp16 is False
