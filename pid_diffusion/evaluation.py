@@ -14,10 +14,12 @@ from .checkpoint import load_student, load_teacher
 from .fid import DetectorTally
 from .files import atomic_output
 from .generate import generate, image_grid, to_uint8
+from .run_folder import step_from_checkpoint_name
 from .samplers import SAMPLERS
 
 CHECKPOINT_NAME = re.compile(r"^(model|ema_[0-9.]+_)(\d{6})\.pt$")
-RESULT_FIELDS = ("model_name", "step", "FID")
+RESULT_FIELDS = ("model_name", "FID", "step")
+"""The original's columns first (model_name,FID), then ours."""
 
 
 def load_sampling_model(training_mode, model_path, network_flags, device):
@@ -145,7 +147,9 @@ def read_results(path):
                 if not row["model_name"] or row["FID"] is None or None in row:
                     raise ValueError("wrong number of fields")
                 float(row["FID"])
-                int(row.get("step") or 0)
+                if row.get("step") in (None, ""):  # a CSV the original wrote has no step: the name has it
+                    row["step"] = str(step_from_checkpoint_name(row["model_name"] + ".pt"))
+                int(row["step"])
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path} line {reader.line_num}: damaged row {row} ({e}); delete that line and rerun "
                                  "(its checkpoint is evaluated again)") from None

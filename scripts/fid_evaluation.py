@@ -4,10 +4,10 @@
         --num_samples 50000 --batch_size 500 --seed 0
 
 Evaluates model*.pt and ema_*.pt (never opt*.pt or trainer_state*.pt) in step order with the same
-noise for every checkpoint, skips those already listed in <exp_dir>/fid_results_{seed}.csv, adds
-`model_name,step,FID` rows (and `class_accuracy` with the digits detector: the share of samples the
-classifier assigns to the label they were generated for), and writes <exp_dir>/FID/{name}_samples.png
-and <exp_dir>/fid_vs_step.png. A checkpoint that cannot be read is reported and skipped. Runs under
+noise for every checkpoint, skips those already listed in <exp_dir>/fid_results_{seed}.csv (also one
+the original wrote), adds `model_name,FID,step` rows (the original's columns first; `class_accuracy`
+with the digits detector: the share of samples the classifier assigns to the label they were
+generated for), and writes <exp_dir>/FID/{name}_samples.png and <exp_dir>/fid_vs_step.png. A checkpoint that cannot be read is reported and skipped. Runs under
 mpirun, torchrun or alone.
 
 Digits: --detector digits --fid_dataset digits (features of the shipped digits classifier, reference

@@ -139,9 +139,9 @@ def test_folder_walk(workspace, tmp_path):
     assert first.returncode == 0, first.stderr
     assert "model000005: skipped, cannot be loaded" in first.stdout
     rows = (folder / "fid_results_3.csv").read_text().splitlines()
-    assert rows[0] == "model_name,step,FID"
+    assert rows[0] == "model_name,FID,step"  # the original's columns first
     assert [r.split(",")[0] for r in rows[1:]] == ["ema_0.9_000001", "model000001", "ema_0.9_000002", "model000002"]
-    assert all(float(r.split(",")[2]) > 0 for r in rows[1:])
+    assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
     assert (folder / "FID" / "model000002_samples.png").exists() and (folder / "fid_vs_step.png").exists()
     second = run("fid_evaluation.py", args, workspace)
     assert second.returncode == 0 and second.stdout.count("already evaluated") == 4
@@ -161,7 +161,7 @@ def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path, num_samp
                                          "--num_samples", str(num_samples), "--batch_size", str(batch_size)],
                     workspace, processes=processes)
         assert done.returncode == 0, done.stderr
-        results.append(float((folder / "fid_results_42.csv").read_text().splitlines()[1].split(",")[2]))
+        results.append(float((folder / "fid_results_42.csv").read_text().splitlines()[1].split(",")[1]))
     assert results[0] == pytest.approx(results[1], rel=1e-6)
 
 
@@ -215,8 +215,21 @@ def test_fid_walk_exit_codes_and_damaged_results(workspace, tmp_path):
     shutil.copytree(workspace / "run", folder)
     # cut-off or garbled rows (a cut inside a number, 234.57 → 23, cannot be seen: the file is now always
     # rewritten whole through a temporary file, so it cannot happen)
-    for cut in ("model000002,2\n", "model000002,two,23.5\n", "model000002,2,\n"):
-        (folder / "fid_results_42.csv").write_text("model_name,step,FID\nmodel000001,1,12.5\n" + cut)
+    for cut in ("model000002\n", "model000002,23.5,two\n", "model000002,,2\n"):
+        (folder / "fid_results_42.csv").write_text("model_name,FID,step\nmodel000001,12.5,1\n" + cut)
         damaged = run("fid_evaluation.py", ["--exp_dir", str(folder), *args], workspace)
         assert damaged.returncode == 1 and "fid_results_42.csv line 3: damaged row" in damaged.stderr, cut
         assert "Traceback" not in damaged.stderr
+
+
+def test_a_results_csv_written_by_the_original_is_continued_and_plotted(workspace, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(workspace / "run", folder)
+    (folder / "fid_results_42.csv").write_text("model_name,FID\nmodel000001,12.5\n")  # the original's columns
+    done = run("fid_evaluation.py", ["--exp_dir", str(folder), "--ref_path", str(workspace / "ref.npz"),
+                                     "--num_samples", "6", "--batch_size", "3"], workspace)
+    assert done.returncode == 0, done.stderr
+    rows = (folder / "fid_results_42.csv").read_text().splitlines()
+    assert rows[0] == "model_name,FID,step" and rows[1] == "model000001,12.5,1"  # kept, its step from its name
+    assert "model000001: already evaluated" in done.stdout and len(rows) == 5
+    assert (folder / "fid_vs_step.png").exists()
