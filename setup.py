@@ -9,14 +9,13 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pid_diffusion", "pid_diffusion.*"]),
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        # torch.is_autocast_enabled(device_type), used for the student's float32 output layers, needs 2.4
+        "torch>=2.4",
+        "torchvision>=0.19",
         "numpy>=1.23",
-        "scipy>=1.9",
         "pillow>=9",
         "tqdm>=4.60",
         "matplotlib>=3.5",
-        "blobfile>=2.0",
         "mpi4py>=3.1",
     ],
     extras_require={
@@ -24,7 +23,7 @@ setup(
         "mpich": ["mpich"],
         # The real-data demo: scikit-learn ships the 1,797 handwritten digits inside its wheel.
         "digits": ["scikit-learn>=1.0"],
-        # piq is only the reference for the LPIPS parity test.
-        "test": ["pytest>=7", "piq>=0.7"],
+        # piq is only the reference for the LPIPS parity test, scipy's sqrtm the one for the Fréchet distance.
+        "test": ["pytest>=7", "piq>=0.7", "scipy>=1.9"],
     },
 )
