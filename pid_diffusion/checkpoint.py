@@ -9,7 +9,6 @@
 Every file we write goes to a temporary name in the same folder and is renamed into place.
 """
 
-import json
 import os
 import zipfile
 
@@ -19,6 +18,7 @@ from . import arch
 from .edm_pickle import EDMPickleError, load_edm_snapshot
 from .files import atomic_output
 from .networks import EDMPrecond, network_from_config
+from .run_folder import RUN_CONFIG_FILE, read_run_config
 from .precond import PIDStudent
 from .schedules import SIGMA_MAX
 from .teachers import BUILTIN_PREFIX, builtin_teacher
@@ -30,7 +30,6 @@ EDM_TEACHER_HELP = (
     "put them in model_zoo/ (see model_zoo/README.md)")
 MAX_LISTED = 5
 ZIP_MAGIC = b"PK\x03\x04"
-RUN_CONFIG_FILE = "run_config.json"
 PID_RUN, TEACHER_RUN = "pid", "edm_teacher"
 """`run_kind` in run_config.json: a folder of PID students, or of EDM teachers (scripts/train_teacher.py)."""
 
@@ -222,16 +221,14 @@ def student_from_teacher(network_config, teacher_state=None, sigma_max=SIGMA_MAX
 
 def run_config_beside(path):
     """The run_config.json in a checkpoint's folder (a dict with network_config), or None if there is none."""
-    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), RUN_CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        return None
+    folder = os.path.dirname(os.path.abspath(path))
     try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise TeacherLoadError(f"{config_path} cannot be read ({e}); it describes the network of {path}") from None
-    if not isinstance(config, dict) or "network_config" not in config:
-        raise TeacherLoadError(f"{config_path} has no network_config: it cannot describe the network of {path}")
+        config = read_run_config(folder)
+    except ValueError as e:
+        raise TeacherLoadError(f"{e}; it describes the network of {path}") from None
+    if config is not None and not (isinstance(config, dict) and "network_config" in config):
+        raise TeacherLoadError(f"{os.path.join(folder, RUN_CONFIG_FILE)} has no network_config: it cannot describe "
+                               f"the network of {path}")
     return config
 
 

@@ -12,6 +12,7 @@ import traceback
 
 from . import dist
 from .generate import GenerationRequest
+from .trainer import DEFAULT_SPEED, SPEED_PRESETS
 
 MODEL_FLAGS = {
     "sigma_min": (0.002, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)"),
@@ -201,8 +202,6 @@ def speed_options(args, given, device_type):
     """The speed and precision options of a training run: the --speed preset (auto: by device), then
     --use_fp16 (the original's fp16 path: everything, the student too, in float16 with loss
     scaling), then the options given explicitly."""
-    from .trainer import DEFAULT_SPEED, SPEED_PRESETS
-
     preset = DEFAULT_SPEED.get(device_type, "eager") if args.speed == "auto" else args.speed
     if preset not in SPEED_PRESETS:
         raise ValueError(f"--speed {args.speed!r} is not supported; valid: auto, {', '.join(SPEED_PRESETS)}")
@@ -210,7 +209,7 @@ def speed_options(args, given, device_type):
     if args.use_fp16:
         options.update(mixed_precision="fp16", student_precision="autocast")
     options.update({name: getattr(args, name) for name in SPEED_FLAG_NAMES if name in given})
-    return preset, options
+    return options
 
 
 def generation_request(args):

@@ -184,9 +184,10 @@ def digits_reference_stats(detector, device="cpu"):
         raise ValueError(f"--fid_dataset {DIGITS_DATASET} needs --detector digits (its statistics are computed with "
                          "the digits classifier)")
     images, _ = load_digits("all")
-    stats = FeatureStats(detector(detector_input(images[:1].to(device))).shape[1], device=device)
     with torch.no_grad():
-        stats.update(detector(detector_input(images.to(device))))
+        features = detector(detector_input(images.to(device)))
+    stats = FeatureStats(features.shape[1], device=device)
+    stats.update(features)
     return stats.mean_cov()
 
 

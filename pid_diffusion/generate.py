@@ -81,7 +81,6 @@ class GeneratedBatch:
 def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, rank=0, world_size=1,
              device="cpu", sampler="oneshot", autocast_dtype=None, class_label=None, **sampler_options):
     """Yield this process's GeneratedBatch objects in order (labels drawn, or all `class_label`)."""
-    check_class_label(class_label, label_dim)
     for indices in shard_batches(num_samples, batch_size, rank, world_size):
         noise, labels = seeded_inputs(seed, indices, image_shape, label_dim, class_label)
         noise = noise.to(device)

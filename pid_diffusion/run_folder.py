@@ -23,6 +23,7 @@ MODEL_FILE = re.compile(r"^model(\d{6})\.pt$")
 TEMPORARY_FILE = re.compile(r"^.+\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
 """files.atomic_output's temporary names: <name>.<random>.tmp<extension>."""
 LOCK_FILE = ".lock"
+RUN_CONFIG_FILE = "run_config.json"
 RUN_DEFINING_SETTINGS = ("teacher_model_path", "network_config", "loss_norm", "weight_schedule", "start_scales",
                          "end_scales", "scale_mode", "sigma_min", "sigma_max", "rho", "seed", "lr", "optimizer",
                          "ema_rate", "global_batch_size", "dataset", "p_mean", "p_std", "sigma_data")
@@ -102,7 +103,7 @@ class RunFolderLock:
 
 def read_run_config(log_dir):
     """The folder's run_config.json, or None when there is none."""
-    path = os.path.join(log_dir, "run_config.json")
+    path = os.path.join(log_dir, RUN_CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     try:

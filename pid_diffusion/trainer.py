@@ -6,16 +6,8 @@ levels, labels; for a teacher also the data indices) from a generator seeded by 
 takes this process's slice, so a run is reproducible, survives resume bit for bit, and computes the
 same step on 1 or 8 GPUs. Gradients of micro-batches are summed (the original's definition, §1.10)
 and averaged over processes by DDP. A trainer defines what it trains, `step_inputs(step)` and
-`batch_losses(model, inputs)`; `TrainingLoop` does the rest.
-
-Files in the run folder (rank 0 writes, each through a temporary name and a rename):
-  model%06d.pt            the student network's state dict (bare keys, as the original)
-  ema_{rate}_%06d.pt      one per EMA rate, same keys
-  opt%06d.pt              the optimizer state
-  trainer_state%06d.pt    step, RNG states, fp16 loss scale
-  run_config.json         the resolved configuration (architecture included) and git revision
-  log.txt, progress.csv   the log
-A checkpoint is complete when all its files exist; the model file is written last.
+`batch_losses(model, inputs)`; `TrainingLoop` does the rest. What the run folder holds, and how it is
+kept consistent, is pid_diffusion/run_folder.py's business.
 """
 
 import contextlib
@@ -334,7 +326,7 @@ class TrainingLoop:
     def run_config(self):
         """What run_config.json records beside the loop's settings."""
         return {**dataclasses.asdict(self.config), "network_config": self.network_config, "run_kind": self.run_kind,
-                "changes": getattr(self, "changes", [])}
+                "changes": self.changes}
 
     def step_generator(self, step):
         """The generator of a step's global batch: seeded by (seed, step) alone."""
@@ -449,32 +441,33 @@ class TrainingLoop:
             steps_in_interval += 1
             due_log = self.step % cfg.log_interval == 0
             due_save = cfg.save_interval > 0 and self.step % cfg.save_interval == 0
-            if due_log or due_save or self.step == cfg.total_training_steps:
-                self._check_finite(first_bad_step, last_saved)
-            if due_save or self.step == cfg.total_training_steps:
-                self._check_weights(last_saved, largest_loss)
             if due_log:
+                self._check_finite(first_bad_step, last_saved)
                 elapsed = time.time() - started
                 self._log(loss_total / steps_in_interval, steps_in_interval, elapsed)
                 loss_total.zero_()
                 steps_in_interval, started = 0, time.time()
             if due_save or self.step == cfg.total_training_steps:
-                self.save()
+                self._save_checked(first_bad_step, last_saved, largest_loss)
                 last_saved = self.step
             # one process alone checks every step (a flag on the host); several agree at each log step
             if (self.info.world_size == 1 or due_log) and self.step < cfg.total_training_steps:
                 stop = self._stop_requested()
                 if stop:
                     if last_saved != self.step:
-                        self._check_finite(first_bad_step, last_saved)
-                        self._check_weights(last_saved, largest_loss)
-                        self.save()
+                        self._save_checked(first_bad_step, last_saved, largest_loss)
                     name = signal.Signals(stop).name
                     self.logger.log(f"stopped by {name} at step {self.step}: checkpoint model{self.step:06d}.pt is "
                                     "written; the same command continues the run")
                     raise TrainingInterrupted(f"stopped by {name} at step {self.step}; checkpoint "
                                               f"model{self.step:06d}.pt in {cfg.log_dir}", stop)
         self.logger.log(f"done: {self.step} steps; checkpoints in {cfg.log_dir}")
+
+    def _save_checked(self, first_bad_step, last_saved, largest_loss):
+        """Save a checkpoint only when no loss so far was NaN and the weights have not diverged."""
+        self._check_finite(first_bad_step, last_saved)
+        self._check_weights(last_saved, largest_loss)
+        self.save()
 
     def _check_finite(self, first_bad_step, last_saved):
         processes_with_bad_loss = int(dist.all_reduce_sum((first_bad_step >= 0).long()).item())

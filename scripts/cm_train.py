@@ -42,7 +42,7 @@ def config_from_args(args, given, log_dir, device_type=None):
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
-    _, speed = cli.speed_options(args, given, device_type)
+    speed = cli.speed_options(args, given, device_type)
     values.update(speed, log_dir=log_dir, network_flags=cli.network_flags(args, given))
     return TrainConfig(**values)
 

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from pid_diffusion.checkpoint import RUN_CONFIG_FILE, load_student, load_teacher, student_from_teacher
+from pid_diffusion.checkpoint import load_student, load_teacher, student_from_teacher
 from pid_diffusion.demo import (METRIC_FIELDS, DigitsMetrics, check_digits_teacher, format_table, from_json,
                                 json_ready)
 from pid_diffusion.digits import DigitsUnavailableError
@@ -27,6 +27,7 @@ from pid_diffusion.fid import load_detector
 from pid_diffusion.files import atomic_output
 from pid_diffusion.log import write_json_atomic
 from pid_diffusion.plots import paired_sample_grid
+from pid_diffusion.run_folder import RUN_CONFIG_FILE, read_run_config
 
 
 def newest_checkpoints(run_dir):
@@ -37,25 +38,20 @@ def newest_checkpoints(run_dir):
     return [(name, path) for name, step, path in found if step == newest]
 
 
-def read_run_config(run_dir):
-    path = os.path.join(run_dir, RUN_CONFIG_FILE)
-    if not os.path.isfile(path):
+def pid_run_config(run_dir):
+    config = read_run_config(run_dir)
+    if config is None:
         raise FileNotFoundError(f"{run_dir} is not a training run folder: {RUN_CONFIG_FILE} not found")
-    with open(path) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is damaged ({e})") from None
     missing = [key for key in ("teacher_model_path", "network_config", "sigma_max") if key not in config]
     if missing:
-        raise ValueError(f"{run_dir} is not a PID run folder: {path} lacks {', '.join(missing)}")
+        raise ValueError(f"{run_dir} is not a PID run folder: its {RUN_CONFIG_FILE} lacks {', '.join(missing)}")
     return config
 
 
 def measure(args):
     """(rows, comparison figure rows, name of the best student) — everything before anything is written."""
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    run_config = read_run_config(args.run_dir)
+    run_config = pid_run_config(args.run_dir)
     teacher_path = run_config["teacher_model_path"]
     teacher = load_teacher(teacher_path)
     check_digits_teacher(teacher, teacher_path)
