@@ -93,8 +93,18 @@ def score(folder, detector, reference, num_samples, device):
     return rows
 
 
+def configuration_of(mode):
+    """A mode's label without its seed: runs that differ only in seed are one configuration."""
+    return "+".join(part for part in mode.split("+") if not part.startswith("seed="))
+
+
+LINE_COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "black"]
+"""matplotlib's cycle without its grey (C7), which would read as the float32 band."""
+
+
 def plot(json_paths, path):
-    """Digit FID and loss against step, one line per mode, from study JSON files."""
+    """Digit FID and loss against step from study JSON files: the float32 `reference` seeds as a band
+    (their range, the noise floor), every other configuration as one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,11 +112,25 @@ def plot(json_paths, path):
 
     results = [r for p in json_paths for r in json.load(open(p))["results"]]
     figure, (fid_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {}
     for r in results:
+        configuration = configuration_of(r["mode"])
         curve = sorted((c["step"], c["fid"]) for c in r["checkpoints"] if c["name"].startswith("ema_0.99_"))
-        style = "--" if r["mode"].startswith("reference") else "-"
-        fid_axes.plot(*zip(*curve), style, marker="o", markersize=3, label=r["mode"])
-        loss_axes.plot(*zip(*r["losses"]), style, label=r["mode"])
+        if configuration == "reference":
+            fid_axes.plot(*zip(*curve), color="grey", linewidth=0.8, alpha=0.6)
+            loss_axes.plot(*zip(*r["losses"]), color="grey", linewidth=0.8, alpha=0.6)
+            continue
+        first = configuration not in colours
+        colour = colours.setdefault(configuration, LINE_COLOURS[len(colours) % len(LINE_COLOURS)])
+        fid_axes.plot(*zip(*curve), color=colour, marker="o", markersize=3, label=configuration if first else None)
+        loss_axes.plot(*zip(*r["losses"]), color=colour, linewidth=1)
+    floor = [r for r in results if configuration_of(r["mode"]) == "reference"]
+    if floor:
+        steps = sorted({c["step"] for c in floor[0]["checkpoints"]})
+        by_step = [[c["fid"] for r in floor for c in r["checkpoints"]
+                    if c["step"] == step and c["name"].startswith("ema_0.99_")] for step in steps]
+        fid_axes.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color="grey", alpha=0.25,
+                              label=f"float32 reference, {len(floor)} seeds (range)")
     fid_axes.set(yscale="log", xlabel="PID step", ylabel="digit FID (EMA 0.99, 2,000 samples)",
                  title="quality of the one-step student")
     loss_axes.set(yscale="log", xlabel="PID step", ylabel="logged l2 loss (mean of 50 steps)", title="training loss")
