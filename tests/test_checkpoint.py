@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import fixture_path, relative_error, tiny_song_config
+from tolerances import between_implementations, network_roundings
 from pid_diffusion import arch
 from pid_diffusion.checkpoint import (TeacherLoadError, TeacherNotFoundError, atomic_torch_save, load_teacher,
                                       read_teacher_file, save_teacher)
@@ -26,7 +27,8 @@ def test_edm_pkl_loads_without_flags_and_matches_edm():
     assert all(torch.equal(state[k], v) for k, v in expected["state_dict"].items())
     with torch.no_grad():
         denoised = teacher(expected["x"], expected["sigma"], expected["class_labels"])
-    assert relative_error(denoised, expected["denoised"]) <= 1e-5
+    bound = between_implementations(network_roundings(teacher, teacher.img_resolution))
+    assert relative_error(denoised, expected["denoised"]) <= bound
 
 
 def test_convert_script_writes_a_weights_only_file(tmp_path):

@@ -18,6 +18,7 @@ from pid_diffusion.generate import seeded_inputs
 from pid_diffusion.losses import edm_denoising_loss, edm_loss_weight, edm_training_sigmas
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.teacher_trainer import TeacherTrainConfig, TeacherTrainer
+from tolerances import rounding_bound
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_CLASSIFIER = os.path.join(REPO, "model_zoo", "digits-classifier.pt")
@@ -55,9 +56,11 @@ def test_edm_loss_against_a_hand_computation():
     for y, s, n in ((0.5, 0.1, 1.0), (-1.0, 2.0, -0.5)):
         weight = (s * s + 0.25) / (s * 0.5) ** 2
         expected.append(weight * (0.5 * (y + s * n) - y) ** 2)
-    assert got.tolist() == pytest.approx(expected, rel=1e-6)
-    assert edm_loss_weight(torch.tensor(0.5)).item() == pytest.approx(8.0)  # (0.25 + 0.25)/(0.25·0.25)
-    assert edm_training_sigmas(torch.tensor([0.0, 1.0])).tolist() == pytest.approx([math.exp(-1.2), 1.0])
+    # about ten float32 operations per sample against Python's float64
+    assert got.tolist() == pytest.approx(expected, rel=rounding_bound(10), abs=0)
+    assert edm_loss_weight(torch.tensor(0.5)).item() == 8.0  # (0.25 + 0.25)/(0.25·0.25), exact in binary
+    assert edm_training_sigmas(torch.tensor([0.0, 1.0])).tolist() == pytest.approx([math.exp(-1.2), 1.0],
+                                                                                  rel=rounding_bound(3), abs=0)
 
 
 def tiny_teacher_config(tmp_path, **overrides):
@@ -122,7 +125,7 @@ def test_digits_detector_fid_and_class_accuracy_on_real_digits():
     real_fid = tally.fid(reference)
     shuffled = DetectorTally(detector, (1, 8, 8))
     shuffled.update(images, labels.roll(1))  # right images, wrong labels: accuracy collapses, FID does not move
-    assert shuffled.class_accuracy() < 0.2 and shuffled.fid(reference) == pytest.approx(real_fid)
+    assert shuffled.class_accuracy() < 0.2 and shuffled.fid(reference) == real_fid
     noise = DetectorTally(detector, (1, 8, 8))
     noise.update(torch.rand(360, 1, 8, 8) * 2 - 1, labels)
     assert noise.fid(reference) > 5 * real_fid and noise.class_accuracy() < 0.5

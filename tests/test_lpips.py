@@ -3,6 +3,7 @@ import torch
 import torchvision
 
 from conftest import relative_error
+from tolerances import between_implementations, lpips_roundings, rounding_bound
 from pid_diffusion.losses import LPIPS, lpips_distance
 
 piq = pytest.importorskip("piq", reason="piq is the LPIPS reference; install the test extra: pip install -e '.[test]'")
@@ -29,7 +30,7 @@ def test_matches_piq_lpips(random_weights):
     ours = LPIPS()  # found in torch's hub cache
     x, y = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
     with torch.no_grad():
-        assert relative_error(ours(x, y), reference(x, y)) <= 1e-5
+        assert relative_error(ours(x, y), reference(x, y)) <= between_implementations(lpips_roundings(ours, 32))
 
 
 def test_pid_wrapper_matches_piq_at_224(random_weights):
@@ -38,7 +39,8 @@ def test_pid_wrapper_matches_piq_at_224(random_weights):
     up = lambda v: torch.nn.functional.interpolate(v, size=(224, 224), mode="bilinear", align_corners=False)
     with torch.no_grad():
         expected = reference((up(a) + 1) / 2, (up(b) + 1) / 2)
-        assert relative_error(lpips_distance(LPIPS(), a, b), expected) <= 1e-5
+        ours = LPIPS()
+        assert relative_error(lpips_distance(ours, a, b), expected) <= between_implementations(lpips_roundings(ours, 224))
 
 
 def test_weight_layouts_and_lookup_order(random_weights, tmp_path):
@@ -52,7 +54,9 @@ def test_weight_layouts_and_lookup_order(random_weights, tmp_path):
     # ./model_zoo comes before the hub cache
     (tmp_path / "model_zoo").mkdir()
     torch.save([w * 2 for w in lin], tmp_path / "model_zoo" / "lpips_weights.pt")
-    assert torch.allclose(LPIPS()(x, y), 2 * expected)
+    doubled = LPIPS()
+    # the distance is linear in the final weights: doubling them doubles it, up to the last sum's rounding
+    assert torch.allclose(doubled(x, y), 2 * expected, rtol=between_implementations(sum(CHANNELS)), atol=0)
 
 
 def test_gradient_flows_to_the_input_only(random_weights):

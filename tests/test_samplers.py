@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import relative_error
+from tolerances import between_implementations, network_roundings, rounding_bound, sampler_roundings
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.samplers import SAMPLERS, edm_sampler, network_calls, sample
 from pid_diffusion.teachers import GaussianMixtureDenoiser, gaussian_teacher
@@ -16,8 +17,10 @@ def test_edm_sampler_matches_edm(edm_fixture):
         out = edm_sampler(net, ref["latents"], labels, num_steps=ref["num_steps"], sigma_min=ref["sigma_min"],
                           sigma_max=ref["sigma_max"], rho=ref["rho"])
         via_entry_point = sample(net, ref["latents"], "heun_deter", steps=ref["num_steps"], class_labels=labels)
-    assert relative_error(out, ref["output"]) <= 1e-4
-    assert relative_error(via_entry_point, ref["output"]) <= 1e-4
+    roundings = sampler_roundings(network_roundings(net, net.img_resolution),
+                                  network_calls("heun_deter", ref["num_steps"]), ref["num_steps"])
+    assert relative_error(out, ref["output"]) <= between_implementations(roundings)
+    assert relative_error(via_entry_point, ref["output"]) <= between_implementations(roundings)
 
 
 def test_heun_converges_at_second_order_to_the_exact_solution():
@@ -70,7 +73,9 @@ def test_oneshot_calls_the_student_once_at_sigma_min():
     for steps in (1, 35):
         student.sigmas.clear()
         out = sample(student, noise, "oneshot", steps=steps, sigma_min=0.002)
-        assert student.sigmas == [pytest.approx(0.002)] and torch.allclose(out, noise)
+        # σ_min as a float32 number; z = 80·noise and back: two roundings
+        assert student.sigmas == [pytest.approx(0.002, rel=rounding_bound(1), abs=0)]
+        assert relative_error(out, noise) <= rounding_bound(2)
 
 
 def test_clip_denoised_clamps_like_the_original():

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from conftest import save_random_teacher, tiny_song_config
+from conftest import relative_error, save_random_teacher, tiny_song_config
+from tolerances import between_implementations, pid_step_bounds
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.networks.layers import GroupNorm, attention, set_attention_implementation
@@ -30,7 +31,12 @@ def test_attention_implementations_agree():
     set_attention_implementation("reference")
     reference = attention(q, k, v)
     set_attention_implementation("sdpa")
-    assert torch.allclose(attention(q, k, v), reference, rtol=1e-5, atol=1e-6)  # reference: float32 softmax
+    # the reference rounds q and k to float32 for the scores (dot products over 16 channels) and the
+    # softmax (64 positions); a score's rounding moves the output by its absolute size, up to max |score|
+    scores = torch.einsum("ncq,nck->nqk", q, k) / 4
+    amplification = 1 + float(scores.abs().max())
+    assert relative_error(attention(q, k, v), reference) <= between_implementations(16 + 3 * 64, torch.float32,
+                                                                                    amplification)
     with pytest.raises(ValueError, match="valid: sdpa, reference"):
         set_attention_implementation("flash")
 
@@ -73,18 +79,20 @@ def test_reference_and_fast_paths_give_the_same_step(tmp_path, loss_norm, microb
         trainer = PIDTrainer(TrainConfig(teacher_model_path=str(tmp_path / "teacher.pt"), log_dir=str(tmp_path / name),
                                          global_batch_size=6, loss_norm=loss_norm, weight_schedule="uniform", lr=1e-3,
                                          microbatch=microbatch, **lpips_files, **options))
+        if name == "reference":
+            loss_bound, update_bound = pid_step_bounds(trainer)
         loss, applied = trainer.train_step()
         assert applied
         results.append((float(loss), {k: v.clone() for k, v in trainer.student.net.state_dict().items()}))
     (loss_ref, params_ref), (loss_fast, params_fast) = results
-    assert abs(loss_fast - loss_ref) <= 1e-5 * abs(loss_ref)
+    assert abs(loss_fast - loss_ref) <= loss_bound * abs(loss_ref)
     start = {k[len("model."):]: v for k, v in teacher.state_dict().items()}
     for key, value in params_ref.items():
-        step_ref = value - start[key]
-        # the steps agree to 1e-4 (other summation orders of the same gradient); on top, each updated weight
-        # may round to either neighbouring float32 (one ulp of its value: steps of 1e-6 on weights of 0.1 do)
+        update_ref = value - start[key]
+        # on top of the updates' difference, each updated weight may round to either neighbouring float32
+        # (one ulp of its value: updates of 1e-6 on weights of 0.1 do)
         rounding = torch.finfo(value.dtype).eps * value.norm()
-        assert (params_fast[key] - value).norm() <= 1e-4 * step_ref.norm() + rounding, key
+        assert (params_fast[key] - value).norm() <= update_bound * update_ref.norm() + rounding, key
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -100,13 +108,17 @@ def test_compiled_step_equals_the_eager_step_with_micro_batches(tmp_path, compil
                                          log_dir=str(tmp_path / f"compile-{compiled}"), global_batch_size=4,
                                          microbatch=2, loss_norm="l2", weight_schedule="uniform", compile=compiled,
                                          compile_mode=compile_mode))
+        if not compiled:
+            loss_bound, update_bound = pid_step_bounds(trainer)
+            start = torch.cat([p.detach().flatten() for p in trainer.student.net.parameters()])
         loss, applied = trainer.train_step()
         assert applied
         results.append((float(loss), torch.cat([p.flatten() for p in trainer.student.net.parameters()])))
         trainer.close()
     (loss_eager, params_eager), (loss_compiled, params_compiled) = results
-    assert abs(loss_compiled - loss_eager) <= 1e-5 * abs(loss_eager)
-    assert torch.allclose(params_compiled, params_eager, rtol=1e-5, atol=1e-7)
+    assert abs(loss_compiled - loss_eager) <= loss_bound * abs(loss_eager)
+    rounding = torch.finfo(torch.float32).eps * params_eager.norm()  # each weight may round either way
+    assert (params_compiled - params_eager).norm() <= update_bound * (params_eager - start).norm() + rounding
 
 
 def test_channels_last_is_forced_in_compiled_graphs_and_compile_modes_are_checked(tmp_path):
