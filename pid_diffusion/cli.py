@@ -146,6 +146,9 @@ FID_FLAGS = {
     "detector_path": ("", "path of inception-2015-12-05.pt or digits-classifier.pt (default: model_zoo/, torch hub "
                           "cache)"),
     "detector_feed": ("float", "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM"),
+    "checkpoints": ("", "comma-separated checkpoint files to evaluate (in --exp_dir, or paths); default: every "
+                        "*.pt of --exp_dir but optimizer and trainer-state files, as the original"),
+    "save_samples": (True, "write FID/{name}_samples_NxHxWx3.npz with every sample, as the original"),
 }
 ONE_SHOT_MODE = "one_shot_pinn_edm_edm_one_shot"
 TEACHER_MODE = "one_shot_pinn_edm_edm_teacher"

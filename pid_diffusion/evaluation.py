@@ -14,10 +14,12 @@ from .checkpoint import load_student, load_teacher
 from .fid import DetectorTally
 from .files import atomic_output
 from .generate import generate, image_grid, to_uint8
-from .run_folder import step_from_checkpoint_name
+from .run_folder import TEMPORARY_FILE, step_from_checkpoint_name
 from .samplers import SAMPLERS
 
 CHECKPOINT_NAME = re.compile(r"^(model|ema_[0-9.]+_)(\d{6})\.pt$")
+NOT_A_MODEL = re.compile(r"^(opt|trainer_state)\d*\.pt$")
+"""Optimizer and trainer-state files of a run folder (ours and the original's)."""
 RESULT_FIELDS = ("model_name", "FID", "step")
 """The original's columns first (model_name,FID), then ours."""
 
@@ -112,24 +114,36 @@ def save_grid(images_uint8, path, columns=8):
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
 
 
-def save_samples_npz(images_uint8, labels, folder):
-    """The original's layout: samples_{N}x{H}x{W}x3.npz with arr_0 (uint8 NHWC) and arr_1 (labels)."""
+def save_samples_npz(images_uint8, labels, folder, prefix=""):
+    """The original's layout: {prefix}samples_{N}x{H}x{W}x3.npz with arr_0 (uint8 NHWC) and arr_1 (labels)."""
     count, height, width, channels = images_uint8.shape
-    path = os.path.join(folder, f"samples_{count}x{height}x{width}x{channels}.npz")
+    path = os.path.join(folder, f"{prefix}samples_{count}x{height}x{width}x{channels}.npz")
     arrays = [images_uint8.numpy()] + ([labels.numpy()] if labels is not None else [])
     with atomic_output(path) as tmp:
         np.savez(tmp, *arrays)
     return path
 
 
-def checkpoints_in(folder):
-    """[(name, step, path)] of model*.pt and ema_*.pt files, in step order (then name). Optimizer and
-    trainer-state files are never models."""
-    found = []
-    for name in os.listdir(folder):
-        match = CHECKPOINT_NAME.match(name)
-        if match:
-            found.append((name[:-3], int(match.group(2)), os.path.join(folder, name)))
+def checkpoint_step(file_name):
+    """A checkpoint's step: from model{step}.pt / ema_{rate}_{step}.pt, else the original's rule (the
+    integer after the last 'model' in the name; 0 when there is none, e.g. the released pid_cifar.pt)."""
+    match = CHECKPOINT_NAME.match(os.path.basename(file_name))
+    return int(match.group(2)) if match else step_from_checkpoint_name(file_name)
+
+
+def checkpoints_in(folder, names=()):
+    """[(name, step, path)] of the models to evaluate, as the original selects them: every *.pt file of
+    the folder except optimizer and trainer-state files (and temporary files of interrupted saves),
+    or only the files `names` (in the folder, or paths); in step order, then name."""
+    if names:
+        paths = [name if os.path.isabs(name) or os.path.exists(name) else os.path.join(folder, name) for name in names]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"checkpoint file(s) not found: {', '.join(missing)}")
+    else:
+        paths = [os.path.join(folder, n) for n in os.listdir(folder)
+                 if n.endswith(".pt") and not NOT_A_MODEL.match(n) and not TEMPORARY_FILE.match(n)]
+    found = [(os.path.basename(p)[:-3], checkpoint_step(p), p) for p in paths]
     return sorted(found, key=lambda item: (item[1], item[0]))
 
 
@@ -148,7 +162,7 @@ def read_results(path):
                     raise ValueError("wrong number of fields")
                 float(row["FID"])
                 if row.get("step") in (None, ""):  # a CSV the original wrote has no step: the name has it
-                    row["step"] = str(step_from_checkpoint_name(row["model_name"] + ".pt"))
+                    row["step"] = str(checkpoint_step(row["model_name"] + ".pt"))
                 int(row["step"])
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path} line {reader.line_num}: damaged row {row} ({e}); delete that line and rerun "

@@ -280,6 +280,7 @@ class TrainingLoop:
         self.optimizer = make_optimizer(config, network.parameters(), self.device)
         self.step = 0
         self.log2_loss_scale = FP16_INITIAL_LOG2_SCALE
+        self.norm_totals = torch.zeros(2, device=self.device)  # gradient and weight norms since the last log
         self.recorded = read_run_config(config.log_dir) or {}
         self.changes = list(self.recorded.get("changes", []))
         steps = checkpoint_steps(config.log_dir)
@@ -344,8 +345,9 @@ class TrainingLoop:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def train_step(self):
-        """One optimizer step over the process's batch. Returns (loss sum over micro-batches as a
-        device tensor, whether the step was applied)."""
+        """One optimizer step over the process's batch. Returns (the mean of the micro-batches' mean
+        losses, as the original logs it, a device tensor; whether the step was applied). The gradients
+        are summed over micro-batches, as in the original."""
         inputs = self.step_inputs(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         scale = 2.0 ** self.log2_loss_scale if self.config.mixed_precision == "fp16" else 1.0
@@ -363,7 +365,7 @@ class TrainingLoop:
                 loss = losses.float().mean()
                 (loss * scale).backward()
             loss_sum += loss.detach()
-        return loss_sum, self._optimizer_step(scale)
+        return loss_sum / len(starts), self._optimizer_step(scale)
 
     def _optimizer_step(self, scale):
         if self.config.mixed_precision == "fp16":
@@ -373,6 +375,7 @@ class TrainingLoop:
                 self.log2_loss_scale -= 1
                 return False
             torch._foreach_mul_(grads, 1.0 / scale)
+        self._add_norms()
         self.optimizer.step()
         if self.config.mixed_precision == "fp16":
             self.log2_loss_scale += self.config.fp16_scale_growth
@@ -383,6 +386,17 @@ class TrainingLoop:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.lr * (1 - fraction)
         return True
+
+    def _add_norms(self):
+        """Add this step's gradient and weight norms (over all parameters, before the update, after
+        unscaling) to the interval's totals on the device: progress.csv logs their means as
+        grad_norm and param_norm, as consistency_models' logger did."""
+        parameters = [p for p in self.network.parameters() if p.grad is not None]
+        if not parameters:
+            return
+        norms = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
+                 for tensors in ([p.grad for p in parameters], parameters)]
+        self.norm_totals += torch.stack(norms).detach()
 
     # ----------------------------------------------------------------------------- the loop
     def run(self):
@@ -425,6 +439,7 @@ class TrainingLoop:
                         f"{self.global_batch} ({self.batch} per process, micro-batch {self.microbatch}), steps "
                         f"{self.step} → {cfg.total_training_steps}, run folder {cfg.log_dir}")
         loss_total = torch.zeros((), device=self.device)
+        self.norm_totals.zero_()
         largest_loss = torch.zeros((), device=self.device)
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         steps_in_interval, started = 0, time.time()
@@ -446,6 +461,7 @@ class TrainingLoop:
                 elapsed = time.time() - started
                 self._log(loss_total / steps_in_interval, steps_in_interval, elapsed)
                 loss_total.zero_()
+                self.norm_totals.zero_()
                 steps_in_interval, started = 0, time.time()
             if due_save or self.step == cfg.total_training_steps:
                 self._save_checked(first_bad_step, last_saved, largest_loss)
@@ -500,8 +516,10 @@ class TrainingLoop:
         loss = float(dist.all_reduce_sum(mean_loss.clone()).item()) / self.info.world_size
         images_per_second = steps * self.global_batch / max(elapsed, 1e-9)
         remaining = (self.config.total_training_steps - self.step) * elapsed / max(steps, 1)
-        row = dict(step=self.step, loss=loss, images_per_second=images_per_second,
-                   samples=self.step * self.global_batch, lr=self.optimizer.param_groups[0]["lr"])
+        grad_norm, param_norm = (self.norm_totals / steps).tolist()
+        row = dict(step=self.step, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
+                   images_per_second=images_per_second, samples=self.step * self.global_batch,
+                   lr=self.optimizer.param_groups[0]["lr"])
         if self.config.mixed_precision == "fp16":
             row["lg_loss_scale"] = self.log2_loss_scale
         self.logger.metrics(row)

@@ -5,8 +5,10 @@
 #   bash scripts/fid_eval.sh imagenet64 [EXP_DIR] [extra flags]  # default EXP_DIR ./experiment/pid_imagenet
 # Needs model_zoo/inception-2015-12-05.pt and model_zoo/stats/{cifar10-32x32,imagenet-64x64}.npz
 # (model_zoo/README.md). NUM_GPUS (default 1), MPIRUN and DRY_RUN=1 as in distill_pid_diffusion.sh.
-# The original's ImageNet command left --seed at 42 and passed architecture flags; checkpoints written by
-# this package carry their architecture, and both datasets use seed 0 here.
+# Evaluates every *.pt of EXP_DIR but optimizer and trainer-state files (the released pid_cifar.pt too);
+# --checkpoints a.pt,b.pt names some. The architecture flags below, the original's, describe a file
+# with no run_config.json beside it; a checkpoint of this package's runs is checked against them.
+# The original's ImageNet command left --seed at 42; both datasets use seed 0 here.
 set -euo pipefail
 
 NUM_GPUS=${NUM_GPUS:-1}
@@ -16,8 +18,12 @@ WHAT=${1:-cifar10}
 shift || true
 
 case "$WHAT" in
-  cifar10) EXP_DIR=${1:-./model_zoo/pid_cifar}; FLAGS=(--fid_dataset cifar10 --batch_size 125 --use_fp16 False) ;;
-  imagenet64) EXP_DIR=${1:-./experiment/pid_imagenet}; FLAGS=(--fid_dataset imagenet --batch_size 250 --use_fp16 True) ;;
+  cifar10) EXP_DIR=${1:-./model_zoo/pid_cifar}
+           FLAGS=(--fid_dataset cifar10 --batch_size 125 --use_fp16 False --image_size 32 --num_channels 128
+                  --num_res_blocks 4 --attention_resolutions 2 --class_cond False) ;;
+  imagenet64) EXP_DIR=${1:-./experiment/pid_imagenet}
+              FLAGS=(--fid_dataset imagenet --batch_size 250 --use_fp16 True --image_size 64 --num_channels 192
+                     --num_res_blocks 3 --attention_resolutions 32,16,8 --class_cond True) ;;
   *) echo "usage: bash $0 cifar10|imagenet64 [EXP_DIR] [extra flags]" >&2; exit 2 ;;
 esac
 shift || true

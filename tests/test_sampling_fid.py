@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 
 from conftest import tiny_song_config
+from pid_diffusion import arch
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.evaluation import checkpoints_in
 from pid_diffusion.fid import FeatureStats, detector_input, frechet_distance, load_detector, load_reference_stats
 from pid_diffusion.generate import seeded_inputs, shard_batches
-from pid_diffusion.networks import EDMPrecond
+from pid_diffusion.networks import EDMPrecond, network_from_config
 from pid_diffusion.trainer import TrainConfig, train
 from tolerances import between_implementations, rounding_bound
 
@@ -199,7 +200,7 @@ def test_bad_inputs(workspace, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run("fid_evaluation.py", ["--exp_dir", str(empty), "--detector", "pixels"], workspace)
-    assert result.returncode == 1 and "no model*.pt or ema_*.pt" in result.stderr
+    assert result.returncode == 1 and "no checkpoints (*.pt files but opt*.pt and trainer_state*.pt)" in result.stderr
 
     missing_stats = run("fid_evaluation.py", ["--exp_dir", str(workspace / "run"), "--num_samples", "4",
                                               "--seed", "99"], tmp_path)
@@ -254,3 +255,52 @@ def test_a_results_csv_written_by_the_original_is_continued_and_plotted(workspac
     assert rows[0] == "model_name,FID,step" and rows[1] == "model000001,12.5,1"  # kept, its step from its name
     assert "model000001: already evaluated" in done.stdout and len(rows) == 5
     assert (folder / "fid_vs_step.png").exists()
+
+
+RELEASED_STYLE_FLAGS = ["--image_size", "32", "--num_channels", "16", "--num_res_blocks", "1", "--channel_mult", "1,2",
+                        "--attention_resolutions", "2"]
+
+
+def test_fid_eval_script_evaluates_a_released_style_student(workspace, tmp_path):
+    """A bare state dict named pid_cifar.pt with no run_config.json, as the authors released it, among an
+    optimizer and a trainer-state file: selected as the original selects, built from the flags."""
+    folder = tmp_path / "pid_cifar"
+    folder.mkdir()
+    config = arch.config_from_flags(image_size=32, num_channels=16, num_res_blocks=1, channel_mult="1,2",
+                                    attention_resolutions="2")
+    torch.save(network_from_config(config).state_dict(), folder / "pid_cifar.pt")
+    torch.save({"state": {}, "param_groups": []}, folder / "opt000001.pt")
+    torch.save({"step": 1}, folder / "trainer_state000001.pt")
+    assert [name for name, _, _ in checkpoints_in(folder)] == ["pid_cifar"]
+    assert [name for name, _, _ in checkpoints_in(folder, ["pid_cifar.pt"])] == ["pid_cifar"]
+    with pytest.raises(FileNotFoundError, match="not found: .*other.pt"):
+        checkpoints_in(folder, ["other.pt"])
+
+    dry = subprocess.run(["bash", os.path.join(REPO, "scripts", "fid_eval.sh"), "cifar10", str(folder)],
+                         env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, cwd=REPO)
+    assert dry.returncode == 0, dry.stderr
+    for flag in ("--image_size 32 --num_channels 128 --num_res_blocks 4 --attention_resolutions 2",
+                 "--class_cond False", "--fid_dataset cifar10", "--batch_size 125", "--num_samples 50000"):
+        assert flag in dry.stdout, flag
+
+    # the same command, run small: the extra flags come last and win, as in the script
+    args = ["--exp_dir", str(folder), "--training_mode", "one_shot_pinn_edm_edm_one_shot", "--sampler", "oneshot",
+            "--ref_path", str(workspace / "ref.npz"), "--num_samples", "6", "--batch_size", "3", "--seed", "0",
+            *RELEASED_STYLE_FLAGS]
+    done = run("fid_evaluation.py", args, workspace)
+    assert done.returncode == 0, done.stderr
+    rows = (folder / "fid_results_0.csv").read_text().splitlines()
+    assert rows[0] == "model_name,FID,step" and rows[1].startswith("pid_cifar,") and rows[1].endswith(",0")
+    samples = np.load(folder / "FID" / "pid_cifar_samples_6x32x32x3.npz")
+    assert samples["arr_0"].shape == (6, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
+    assert "pid_cifar: FID" in (folder / "FID" / "log.txt").read_text()
+
+    # without the flags the file cannot be described: a clear error, nothing evaluated
+    shutil.rmtree(folder / "FID")
+    (folder / "fid_results_0.csv").unlink()
+    undescribed = run("fid_evaluation.py", args[:-len(RELEASED_STYLE_FLAGS)], workspace)
+    assert undescribed.returncode == 1 and "pid_cifar: skipped, cannot be loaded" in undescribed.stdout
+    assert "file (16,) vs network (128,)" in undescribed.stdout  # the default flags describe another network
+
+    no_npz = run("fid_evaluation.py", [*args, "--save_samples", "False"], workspace)
+    assert no_npz.returncode == 0 and not list((folder / "FID").glob("*.npz"))

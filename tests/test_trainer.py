@@ -16,7 +16,7 @@ from pid_diffusion.losses import pid_loss
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.samplers import sample
 from pid_diffusion.trainer import NonFiniteLossError, PIDTrainer, TrainConfig, per_process_batch, train
-from tolerances import between_implementations, network_roundings, pid_step_bounds
+from tolerances import between_implementations, network_roundings, pid_step_bounds, rounding_bound
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, "scripts", "cm_train.py")
@@ -307,3 +307,24 @@ def test_the_teacher_precision_follows_the_command_line_not_the_file(tmp_path):
     trainer.close()
     teacher, _, _ = load_sampling_model("one_shot_pinn_edm_edm_teacher", str(tmp_path / "fp16_teacher.pt"), {}, "cpu")
     assert teacher.use_fp16 is False
+
+
+def test_progress_logs_the_mean_micro_batch_loss_and_the_norms(teacher_path, tmp_path):
+    whole = PIDTrainer(make_config(teacher_path, tmp_path / "whole", lr=0.0))
+    loss_whole, _ = whole.train_step()
+    split = PIDTrainer(make_config(teacher_path, tmp_path / "split", microbatch=4, lr=0.0))
+    loss_split, _ = split.train_step()
+    # the mean of two equal micro-batches' means is the batch mean (the original's logged value), not their sum
+    _, gradient_bound = pid_step_bounds(whole)
+    assert abs(float(loss_split) - float(loss_whole)) <= gradient_bound * abs(float(loss_whole))
+    with torch.no_grad():
+        grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in split.student.net.parameters()]))
+        param_norm = torch.linalg.vector_norm(torch.stack([p.norm() for p in split.student.net.parameters()]))
+    train(make_config(teacher_path, tmp_path / "run", microbatch=4, lr=0.0, total_training_steps=1, log_interval=1))
+    with open(tmp_path / "run" / "progress.csv") as f:
+        header, row = [line.strip().split(",") for line in f]
+    logged = dict(zip(header, map(float, row)))
+    assert logged["loss"] == pytest.approx(float(loss_split), rel=rounding_bound(4))
+    # the same first step (lr 0: before and after it the same weights); norms over ≈ 2·10⁵ values
+    assert logged["grad_norm"] == pytest.approx(float(grad_norm), rel=between_implementations(2 * 10 ** 5))
+    assert logged["param_norm"] == pytest.approx(float(param_norm), rel=between_implementations(2 * 10 ** 5))
