@@ -550,8 +550,14 @@ class TrainingLoop:
             self._load(cfg.resume_checkpoint, step_from_checkpoint_name(cfg.resume_checkpoint))
             return
         saved_rates = ema_rates(self.recorded.get("ema_rate", cfg.ema_rate))  # the rates the files were saved with
-        complete = [step for step in steps
-                    if all(os.path.isfile(p) for p in checkpoint_files(cfg.log_dir, step, saved_rates).values())]
+
+        def missing_files(step):
+            """The files a checkpoint lacks. Its model file is written last, so the model, the optimizer and
+            every EMA file make it complete; the trainer state is ours alone (the original writes none)."""
+            files = checkpoint_files(cfg.log_dir, step, saved_rates)
+            return [os.path.basename(p) for key, p in files.items() if key != "state" and not os.path.isfile(p)]
+
+        complete = [step for step in steps if not missing_files(step)]
         for step in complete:
             try:
                 self._load(checkpoint_files(cfg.log_dir, step, self.ema.rates)["model"], step)
@@ -559,9 +565,13 @@ class TrainingLoop:
             except TeacherLoadError as e:
                 self.logger.log(f"checkpoint {step:06d} is damaged and skipped: {e}")
         if steps:
+            newest_missing = missing_files(steps[0])
+            why = (f"checkpoint {steps[0]:06d} lacks {', '.join(newest_missing)}" if newest_missing
+                   else "the complete ones cannot be read")
             raise RunFolderError(f"{cfg.log_dir} holds checkpoints ({', '.join(f'{s:06d}' for s in steps[:5])}) but "
-                                 "none is complete and readable; nothing was overwritten. Move them away to start "
-                                 "afresh, or point --resume_checkpoint at a model file")
+                                 f"none is complete and readable ({why}; --ema_rate must list the rates the files "
+                                 "were saved with); nothing was overwritten. Move them away to start afresh, or point "
+                                 "--resume_checkpoint at a model file")
 
     def _load(self, model_path, step):
         if not os.path.isfile(model_path):
@@ -584,8 +594,10 @@ class TrainingLoop:
             if cuda_rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(cuda_rng)
         self.step = step
-        missing = [key for key, path in files.items() if key != "model" and not os.path.isfile(path)]
+        missing = [os.path.basename(path) for key, path in files.items() if key != "model" and not os.path.isfile(path)]
         note = f" (not found, started fresh: {', '.join(missing)})" if missing else ""
+        if not os.path.isfile(files["state"]):
+            note += " (no trainer state, as in a folder the original wrote: the fp16 loss scale starts afresh)"
         self.logger.log(f"resumed from {model_path} at step {step}{note}")
 
     def close(self):

@@ -213,3 +213,43 @@ def test_damaged_files_are_named_not_loaded(teacher_path, tmp_path):
     config_path.write_text(json.dumps({"sigma_max": 80.0}))
     with pytest.raises(TeacherLoadError, match="has no network_config"):
         load_student(tmp_path / "run" / "model000002.pt")
+
+
+def the_originals_files(folder, steps):
+    """Reduce one of our run folders to what the original writes: model, EMA and optimizer files of
+    `steps`, no trainer state, no run_config.json, no logs."""
+    for name in os.listdir(folder):
+        ours = name.startswith("trainer_state") or not name.endswith(".pt")
+        other_step = name.endswith(".pt") and int(name[-9:-3]) not in steps
+        if ours or other_step:
+            os.remove(folder / name)
+
+
+def test_a_folder_the_original_wrote_resumes_from_its_newest_complete_step(teacher_path, tmp_path):
+    straight = train(make_config(teacher_path, tmp_path / "straight", total_training_steps=4))
+    original = tmp_path / "original"
+    train(make_config(teacher_path, original, total_training_steps=2))
+    the_originals_files(original, {2})
+    written = snapshot(original)
+    resumed = train(make_config(teacher_path, original, total_training_steps=4))
+    assert resumed.step == 4 and "at step 2" in (original / "log.txt").read_text()
+    assert "no trainer state, as in a folder the original wrote" in (original / "log.txt").read_text()
+    assert all(snapshot(original)[name] == data for name, data in written.items())  # nothing overwritten
+    for name in ("model000004.pt", "ema_0.9_000004.pt"):  # the step inputs derive from --seed and the step alone
+        assert all(torch.equal(a, b) for a, b in zip(torch.load(original / name).values(),
+                                                     torch.load(tmp_path / "straight" / name).values()))
+    assert straight.step == 4
+
+    # the original's EMA rates differ from the ones asked for: refused with the reason, nothing touched
+    the_originals_files(original, {2, 4})
+    written = snapshot(original)
+    with pytest.raises(RunFolderError, match="checkpoint 000004 lacks ema_0.99_000004.pt.*nothing was overwritten"):
+        train(make_config(teacher_path, original, total_training_steps=6, ema_rate="0.99"))
+    assert snapshot(original) == written
+
+
+def test_a_folder_with_the_originals_files_and_ours_resumes_from_the_newest(teacher_path, tmp_path):
+    train(make_config(teacher_path, tmp_path, total_training_steps=4))  # ours at 2 and 4
+    os.remove(tmp_path / "trainer_state000004.pt")  # step 4 now looks as the original writes it
+    resumed = train(make_config(teacher_path, tmp_path, total_training_steps=6))
+    assert resumed.step == 6 and "at step 4" in (tmp_path / "log.txt").read_text()
