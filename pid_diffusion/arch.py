@@ -1,7 +1,7 @@
 """Network architectures: the official flags ↔ EDMPrecond keyword arguments, and the flags a state
 dict implies (for error messages that say which flags would fit a file).
 
-The official scripts describe a network with guided-diffusion flag names (official-pid.md §2.7):
+The official scripts describe a network with guided-diffusion flag names:
 `--image_size 32` selects DDPM++ (SongUNet), `64` selects ADM (DhariwalUNet); entries of
 `--attention_resolutions` are *downsampling factors* (2 at 32×32 means attention at 16×16).
 """

@@ -1,4 +1,4 @@
-"""The official flag surface (names, defaults, meanings; official-pid.md §9), turned into objects once.
+"""The official flag surface (names, defaults, meanings; docs/differences.md lists what changed), turned into objects once.
 
 Flags are typed by their default as in the original (`bool` flags accept yes/true/t/y/1 and
 no/false/f/n/0). Flags the original accepts but PID never uses are still accepted, and a warning

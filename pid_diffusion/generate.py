@@ -3,7 +3,7 @@
 Sample i's noise (and class label) come from a generator seeded by (seed, i) alone, on the CPU, so
 the same seed gives the same images whatever the batch size, the number of processes or the device
 (up to the network's floating-point arithmetic). The original promised this and did not deliver
-(official-pid.md §8.3).
+(docs/differences.md).
 """
 
 import dataclasses

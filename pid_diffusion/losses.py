@@ -1,4 +1,4 @@
-"""The PID loss (official-pid.md §1): the student's trajectory must satisfy the teacher's
+"""The PID loss: the student's trajectory must satisfy the teacher's
 probability-flow ODE, dx/dt = (x − D(x; t))/t, i.e. x − t·dx/dt = D(x; t).
 
 With the derivative a finite difference between two noise levels of the ρ-grid,

@@ -1,7 +1,7 @@
 """The PID student x_θ(z, t): a network that *is* the teacher's probability-flow ODE trajectory.
 
 For noise z = σ_max·ε (the state at t = σ_max), the student returns its estimate of the ODE state
-at noise level t (official-pid.md §1.4):
+at noise level t:
 
     x_θ(z, t) = (t/σ_max)·z + (1 − t/σ_max)·F_θ(c_in·z, ln(t)/4),   c_in = 1/√(σ_data² + σ_max²).
 

@@ -1,10 +1,10 @@
 """The training loop shared by PID distillation and teacher training, and the PID trainer on it
-(official-pid.md §4–5, with its bugs fixed).
+(with its bugs fixed: docs/differences.md).
 
 One process per device. Each step draws the *global* batch of its random inputs (noise, noise
 levels, labels; for a teacher also the data indices) from a generator seeded by (seed, step) and
 takes this process's slice, so a run is reproducible, survives resume bit for bit, and computes the
-same step on 1 or 8 GPUs. Gradients of micro-batches are summed (the original's definition, §1.10)
+same step on 1 or 8 GPUs. Gradients of micro-batches are summed (the original's definition)
 and averaged over processes by DDP. A trainer defines what it trains, `step_inputs(step)` and
 `batch_losses(model, inputs)`; `TrainingLoop` does the rest. What the run folder holds, and how it is
 kept consistent, is pid_diffusion/run_folder.py's business.

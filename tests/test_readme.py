@@ -29,3 +29,18 @@ def test_model_zoo_readme_lists_every_file_the_code_looks_for():
         text = open(os.path.join(REPO, "scripts", script)).read()
         for path in re.findall(r"model_zoo/[\w./-]+\.(?:pkl|pt|npz|pth)", text):
             assert os.path.basename(path) in listed, (script, path)
+
+
+def test_code_and_docs_cite_only_files_of_the_repository():
+    """The project is self-contained: every docs/*.md it names exists, and no notes outside it are cited."""
+    cited = set()
+    for folder in ("pid_diffusion", "scripts", "benchmarks", "docs", "model_zoo", "tests", "."):
+        root = os.path.join(REPO, folder)
+        for name in os.listdir(root):
+            if not name.endswith((".py", ".md", ".sh")) or name == "test_readme.py":
+                continue
+            text = open(os.path.join(root, name)).read()
+            assert "official-pid" not in text, os.path.join(folder, name)
+            cited |= set(re.findall(r"docs/[\w-]+\.md", text))
+    assert "docs/differences.md" in cited
+    assert all(os.path.isfile(os.path.join(REPO, path)) for path in cited), cited

@@ -1,4 +1,4 @@
-"""The speed options compute the same function as the original's structure (official-pid.md §1)."""
+"""The speed options compute the same function as the original's structure (`--speed reference`)."""
 
 import argparse
 import os
