@@ -15,6 +15,7 @@ import zipfile
 import torch
 
 from . import arch
+from .download import local_file
 from .edm_pickle import EDMPickleError, load_edm_snapshot
 from .files import atomic_output
 from .networks import EDMPrecond, network_from_config
@@ -153,8 +154,9 @@ def _config_from_flags(network_flags, why):
 
 
 def read_teacher_file(path, **network_flags):
-    """(config, EDMPrecond state dict) from any teacher file format; see the module docstring."""
-    path = os.fspath(path)
+    """(config, EDMPrecond state dict) from any teacher file format (a path or an http(s) URL, fetched
+    once into torch hub's cache); see the module docstring."""
+    path = local_file(os.fspath(path), "the teacher")
     unknown = sorted(set(network_flags) - set(arch.NETWORK_FLAG_DEFAULTS))
     if unknown:
         raise TypeError(f"unknown network flag(s) {unknown}; valid: {sorted(arch.NETWORK_FLAG_DEFAULTS)}")

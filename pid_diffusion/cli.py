@@ -1,4 +1,5 @@
-"""The official flag surface (names, defaults, meanings; docs/differences.md lists what changed), turned into objects once.
+"""The official flag surface (names, defaults, meanings; docs/differences.md lists what changed),
+turned into objects once.
 
 Flags are typed by their default as in the original (`bool` flags accept yes/true/t/y/1 and
 no/false/f/n/0). Flags the original accepts but PID never uses are still accepted, and a warning
@@ -36,7 +37,8 @@ MODEL_FLAGS = {
 }
 
 TRAIN_FLAGS = {
-    "teacher_model_path": ("", "teacher file: an EDM .pkl, our .pt, or an extracted EDM state dict (.ckpt)"),
+    "teacher_model_path": ("", "teacher file: an EDM .pkl, our .pt, or an extracted EDM state dict (.ckpt); a path or "
+                               "an http(s) URL (fetched once into torch hub's cache)"),
     "teacher_dropout": (0.1, None),
     "training_mode": ("one_shot_pinn_edm_edm", "must be one_shot_pinn_edm_edm (PID); the original's default "
                                                "consistency_distillation is not part of this package"),
@@ -72,8 +74,10 @@ TRAIN_FLAGS = {
                       "compiled, channels-last; measured quality-neutral); auto = fast on CUDA, eager on CPU. Options "
                       "given explicitly override the preset"),
     "mixed_precision": ("", "fp32, fp16 or bf16 autocast (fp16 with --use_fp16)"),
-    "lpips_vgg_weights": ("", "path of torchvision's vgg16-397923af.pth (default: model_zoo/, torch hub cache)"),
-    "lpips_lin_weights": ("", "path of piq's lpips_weights.pt or lpips' vgg.pth (default: model_zoo/, hub cache)"),
+    "lpips_vgg_weights": ("", "path or http(s) URL of torchvision's vgg16-397923af.pth (default: model_zoo/, "
+                              "torch hub cache)"),
+    "lpips_lin_weights": ("", "path or http(s) URL of piq's lpips_weights.pt or lpips' vgg.pth (default: "
+                              "model_zoo/, hub cache)"),
     "student_precision": ("autocast", "with --mixed_precision fp16/bf16: autocast (the student in that precision "
                                       "too), fp32_output (its output layers in float32), fp32 (all of it in float32)"),
     "batched_student": (True, "speed: both student evaluations of the PID residual in one call on a doubled batch"),
@@ -140,11 +144,11 @@ FID_FLAGS = {
     "fid_dataset": ("cifar10", "reference statistics: cifar10 or imagenet (model_zoo/stats/{cifar10-32x32,"
                                "imagenet-64x64}.npz), or digits (computed from the real digits; --detector digits)"),
     "exp_dir": ("", "folder of checkpoints to evaluate (a training run folder)"),
-    "ref_path": ("", "reference statistics .npz (mu, sigma) instead of --fid_dataset's"),
+    "ref_path": ("", "reference statistics .npz (mu, sigma) instead of --fid_dataset's; a path or an http(s) URL"),
     "detector": ("inception", "feature detector: inception (TF-Inception TorchScript), digits (the digits "
                               "classifier's features; also gives class accuracy) or pixels (raw pixels)"),
-    "detector_path": ("", "path of inception-2015-12-05.pt or digits-classifier.pt (default: model_zoo/, torch hub "
-                          "cache)"),
+    "detector_path": ("", "path or http(s) URL of inception-2015-12-05.pt or digits-classifier.pt (default: "
+                          "model_zoo/, torch hub cache)"),
     "detector_feed": ("float", "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM"),
     "checkpoints": ("", "comma-separated checkpoint files to evaluate (in --exp_dir, or paths); default: every "
                         "*.pt of --exp_dir but optimizer and trainer-state files, as the original"),

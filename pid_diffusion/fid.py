@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import dist
+from .download import local_file
 from .digits import DigitsDetector, load_classifier, load_digits
 from .files import atomic_output, weight_search_dirs
 from .generate import to_uint8
@@ -61,12 +62,12 @@ def load_detector(name="inception", path=None, device="cpu"):
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
     if name == "digits":
-        found, where = _find_file(DIGITS_CLASSIFIER_FILE, path)
+        found, where = _find_file(DIGITS_CLASSIFIER_FILE, local_file(path, "the digits classifier"))
         if found is None:
             raise FileNotFoundError(f"digits classifier {DIGITS_CLASSIFIER_FILE} not found at {where}; it ships in "
                                     "model_zoo/ (remake it with scripts/train_digits_classifier.py)")
         return DigitsDetector(load_classifier(found)).to(device)
-    found, where = _find_file(INCEPTION_FILE, path)
+    found, where = _find_file(INCEPTION_FILE, local_file(path, "the FID detector"))
     if found is None:
         raise FileNotFoundError(f"Inception detector {INCEPTION_FILE} not found at {where}. Download {INCEPTION_URL} into "
                                 f"model_zoo/ (or pass --detector_path), or use --detector pixels")
@@ -199,7 +200,9 @@ def reference_stats(fid_dataset, ref_path, detector, dim, device="cpu"):
 
 
 def load_reference_stats(path, dim=None):
-    """(μ, Σ) from an EDM-style reference .npz (keys mu, sigma), checked against the detector's dim."""
+    """(μ, Σ) from an EDM-style reference .npz (keys mu, sigma; a path or an http(s) URL), checked
+    against the detector's dim."""
+    path = local_file(path, "the FID reference statistics")
     if not os.path.isfile(path):
         urls = {os.path.basename(rel): url for rel, url in REFERENCE_STATS.values()}
         hint = urls.get(os.path.basename(path))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import read_torch_file
+from .download import local_file
 from .files import weight_search_dirs
 from .schedules import SIGMA_DATA
 
@@ -188,12 +189,17 @@ class LPIPS(torch.nn.Module):
 
     vgg_weights: path to (or dict of) torchvision's VGG16 state dict (`vgg16-397923af.pth`);
     lin_weights: path to (or list of) the five linear weights in piq's `lpips_weights.pt` layout,
-    or the lpips package's `vgg.pth`. None looks in ./model_zoo then torch's hub cache.
+    or the lpips package's `vgg.pth`. Paths may be http(s) URLs (fetched once into torch's hub cache);
+    None looks in ./model_zoo then torch's hub cache.
     VGG is frozen; gradients flow to the inputs.
     """
 
     def __init__(self, vgg_weights=None, lin_weights=None):
         super().__init__()
+        if isinstance(vgg_weights, str):
+            vgg_weights = local_file(vgg_weights, "the LPIPS VGG16 weights")
+        if isinstance(lin_weights, str):
+            lin_weights = local_file(lin_weights, "the LPIPS linear weights")
         if vgg_weights is None:
             vgg_weights = _find_weights([VGG16_WEIGHTS_FILE])
         if lin_weights is None:
