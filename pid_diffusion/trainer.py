@@ -566,12 +566,11 @@ class TrainingLoop:
                 self.logger.log(f"checkpoint {step:06d} is damaged and skipped: {e}")
         if steps:
             newest_missing = missing_files(steps[0])
-            why = (f"checkpoint {steps[0]:06d} lacks {', '.join(newest_missing)}" if newest_missing
-                   else "the complete ones cannot be read")
+            why = (f" (checkpoint {steps[0]:06d} lacks {', '.join(newest_missing)}; --ema_rate must list the rates "
+                   "the files were saved with)" if newest_missing else "")
             raise RunFolderError(f"{cfg.log_dir} holds checkpoints ({', '.join(f'{s:06d}' for s in steps[:5])}) but "
-                                 f"none is complete and readable ({why}; --ema_rate must list the rates the files "
-                                 "were saved with); nothing was overwritten. Move them away to start afresh, or point "
-                                 "--resume_checkpoint at a model file")
+                                 f"none is complete and readable{why}; nothing was overwritten. Move them away to "
+                                 "start afresh, or point --resume_checkpoint at a model file")
 
     def _load(self, model_path, step):
         if not os.path.isfile(model_path):

@@ -243,7 +243,7 @@ def test_a_folder_the_original_wrote_resumes_from_its_newest_complete_step(teach
     # the original's EMA rates differ from the ones asked for: refused with the reason, nothing touched
     the_originals_files(original, {2, 4})
     written = snapshot(original)
-    with pytest.raises(RunFolderError, match="checkpoint 000004 lacks ema_0.99_000004.pt.*nothing was overwritten"):
+    with pytest.raises(RunFolderError, match="checkpoint 000004 lacks ema_0.99_000004.pt; --ema_rate must list .*nothing was overwritten"):
         train(make_config(teacher_path, original, total_training_steps=6, ema_rate="0.99"))
     assert snapshot(original) == written
 
