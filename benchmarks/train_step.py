@@ -37,7 +37,8 @@ from pid_diffusion import arch, dist
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.cli import str2bool
 from pid_diffusion.networks import EDMPrecond
-from pid_diffusion.trainer import SPEED_PRESETS, PIDTrainer, TrainConfig
+from pid_diffusion.speed import SPEED_PRESETS
+from pid_diffusion.trainer import PIDTrainer, TrainConfig
 
 OFFICIAL_FLAGS = {
     "cifar10": dict(image_size=32, num_channels=128, num_res_blocks=4, attention_resolutions="2"),

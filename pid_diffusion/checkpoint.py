@@ -87,11 +87,11 @@ def load_strictly(module, state_dict, source, what, hint=None):
     module.load_state_dict(state_dict, strict=True)
 
 
-def build_teacher(config, state_dict, source):
+def build_teacher(config, state_dict, source, attention_implementation="sdpa"):
     """An EDMPrecond from a config and an EDMPrecond state dict (`model.*` keys; `map_augment`
     weights dropped when the config has no augmentation input), frozen in eval mode."""
     try:
-        teacher = EDMPrecond(**config)
+        teacher = EDMPrecond(**config, attention_implementation=attention_implementation)
     except (TypeError, ValueError) as e:
         raise TeacherLoadError(f"{source}: cannot build the recorded network ({e})") from e
     found = {("model." + k if not k.startswith("model.") else k): v for k, v in state_dict.items()}
@@ -209,11 +209,11 @@ def save_teacher(teacher, path, config):
     atomic_torch_save({"state_dict": teacher.state_dict(), "config": dict(config)}, path)
 
 
-def student_from_teacher(network_config, teacher_state=None, sigma_max=SIGMA_MAX):
+def student_from_teacher(network_config, teacher_state=None, sigma_max=SIGMA_MAX, attention_implementation="sdpa"):
     """The PID student before training: the teacher's network weights (an EDMPrecond state dict) in
     the student parametrisation, as the method prescribes; random weights when there are none (an
     analytic teacher)."""
-    net = network_from_config(network_config)
+    net = network_from_config(network_config, attention_implementation)
     if teacher_state is not None:
         net.load_state_dict(network_state_dict(teacher_state), strict=True)
     return PIDStudent(net, sigma_max=sigma_max)

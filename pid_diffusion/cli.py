@@ -7,13 +7,16 @@ says so when one is given.
 """
 
 import argparse
+import dataclasses
+import datetime
 import os
 import sys
 import traceback
 
 from . import dist
+from .evaluation import ONE_SHOT_MODE, TEACHER_MODE, sampler_options
 from .generate import GenerationRequest
-from .trainer import DEFAULT_SPEED, SPEED_PRESETS
+from .speed import resolve_speed
 
 MODEL_FLAGS = {
     "sigma_min": (0.002, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)"),
@@ -119,9 +122,8 @@ TEACHER_FLAGS = {
 """scripts/train_teacher.py: the loop's flags (defaults for the digits teacher), data and network."""
 
 SAMPLE_FLAGS = {
-    "training_mode": ("one_shot_pinn_edm_edm_one_shot",
-                      "one_shot_pinn_edm_edm_one_shot (the PID student, one step) or "
-                      "one_shot_pinn_edm_edm_teacher (the EDM teacher with any sampler)"),
+    "training_mode": (ONE_SHOT_MODE, f"{ONE_SHOT_MODE} (the PID student, one step) or {TEACHER_MODE} (the EDM "
+                                     "teacher with any sampler)"),
     "generator": ("determ", "accepted for compatibility: noise is always seeded per sample"),
     "clip_denoised": (True, "clamp every denoiser output and the result to [-1, 1], as the original"),
     "num_samples": (10000, "number of images"),
@@ -154,9 +156,6 @@ FID_FLAGS = {
                         "*.pt of --exp_dir but optimizer and trainer-state files, as the original"),
     "save_samples": (True, "write FID/{name}_samples_NxHxWx3.npz with every sample, as the original"),
 }
-ONE_SHOT_MODE = "one_shot_pinn_edm_edm_one_shot"
-TEACHER_MODE = "one_shot_pinn_edm_edm_teacher"
-SAMPLING_MODES = (ONE_SHOT_MODE, TEACHER_MODE)
 TRAINING_MODES = ("one_shot_pinn_edm_edm",)
 NETWORK_FLAG_NAMES = ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "channel_mult",
                       "class_cond", "learn_sigma")
@@ -209,14 +208,21 @@ def speed_options(args, given, device_type):
     """The speed and precision options of a training run: the --speed preset (auto: by device), then
     --use_fp16 (the original's fp16 path: everything, the student too, in float16 with loss
     scaling), then the options given explicitly."""
-    preset = DEFAULT_SPEED.get(device_type, "eager") if args.speed == "auto" else args.speed
-    if preset not in SPEED_PRESETS:
-        raise ValueError(f"--speed {args.speed!r} is not supported; valid: auto, {', '.join(SPEED_PRESETS)}")
-    options = dict(SPEED_PRESETS[preset])
-    if args.use_fp16:
-        options.update(mixed_precision="fp16", student_precision="autocast")
-    options.update({name: getattr(args, name) for name in SPEED_FLAG_NAMES if name in given})
-    return options
+    given_options = {name: getattr(args, name) for name in SPEED_FLAG_NAMES if name in given}
+    return dataclasses.asdict(resolve_speed(args.speed, device_type, args.use_fp16, **given_options))
+
+
+def sampling_options(args):
+    """The sampler and its options from the sampling flags (evaluation.sampler_options checks them)."""
+    return sampler_options(args.training_mode, args.sampler, steps=args.steps, sigma_min=args.sigma_min,
+                           sigma_max=args.sigma_max, s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax,
+                           s_noise=args.s_noise, ts=args.ts, clip_denoised=args.clip_denoised)
+
+
+def default_log_dir():
+    """The run folder: $OPENAI_LOGDIR (the original's variable), else ./experiment/openai-<time>."""
+    return os.environ.get("OPENAI_LOGDIR") or os.path.join(
+        "experiment", "openai-" + datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f"))
 
 
 def generation_request(args):

@@ -1,5 +1,6 @@
 """What the sampling and FID scripts share: the model a `--training_mode` names, sampler options,
-generation to images and feature statistics, and the walk over a folder of checkpoints."""
+generation to images and feature statistics, and the walk over a folder of checkpoints. Scripts pass
+values (cli.py turns the flags into them); nothing here reads the command line."""
 
 import csv
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import cli, dist
+from . import dist
 from .checkpoint import load_student, load_teacher
 from .fid import DetectorTally
 from .files import atomic_output
@@ -20,17 +21,21 @@ from .samplers import SAMPLERS
 CHECKPOINT_NAME = re.compile(r"^(model|ema_[0-9.]+_)(\d{6})\.pt$")
 NOT_A_MODEL = re.compile(r"^(opt|trainer_state)\d*\.pt$")
 """Optimizer and trainer-state files of a run folder (ours and the original's)."""
+ONE_SHOT_MODE = "one_shot_pinn_edm_edm_one_shot"
+TEACHER_MODE = "one_shot_pinn_edm_edm_teacher"
+SAMPLING_MODES = (ONE_SHOT_MODE, TEACHER_MODE)
+"""The original's --training_mode names for sampling: the PID student, or the EDM teacher."""
 RESULT_FIELDS = ("model_name", "FID", "step")
 """The original's columns first (model_name,FID), then ours."""
 
 
 def load_sampling_model(training_mode, model_path, network_flags, device):
     """(denoiser, image_shape, label_dim) for a sampling mode: the frozen EDM teacher, or the PID student."""
-    if training_mode not in cli.SAMPLING_MODES:
-        raise ValueError(f"unknown --training_mode {training_mode!r}; valid: {', '.join(cli.SAMPLING_MODES)}")
+    if training_mode not in SAMPLING_MODES:
+        raise ValueError(f"unknown --training_mode {training_mode!r}; valid: {', '.join(SAMPLING_MODES)}")
     if not model_path:
         raise ValueError("--model_path is required: a teacher file or a student checkpoint")
-    if training_mode == cli.TEACHER_MODE:
+    if training_mode == TEACHER_MODE:
         model = load_teacher(model_path, **network_flags)
         model.use_fp16 = False  # --use_fp16 decides (autocast), not the flag the file records
         shape = (model.img_channels, model.img_resolution, model.img_resolution)
@@ -42,17 +47,16 @@ def load_sampling_model(training_mode, model_path, network_flags, device):
     return model.to(device), shape, label_dim
 
 
-def sampler_options(args, training_mode):
-    """The sampler and its options from the flags; the student always samples in one step."""
-    sampler = "oneshot" if training_mode == cli.ONE_SHOT_MODE else args.sampler
+def sampler_options(training_mode, sampler, **options):
+    """The sampler and its options (steps, sigma_min, sigma_max, s_churn, s_tmin, s_tmax, s_noise, ts,
+    clip_denoised) for a sampling mode; the student always samples in one step."""
+    sampler = "oneshot" if training_mode == ONE_SHOT_MODE else sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown --sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
-    if training_mode == cli.TEACHER_MODE and sampler == "oneshot":
+    if training_mode == TEACHER_MODE and sampler == "oneshot":
         raise ValueError("--sampler oneshot evaluates the PID student; use --training_mode "
-                         f"{cli.ONE_SHOT_MODE} with a student checkpoint")
-    return dict(sampler=sampler, steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise, ts=args.ts,
-                clip_denoised=args.clip_denoised)
+                         f"{ONE_SHOT_MODE} with a student checkpoint")
+    return dict(sampler=sampler, **options)
 
 
 def autocast_dtype(use_fp16, device):

@@ -24,7 +24,7 @@ import torch
 from . import dist
 from .download import local_file
 from .digits import DigitsDetector, load_classifier, load_digits
-from .files import atomic_output, weight_search_dirs
+from .files import atomic_output, find_weight_file, weight_search_dirs
 from .generate import to_uint8
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -49,9 +49,9 @@ class PixelDetector(torch.nn.Module):
 
 def _find_file(file_name, path):
     """`path` if given, else the first of the weight search folders holding `file_name`; (found or None, where)."""
-    candidates = [path] if path else [os.path.join(d, file_name) for d in weight_search_dirs()]
-    found = next((p for p in candidates if p and os.path.isfile(p)), None)
-    return found, (path if path else " or ".join(candidates))
+    if path:
+        return (path if os.path.isfile(path) else None), path
+    return find_weight_file([file_name]), " or ".join(os.path.join(d, file_name) for d in weight_search_dirs())
 
 
 def load_detector(name="inception", path=None, device="cpu"):

@@ -14,6 +14,16 @@ def weight_search_dirs():
     return [os.path.join(os.getcwd(), "model_zoo"), os.path.join(torch.hub.get_dir(), "checkpoints")]
 
 
+def find_weight_file(names):
+    """The first file of `names` (in order of preference) in the weight search folders, or None."""
+    for folder in weight_search_dirs():
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

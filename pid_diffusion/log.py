@@ -1,11 +1,9 @@
 """The run logger: a text log, progress.csv, the resolved configuration and the git revision.
 
-Only rank 0 writes. The run folder is OPENAI_LOGDIR when set (the original's variable), else a
-timestamped folder under ./experiment/.
+Only rank 0 writes, into the run folder it is given (the scripts choose it: cli.default_log_dir).
 """
 
 import csv
-import datetime
 import json
 import os
 import subprocess
@@ -13,11 +11,6 @@ import sys
 
 from . import dist
 from .files import atomic_output
-
-
-def default_log_dir():
-    return os.environ.get("OPENAI_LOGDIR") or os.path.join(
-        "experiment", "openai-" + datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f"))
 
 
 def git_revision():

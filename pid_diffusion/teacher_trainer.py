@@ -51,7 +51,8 @@ class TeacherTrainer(TrainingLoop):
             raise ValueError(f"the {config.dataset} data have {int(labels.max()) + 1} classes, the network "
                              f"label_dim {self.label_dim}")
         self.labels = labels.to(self.device)
-        self.precond = EDMPrecond(**config.network_config, sigma_data=config.sigma_data)
+        self.precond = EDMPrecond(**config.network_config, sigma_data=config.sigma_data,
+                                  attention_implementation=config.attention)
         self.start(self.precond, self.precond.model, dict(config.network_config))
 
     def describe(self):

@@ -30,34 +30,15 @@ from .ema import EMA
 from .log import RunLogger, prepare_log_dir
 from .run_folder import (RunFolderLock, check_resumed_settings, checkpoint_files, checkpoint_steps, read_run_config,
                          remove_temporary_files, step_from_checkpoint_name)
-from .losses import LOSS_NORMS, LPIPS, WEIGHTINGS, pid_loss
-from .networks.layers import ATTENTION_IMPLEMENTATIONS, set_attention_implementation
+from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
+from .lpips import LPIPS
 from .teachers import BUILTIN_PREFIX, builtin_teacher
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
+from .speed import SpeedSettings
 
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
 ADAM_BETA1 = 0.9  # both optimizers run with PyTorch's default betas, as the original
-SPEED_PRESETS = {
-    "reference": dict(mixed_precision="fp32", student_precision="autocast", batched_student=False,
-                      attention="reference", fused_optimizer=False, channels_last=False, compile=False,
-                      cudnn_benchmark=False),
-    "eager": dict(mixed_precision="fp32", student_precision="autocast", batched_student=True, attention="sdpa",
-                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True),
-    "fast": dict(mixed_precision="bf16", student_precision="fp32", batched_student=True, attention="sdpa",
-                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True),
-}
-"""--speed: reference = the original's numerics and structure (fp32, two student calls, explicit-softmax
-attention, per-parameter optimizer loop); eager = the same numbers computed faster, no compilation
-(the default on CPU); fast = the fastest configuration measured quality-neutral on a real teacher
-(docs/precision.md): teacher and LPIPS in bf16, the student in float32 (its finite difference
-amplifies bf16 rounding up to 46×), compiled, channels-last (the default on CUDA)."""
-DEFAULT_SPEED = {"cuda": "fast", "cpu": "eager"}
-MIXED_PRECISION = ("fp32", "fp16", "bf16")
-STUDENT_PRECISION = ("autocast", "fp32_output", "fp32")
-"""Under --mixed_precision fp16/bf16: the student runs in the autocast precision, or only its output
-layers in float32, or all of it in float32 (the teacher and LPIPS stay in the autocast precision)."""
 SCALE_MODES = ("fixed", "progressive")
-COMPILE_MODES = ("default", "reduce-overhead")
 FP16_INITIAL_LOG2_SCALE = 20.0
 DIVERGENCE_FACTOR = 1e4
 """Weights whose loss on the next batch exceeds this many times the largest step loss of the run so
@@ -109,14 +90,19 @@ class LoopConfig:
     cudnn_benchmark: bool = True
     allow_changed_settings: bool = False
 
+    @property
+    def speed(self):
+        """The speed and precision options as one typed object."""
+        return SpeedSettings.of(self)
+
     def choices(self):
-        return dict(optimizer=OPTIMIZERS, mixed_precision=MIXED_PRECISION, attention=ATTENTION_IMPLEMENTATIONS,
-                    compile_mode=COMPILE_MODES)
+        return dict(optimizer=OPTIMIZERS)
 
     def validate(self):
         for name, valid in self.choices().items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
+        SpeedSettings.of(self)  # raises on an unsupported speed or precision option
         for name in ("global_batch_size", "log_interval", "total_training_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
@@ -164,8 +150,7 @@ class TrainConfig(LoopConfig):
     student_precision: str = "autocast"
 
     def choices(self):
-        return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,
-                "student_precision": STUDENT_PRECISION}
+        return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS}
 
     def validate(self):
         super().validate()
@@ -195,18 +180,6 @@ def make_optimizer(config, parameters, device):
     else:
         options["foreach"] = bool(config.fused_optimizer)
     return OPTIMIZERS[config.optimizer](parameters, **options)
-
-
-def keep_compiled_convolutions_channels_last(enabled):
-    """Inductor keeps a compiled graph's convolution activations channels-last only if no convolution
-    has at least twice as many input as output channels; the U-Net's decoder has such convolutions,
-    so its graphs ran NCHW around channels-last weights and cuDNN copied every gradient into
-    channels-last in the backward. This forces the layout. It is inductor's global setting: passed
-    as a per-call compile option it measured slower (the backward graphs, compiled later, ran
-    without it; docs/benchmarks.md)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.force_layout_optimization = enabled
 
 
 def per_process_batch(config, world_size):
@@ -241,9 +214,8 @@ class TrainingLoop:
         self.lock = RunFolderLock(config.log_dir)
         # every random draw outside the step generator (initial weights, dropout) follows --seed and the rank
         torch.manual_seed((config.seed * 1_000_003 + self.info.rank) % 2 ** 63)
-        self.memory_format = (torch.channels_last if config.channels_last and self.device.type == "cuda"
-                              else torch.contiguous_format)
-        set_attention_implementation(config.attention)
+        self.speed = config.speed
+        self.memory_format = self.speed.memory_format(self.device.type)
 
     def start(self, module, network, network_config):
         """Train `network` (the weights saved in checkpoints) inside `module` (what the loss calls)."""
@@ -290,8 +262,7 @@ class TrainingLoop:
         self.ema = EMA(network, config.ema_rates)
         self._resume(steps)
         dist.broadcast_tensors(list(network.state_dict().values()))
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = config.cudnn_benchmark
+        self.speed.apply(self.device.type)
         self.model = module
         if self.info.world_size > 1:
             if self.device.type == "cpu":
@@ -300,15 +271,7 @@ class TrainingLoop:
                 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.model = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None,
                                                  gradient_as_bucket_view=True)
-        if config.compile:
-            keep_compiled_convolutions_channels_last(self.memory_format is torch.channels_last)
-        self.model = self.compiled(self.model)
-
-    def compiled(self, module):
-        """`module` under torch.compile when --compile is on (None stays None)."""
-        if module is None or not self.config.compile:
-            return module
-        return torch.compile(module, mode=self.config.compile_mode)
+        self.model = self.speed.compiled(self.model)
 
     def step_inputs(self, step):
         raise NotImplementedError
@@ -338,19 +301,13 @@ class TrainingLoop:
         return global_tensor[self.info.rank * self.batch:(self.info.rank + 1) * self.batch]
 
     # ----------------------------------------------------------------------------- one step
-    def _autocast(self):
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.mixed_precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def train_step(self):
         """One optimizer step over the process's batch. Returns (the mean of the micro-batches' mean
         losses, as the original logs it, a device tensor; whether the step was applied). The gradients
         are summed over micro-batches, as in the original."""
         inputs = self.step_inputs(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        scale = 2.0 ** self.log2_loss_scale if self.config.mixed_precision == "fp16" else 1.0
+        scale = 2.0 ** self.log2_loss_scale if self.speed.loss_scaling else 1.0
         loss_sum = torch.zeros((), device=self.device)
         starts = range(0, self.batch, self.microbatch)
         for index, start in enumerate(starts):
@@ -360,7 +317,7 @@ class TrainingLoop:
             if self.config.compile and self.config.compile_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous micro-batch's graph outputs are consumed
             with sync:
-                with self._autocast():
+                with self.speed.autocast(self.device.type):
                     losses = self.batch_losses(self.model, [None if x is None else x[part] for x in inputs])
                 loss = losses.float().mean()
                 (loss * scale).backward()
@@ -368,7 +325,7 @@ class TrainingLoop:
         return loss_sum / len(starts), self._optimizer_step(scale)
 
     def _optimizer_step(self, scale):
-        if self.config.mixed_precision == "fp16":
+        if self.speed.loss_scaling:
             grads = [p.grad for p in self.network.parameters() if p.grad is not None]
             finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
             if not bool(finite):  # the original's dynamic loss scale: halve and skip the step
@@ -377,7 +334,7 @@ class TrainingLoop:
             torch._foreach_mul_(grads, 1.0 / scale)
         self._add_norms()
         self.optimizer.step()
-        if self.config.mixed_precision == "fp16":
+        if self.speed.loss_scaling:
             self.log2_loss_scale += self.config.fp16_scale_growth
         self.ema.update()
         self.step += 1
@@ -496,7 +453,7 @@ class TrainingLoop:
         """Before a checkpoint is written: the weights are finite and give a finite loss on the next
         step's batch, not DIVERGENCE_FACTOR times the largest step loss so far (an update can leave huge
         but finite weights that the next steps turn into NaN); otherwise stop without saving them."""
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.speed.autocast(self.device.type):
             inputs = [None if x is None else x[:self.microbatch] for x in self.step_inputs(self.step)]
             probe = self.batch_losses(self.module, inputs, eager=True).float().mean()
         healthy = torch.isfinite(probe) & (probe <= DIVERGENCE_FACTOR * largest_loss)
@@ -520,7 +477,7 @@ class TrainingLoop:
         row = dict(step=self.step, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
                    images_per_second=images_per_second, samples=self.step * self.global_batch,
                    lr=self.optimizer.param_groups[0]["lr"])
-        if self.config.mixed_precision == "fp16":
+        if self.speed.loss_scaling:
             row["lg_loss_scale"] = self.log2_loss_scale
         self.logger.metrics(row)
         eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} days"
@@ -617,13 +574,13 @@ class PIDTrainer(TrainingLoop):
             teacher_state = None
         else:
             teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
-            self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path)
+            self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path, config.attention)
         self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
         # its precision follows --mixed_precision / --use_fp16 (autocast), not the use_fp16 its file records
         # (EDM's ImageNet-64 .pkl says True), as the original follows its flag
         self.teacher.use_fp16 = False
         network_config = student_network_config(teacher_config, config.dropout)
-        self.student = student_from_teacher(network_config, teacher_state, config.sigma_max)
+        self.student = student_from_teacher(network_config, teacher_state, config.sigma_max, config.attention)
         self.student.net.float32_output = config.student_precision == "fp32_output"
         self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
                             teacher_config["img_resolution"])
@@ -636,7 +593,7 @@ class PIDTrainer(TrainingLoop):
         if teacher_state is None:
             self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
                             "starts from random weights")
-        self.teacher_call, self.lpips_call = self.compiled(self.teacher), self.compiled(self.lpips)
+        self.teacher_call, self.lpips_call = self.speed.compiled(self.teacher), self.speed.compiled(self.lpips)
 
     def describe(self):
         return f"PID distillation: teacher {self.config.teacher_model_path}"

@@ -16,7 +16,6 @@ import sys
 import torch
 
 from pid_diffusion import cli, dist
-from pid_diffusion.log import default_log_dir
 from pid_diffusion.trainer import NonFiniteLossError, RunFolderError, TrainConfig, TrainingInterrupted, train
 
 
@@ -52,7 +51,7 @@ def main(argv=None):
     args, given = parse(argv)
 
     def distil(info):
-        log_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
+        log_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
         config = config_from_args(args, given, log_dir, info.device.type)
         if config.compile:
             # compiled kernels are kept here between runs: only the first run on a machine waits minutes

@@ -42,7 +42,7 @@ def parse(argv):
 def evaluate_folder(args, given, device):
     if not os.path.isdir(args.exp_dir):
         raise FileNotFoundError(f"--exp_dir {args.exp_dir}: no such folder")
-    options = evaluation.sampler_options(args, args.training_mode)
+    options = cli.sampling_options(args)
     detector = load_detector(args.detector, args.detector_path or None, device)
     checkpoints = evaluation.checkpoints_in(args.exp_dir, [n for n in args.checkpoints.split(",") if n])
     if not checkpoints:

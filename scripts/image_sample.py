@@ -17,7 +17,7 @@ import sys
 
 from pid_diffusion import cli, dist, evaluation
 from pid_diffusion.generate import check_class_label
-from pid_diffusion.log import default_log_dir, prepare_log_dir
+from pid_diffusion.log import prepare_log_dir
 
 
 def parse(argv):
@@ -30,12 +30,12 @@ def parse(argv):
 
 
 def sample_to_folder(args, given, info):
-    options = evaluation.sampler_options(args, args.training_mode)
+    options = cli.sampling_options(args)
     model, shape, label_dim = evaluation.load_sampling_model(args.training_mode, args.model_path,
                                                              cli.network_flags(args, given), info.device)
     request = cli.generation_request(args)
     check_class_label(request.class_label, label_dim)  # before the output folder is made
-    out_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
+    out_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
     if dist.is_main():
         prepare_log_dir(out_dir)
     images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, request, options, info.device)

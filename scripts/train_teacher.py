@@ -15,7 +15,6 @@ import sys
 
 from pid_diffusion import cli, dist
 from pid_diffusion.digits import DIGITS_NETWORK_CONFIG, DigitsUnavailableError
-from pid_diffusion.log import default_log_dir
 from pid_diffusion.teacher_trainer import TeacherTrainConfig, TeacherTrainer
 from pid_diffusion.trainer import NonFiniteLossError, RunFolderError, TrainingInterrupted, ema_rates
 
@@ -46,7 +45,7 @@ def main(argv=None):
     args = parse(argv)
 
     def train(info):
-        log_dir = dist.broadcast_object(default_log_dir() if dist.is_main() else None)
+        log_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
         config = config_from_args(args, log_dir)
         trainer = TeacherTrainer(config)
         try:

@@ -18,7 +18,7 @@ from conftest import save_random_teacher, tiny_song_config
 from pid_diffusion.checkpoint import load_teacher
 from pid_diffusion.download import DownloadError, cache_path, local_file
 from pid_diffusion.fid import load_detector, load_reference_stats
-from pid_diffusion.losses import LPIPS
+from pid_diffusion.lpips import LPIPS
 
 
 class Server:

@@ -3,8 +3,9 @@ import torch
 import torchvision
 
 from conftest import relative_error
-from tolerances import between_implementations, lpips_roundings, rounding_bound
-from pid_diffusion.losses import LPIPS, lpips_distance
+from tolerances import between_implementations, lpips_roundings
+from pid_diffusion.losses import lpips_distance
+from pid_diffusion.lpips import LPIPS
 
 piq = pytest.importorskip("piq", reason="piq is the LPIPS reference; install the test extra: pip install -e '.[test]'")
 

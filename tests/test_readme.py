@@ -19,8 +19,8 @@ def test_ci_runs_exactly_the_readme_commands():
 
 def test_model_zoo_readme_lists_every_file_the_code_looks_for():
     listed = open(os.path.join(REPO, "model_zoo", "README.md")).read()
-    from pid_diffusion import fid, losses
-    for name in (fid.INCEPTION_FILE, losses.VGG16_WEIGHTS_FILE, losses.LPIPS_WEIGHTS_FILE,
+    from pid_diffusion import fid, lpips
+    for name in (fid.INCEPTION_FILE, lpips.VGG16_WEIGHTS_FILE, lpips.LPIPS_WEIGHTS_FILE,
                  "edm-cifar10-32x32-uncond-vp.pkl", "edm-imagenet-64x64-cond-adm.pkl", "digits-ddpmpp.pt",
                  fid.DIGITS_CLASSIFIER_FILE,
                  *(os.path.basename(path) for path, _ in fid.REFERENCE_STATS.values())):

@@ -12,33 +12,31 @@ from conftest import relative_error, save_random_teacher, tiny_song_config
 from tolerances import between_implementations, pid_step_bounds
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
-from pid_diffusion.networks.layers import GroupNorm, attention, set_attention_implementation
-from pid_diffusion.trainer import (SPEED_PRESETS, PIDTrainer, TrainConfig, float32_call,
-                                   keep_compiled_convolutions_channels_last)
+from pid_diffusion.networks.layers import GroupNorm, UNetBlock, attention
+from pid_diffusion.speed import SPEED_PRESETS, keep_compiled_convolutions_channels_last
+from pid_diffusion.trainer import PIDTrainer, TrainConfig, float32_call
 
 REFERENCE = dict(batched_student=False, attention="reference", fused_optimizer=False, channels_last=False)
 FAST_FP32 = dict(batched_student=True, attention="sdpa", fused_optimizer=True, channels_last=True)
 
 
-@pytest.fixture(autouse=True)
-def _restore_attention():
-    yield
-    set_attention_implementation("sdpa")
-
-
-def test_attention_implementations_agree():
+def test_attention_implementations_agree_and_each_network_has_its_own():
     q, k, v = (torch.randn(6, 16, 64, dtype=torch.float64) for _ in range(3))
-    set_attention_implementation("reference")
-    reference = attention(q, k, v)
-    set_attention_implementation("sdpa")
+    reference = attention(q, k, v, "reference")
     # the reference rounds q and k to float32 for the scores (dot products over 16 channels) and the
     # softmax (64 positions); a score's rounding moves the output by its absolute size, up to max |score|
     scores = torch.einsum("ncq,nck->nqk", q, k) / 4
     amplification = 1 + float(scores.abs().max())
-    assert relative_error(attention(q, k, v), reference) <= between_implementations(16 + 3 * 64, torch.float32,
-                                                                                    amplification)
+    assert relative_error(attention(q, k, v, "sdpa"), reference) <= between_implementations(16 + 3 * 64, torch.float32,
+                                                                                           amplification)
+    # a constructor argument, not a switch for the whole process: two networks side by side keep theirs
+    explicit = EDMPrecond(**tiny_song_config(), attention_implementation="reference")
+    default = EDMPrecond(**tiny_song_config())
+    blocks = lambda net: [m for m in net.modules() if isinstance(m, UNetBlock) and m.num_heads]
+    assert blocks(explicit) and all(b.attention_implementation == "reference" for b in blocks(explicit))
+    assert all(b.attention_implementation == "sdpa" for b in blocks(default))
     with pytest.raises(ValueError, match="valid: sdpa, reference"):
-        set_attention_implementation("flash")
+        EDMPrecond(**tiny_song_config(), attention_implementation="flash")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -60,7 +58,7 @@ def test_group_norm_runs_in_the_autocast_precision(dtype):
 
 def random_lpips_files(folder):
     """LPIPS weight files with random values: VGG16's feature convolutions and the five linear layers."""
-    from pid_diffusion.losses import LPIPS_TAPS, _vgg16_features
+    from pid_diffusion.lpips import LPIPS_TAPS, _vgg16_features
 
     torch.save(_vgg16_features().state_dict(), folder / "vgg.pth")
     features = [m.out_channels for i, m in enumerate(_vgg16_features()) if i + 1 in LPIPS_TAPS]
@@ -148,7 +146,7 @@ def test_student_precision_keeps_the_student_in_float32_under_autocast(tmp_path)
                                          global_batch_size=4, loss_norm="l2", mixed_precision="bf16",
                                          student_precision=precision))
         student = trainer.model if precision != "fp32" else float32_call(trainer.model)
-        with torch.no_grad(), trainer._autocast():
+        with torch.no_grad(), trainer.speed.autocast("cpu"):
             outputs[precision] = student(z, t, labels).float()
         exact = trainer.student(z, t, labels).detach()  # no autocast: float32 throughout
         trainer.close()

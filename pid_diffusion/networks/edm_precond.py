@@ -19,15 +19,17 @@ def edm_scalings(sigma, sigma_data):
 PRECOND_KEYS = ("use_fp16", "sigma_min", "sigma_max", "sigma_data")
 
 
-def network_from_config(config):
-    """The raw network (no preconditioning) that an EDMPrecond with these keywords wraps."""
+def network_from_config(config, attention_implementation="sdpa"):
+    """The raw network (no preconditioning) that an EDMPrecond with these keywords wraps; the attention
+    implementation (layers.ATTENTION_IMPLEMENTATIONS) is a choice of speed, not part of the config."""
     config = {k: v for k, v in config.items() if k not in PRECOND_KEYS}
     model_type = config.pop("model_type", "DhariwalUNet")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not supported; valid: {', '.join(MODEL_TYPES)}")
     channels = config.pop("img_channels")
     return MODEL_TYPES[model_type](img_resolution=config.pop("img_resolution"), in_channels=channels,
-                                   out_channels=channels, **config)
+                                   out_channels=channels, attention_implementation=attention_implementation,
+                                   **config)
 
 
 class EDMPrecond(torch.nn.Module):
@@ -35,7 +37,8 @@ class EDMPrecond(torch.nn.Module):
     in NVlabs/edm, so that EDM's network snapshots and extracted state dicts load strictly."""
 
     def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0,
-                 sigma_max=float("inf"), sigma_data=0.5, model_type="DhariwalUNet", **model_kwargs):
+                 sigma_max=float("inf"), sigma_data=0.5, model_type="DhariwalUNet", attention_implementation="sdpa",
+                 **model_kwargs):
         super().__init__()
         self.img_resolution = img_resolution
         self.img_channels = img_channels
@@ -45,7 +48,8 @@ class EDMPrecond(torch.nn.Module):
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
         self.model = network_from_config(dict(img_resolution=img_resolution, img_channels=img_channels,
-                                              label_dim=label_dim, model_type=model_type, **model_kwargs))
+                                              label_dim=label_dim, model_type=model_type, **model_kwargs),
+                                         attention_implementation)
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
         x = x.to(torch.float32)

@@ -124,22 +124,21 @@ class GroupNorm(torch.nn.Module):
 
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "reference")
-_attention_implementation = "sdpa"
+"""'sdpa': PyTorch's fused scaled_dot_product_attention (default); 'reference': EDM's explicit
+float32 softmax over the full score matrix, as the original code computes it. A network takes one
+as its `attention_implementation` constructor argument."""
 
 
-def set_attention_implementation(name):
-    """'sdpa': PyTorch's fused scaled_dot_product_attention (default); 'reference': EDM's explicit
-    float32 softmax over the full score matrix, as the original code computes it."""
-    global _attention_implementation
+def check_attention_implementation(name):
     if name not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {name!r}; valid: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
-    _attention_implementation = name
+    return name
 
 
-def attention(q, k, v):
+def attention(q, k, v, implementation="sdpa"):
     """Softmax attention over positions for q, k, v of shape [batch*heads, channels, positions]:
     a = v · softmax(qᵀk/√c)ᵀ. Both implementations compute the same function."""
-    if _attention_implementation == "reference":
+    if implementation == "reference":
         scores = torch.einsum("ncq,nck->nqk", q.to(torch.float32), (k / math.sqrt(k.shape[1])).to(torch.float32))
         return torch.einsum("nqk,nck->ncq", scores.softmax(dim=2).to(q.dtype), v)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -152,7 +151,7 @@ class UNetBlock(torch.nn.Module):
     def __init__(self, in_channels, out_channels, emb_channels, up=False, down=False, attention=False,
                  num_heads=None, channels_per_head=64, dropout=0, skip_scale=1, eps=1e-5,
                  resample_filter=(1, 1), resample_proj=False, adaptive_scale=True, init=None,
-                 init_zero=None, init_attn=None):
+                 init_zero=None, init_attn=None, attention_implementation="sdpa"):
         super().__init__()
         init = {} if init is None else init
         init_zero = dict(init_weight=0) if init_zero is None else init_zero
@@ -166,6 +165,7 @@ class UNetBlock(torch.nn.Module):
         self.dropout = dropout
         self.skip_scale = skip_scale
         self.adaptive_scale = adaptive_scale
+        self.attention_implementation = check_attention_implementation(attention_implementation)
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
         self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down,
@@ -205,7 +205,7 @@ class UNetBlock(torch.nn.Module):
             batch, channels, height, width = x.shape
             q, k, v = self.qkv(self.norm2(x)).reshape(
                 batch * self.num_heads, channels // self.num_heads, 3, height * width).unbind(2)
-            a = attention(q, k, v)
+            a = attention(q, k, v, self.attention_implementation)
             x = self.proj(a.reshape(batch, channels, height, width)) + x
             x = x * self.skip_scale
         return x

@@ -64,7 +64,7 @@ class SongUNet(torch.nn.Module):
                  model_channels=128, channel_mult=(1, 2, 2, 2), channel_mult_emb=4, num_blocks=4,
                  attn_resolutions=(16,), dropout=0.10, label_dropout=0, embedding_type="positional",
                  channel_mult_noise=1, encoder_type="standard", decoder_type="standard",
-                 resample_filter=(1, 1)):
+                 resample_filter=(1, 1), attention_implementation="sdpa"):
         _check_choice("embedding_type", embedding_type, EMBEDDING_TYPES)
         _check_choice("encoder_type", encoder_type, ENCODER_TYPES)
         _check_choice("decoder_type", decoder_type, DECODER_TYPES)
@@ -83,7 +83,7 @@ class SongUNet(torch.nn.Module):
         block_kwargs = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout,
                             skip_scale=math.sqrt(0.5), eps=1e-6, resample_filter=resample_filter,
                             resample_proj=True, adaptive_scale=False, init=init, init_zero=init_zero,
-                            init_attn=init_attn)
+                            init_attn=init_attn, attention_implementation=attention_implementation)
 
         self.map_noise = (PositionalEmbedding(noise_channels, endpoint=True)
                           if embedding_type == "positional" else FourierEmbedding(noise_channels))
@@ -185,7 +185,8 @@ class DhariwalUNet(torch.nn.Module):
 
     def __init__(self, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0,
                  model_channels=192, channel_mult=(1, 2, 3, 4), channel_mult_emb=4, num_blocks=3,
-                 attn_resolutions=(32, 16, 8), dropout=0.10, label_dropout=0):
+                 attn_resolutions=(32, 16, 8), dropout=0.10, label_dropout=0,
+                 attention_implementation="sdpa"):
         super().__init__()
         self.img_resolution = img_resolution
         self.img_channels = in_channels
@@ -197,7 +198,7 @@ class DhariwalUNet(torch.nn.Module):
         init = dict(init_mode="kaiming_uniform", init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
         init_zero = dict(init_mode="kaiming_uniform", init_weight=0, init_bias=0)
         block_kwargs = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=init,
-                            init_zero=init_zero)
+                            init_zero=init_zero, attention_implementation=attention_implementation)
 
         self.map_noise = PositionalEmbedding(model_channels)
         self.map_augment = (Linear(augment_dim, model_channels, bias=False, **init_zero)

@@ -1,0 +1,116 @@
+"""Speed and precision of a training run: one typed object, resolved once from a preset and the
+options given (`resolve_speed`), asked by the trainer what to do (`autocast`, `loss_scaling`,
+`memory_format`), and applied to PyTorch's process-wide switches in one place (`apply`).
+
+Why the student keeps float32 in the `fast` preset: PID's target is a finite difference of two
+student outputs multiplied by up to 46, so the student's rounding is amplified that much; the
+precision study on a real teacher (docs/precision.md) decided the presets.
+"""
+
+import contextlib
+import dataclasses
+
+import torch
+
+from .networks.layers import ATTENTION_IMPLEMENTATIONS
+
+MIXED_PRECISION = ("fp32", "fp16", "bf16")
+STUDENT_PRECISION = ("autocast", "fp32_output", "fp32")
+"""Under --mixed_precision fp16/bf16: the student runs in the autocast precision, or only its output
+layers in float32, or all of it in float32 (the teacher and LPIPS stay in the autocast precision)."""
+COMPILE_MODES = ("default", "reduce-overhead")
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+SPEED_PRESETS = {
+    "reference": dict(mixed_precision="fp32", student_precision="autocast", batched_student=False,
+                      attention="reference", fused_optimizer=False, channels_last=False, compile=False,
+                      cudnn_benchmark=False),
+    "eager": dict(mixed_precision="fp32", student_precision="autocast", batched_student=True, attention="sdpa",
+                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True),
+    "fast": dict(mixed_precision="bf16", student_precision="fp32", batched_student=True, attention="sdpa",
+                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True),
+}
+"""--speed: reference = the original's numerics and structure (fp32, two student calls, explicit-softmax
+attention, per-parameter optimizer loop); eager = the same numbers computed faster, no compilation
+(the default on CPU); fast = the fastest configuration measured quality-neutral on a real teacher
+(docs/precision.md): teacher and LPIPS in bf16, the student in float32 (its finite difference
+amplifies bf16 rounding up to 46×), compiled, channels-last (the default on CUDA)."""
+DEFAULT_SPEED = {"cuda": "fast", "cpu": "eager"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedSettings:
+    """The speed and precision options of a run (the trainer configuration's fields of these names)."""
+
+    mixed_precision: str = "fp32"
+    student_precision: str = "autocast"
+    batched_student: bool = True
+    attention: str = "sdpa"
+    fused_optimizer: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+    cudnn_benchmark: bool = True
+
+    def __post_init__(self):
+        for name, valid in (("mixed_precision", MIXED_PRECISION), ("student_precision", STUDENT_PRECISION),
+                            ("attention", ATTENTION_IMPLEMENTATIONS), ("compile_mode", COMPILE_MODES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
+
+    @classmethod
+    def of(cls, config):
+        """The settings a trainer configuration holds (fields it lacks keep their defaults)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)})
+
+    @property
+    def loss_scaling(self):
+        """fp16 needs the original's dynamic loss scaling; float32 and bf16 do not."""
+        return self.mixed_precision == "fp16"
+
+    def autocast(self, device_type):
+        """The autocast context of the teacher, LPIPS and (unless kept in float32) the student."""
+        dtype = AUTOCAST_DTYPES.get(self.mixed_precision)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
+    def memory_format(self, device_type):
+        return torch.channels_last if self.channels_last and device_type == "cuda" else torch.contiguous_format
+
+    def compiled(self, module):
+        """`module` under torch.compile when `compile` is on (None stays None)."""
+        if module is None or not self.compile:
+            return module
+        return torch.compile(module, mode=self.compile_mode)
+
+    def apply(self, device_type):
+        """Set PyTorch's process-wide switches these settings need: cuDNN autotuning, and under
+        compilation inductor's channels-last layout. The only place that touches global state."""
+        if device_type == "cuda":
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        if self.compile:
+            keep_compiled_convolutions_channels_last(self.memory_format(device_type) is torch.channels_last)
+
+
+def resolve_speed(preset, device_type, use_fp16=False, **given):
+    """The settings of a run: the preset ('auto': by device), then --use_fp16 (the original's fp16
+    path: everything, the student too, in float16 autocast with loss scaling), then the options given."""
+    name = DEFAULT_SPEED.get(device_type, "eager") if preset == "auto" else preset
+    if name not in SPEED_PRESETS:
+        raise ValueError(f"--speed {preset!r} is not supported; valid: auto, {', '.join(SPEED_PRESETS)}")
+    options = dict(SPEED_PRESETS[name])
+    if use_fp16:
+        options.update(mixed_precision="fp16", student_precision="autocast")
+    options.update(given)
+    return SpeedSettings(**options)
+
+
+def keep_compiled_convolutions_channels_last(enabled):
+    """Inductor keeps a compiled graph's convolution activations channels-last only if no convolution
+    has at least twice as many input as output channels; the U-Net's decoder has such convolutions,
+    so its graphs ran NCHW around channels-last weights and cuDNN copied every gradient into
+    channels-last in the backward. This forces the layout. It is inductor's global setting: passed
+    as a per-call compile option it measured slower (the backward graphs, compiled later, ran
+    without it; docs/benchmarks.md)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.force_layout_optimization = enabled
