@@ -10,14 +10,13 @@ Every file we write goes to a temporary name in the same folder and is renamed i
 """
 
 import os
-import zipfile
 
 import torch
 
 from . import arch
 from .download import local_file
 from .edm_pickle import EDMPickleError, load_edm_snapshot
-from .files import atomic_output
+from .files import ZIP_MAGIC, UnreadableFileError, atomic_torch_save, read_torch_file
 from .networks import EDMPrecond, network_from_config
 from .run_folder import RUN_CONFIG_FILE, read_run_config
 from .precond import PIDStudent
@@ -30,26 +29,24 @@ EDM_TEACHER_HELP = (
     "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl; "
     "put them in model_zoo/ (see model_zoo/README.md)")
 MAX_LISTED = 5
-ZIP_MAGIC = b"PK\x03\x04"
 PID_RUN, TEACHER_RUN = "pid", "edm_teacher"
 """`run_kind` in run_config.json: a folder of PID students, or of EDM teachers (scripts/train_teacher.py)."""
 
 
-class TeacherLoadError(ValueError):
-    """A teacher file that cannot be turned into the network asked for."""
+class TeacherLoadError(UnreadableFileError):
+    """A teacher (or student) file that cannot be turned into the network asked for."""
 
 
 class TeacherNotFoundError(TeacherLoadError, FileNotFoundError):
     pass
 
 
-def atomic_torch_save(obj, path):
-    """torch.save to `path` through a temporary file in the same folder and a rename, so that a
-    crash or a full disk never leaves a half-written file under the final name."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+def _read_model_file(path):
+    """files.read_torch_file, its failure reported as a TeacherLoadError (a model file that cannot be read)."""
+    try:
+        return read_torch_file(path)
+    except UnreadableFileError as e:
+        raise TeacherLoadError(str(e)) from None
 
 
 def network_state_dict(state_dict):
@@ -108,34 +105,6 @@ def build_teacher(config, state_dict, source, attention_implementation="sdpa"):
     return teacher.eval().requires_grad_(False)
 
 
-def _check_archive(path):
-    """torch.save's zip archives carry a CRC32 of every record: a flipped bit or a partial copy fails it
-    (torch.load itself does not look)."""
-    with open(path, "rb") as f:
-        if f.read(4) != ZIP_MAGIC:
-            return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise TeacherLoadError(f"{path}: cannot read this torch file (truncated or damaged: {e}); copy or fetch it "
-                               "again") from None
-    if damaged is not None:
-        raise TeacherLoadError(f"{path}: damaged: the checksum of its record {damaged} does not match (a flipped bit "
-                               "or a partial copy); copy or fetch the file again")
-
-
-def read_torch_file(path):
-    """torch.load(weights_only=True) to CPU after the archive's checksums are verified, or a
-    TeacherLoadError saying why the file cannot be read."""
-    _check_archive(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / foreign archives
-        raise TeacherLoadError(f"{path}: cannot read this torch file (truncated, corrupt, or holding "
-                               f"objects other than tensors and plain data): {type(e).__name__}: {e}") from e
-
-
 def _check_given_flags(path, config, network_flags):
     recorded = arch.flags_from_config(config)
     wrong = arch.mismatched_flags(network_flags, recorded)
@@ -165,7 +134,7 @@ def read_teacher_file(path, **network_flags):
     with open(path, "rb") as f:
         is_torch_archive = f.read(4) == ZIP_MAGIC  # torch.save's format; EDM snapshots are plain pickles
     if is_torch_archive:
-        data = read_torch_file(path)
+        data = _read_model_file(path)
         if isinstance(data, dict) and {"state_dict", "config"} <= set(data):
             config, state_dict = dict(data["config"]), data["state_dict"]
             _check_given_flags(path, config, network_flags)
@@ -252,7 +221,7 @@ def load_student(path, **network_flags):
         _check_given_flags(path, config, network_flags)
     else:
         config = _config_from_flags(network_flags, f"{path} has no {RUN_CONFIG_FILE} beside it")
-    state = read_torch_file(path)
+    state = _read_model_file(path)
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise TeacherLoadError(f"{path}: not a network state dict (optimizer and trainer-state files are not models)")
     net = network_from_config(config)

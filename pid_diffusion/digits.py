@@ -15,7 +15,8 @@ generator: the share of samples classified as the label they were generated for.
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import TeacherLoadError, atomic_torch_save, read_torch_file
+from .checkpoint import TeacherLoadError
+from .files import atomic_torch_save, read_torch_file
 
 NUM_CLASSES = 10
 RESOLUTION = 8

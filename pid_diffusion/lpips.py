@@ -10,9 +10,8 @@ import os
 
 import torch
 
-from .checkpoint import read_torch_file
 from .download import local_file
-from .files import find_weight_file
+from .files import find_weight_file, read_torch_file
 
 
 VGG16_WEIGHTS_FILE = "vgg16-397923af.pth"

@@ -1,6 +1,7 @@
-"""The run folder of a training run: checkpoint file names, the newest usable checkpoint, the lock
-that keeps one run per folder, the debris of interrupted saves, and the settings a resumed run must
-share with the folder's run_config.json.
+"""The run folder of a training run, owned here: checkpoint file names, writing and reading a
+checkpoint, the complete ones, the lock that keeps one run per folder, the debris of interrupted
+saves, and run_config.json (written and read here, with a format version) with the settings a
+resumed run must share with it.
 
 Files (rank 0 writes, each through a temporary name and a rename):
   model%06d.pt            the trained network's state dict (bare keys, as the original); written last,
@@ -17,13 +18,19 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
+
+from .files import atomic_torch_save, read_torch_file, write_json_atomic
 
 MODEL_FILE = re.compile(r"^model(\d{6})\.pt$")
 TEMPORARY_FILE = re.compile(r"^.+\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
 """files.atomic_output's temporary names: <name>.<random>.tmp<extension>."""
 LOCK_FILE = ".lock"
 RUN_CONFIG_FILE = "run_config.json"
+RUN_CONFIG_VERSION = 1
+"""run_config.json's format_version (a file without one is of version 1, the first format)."""
 RUN_DEFINING_SETTINGS = ("teacher_model_path", "network_config", "loss_norm", "weight_schedule", "start_scales",
                          "end_scales", "scale_mode", "sigma_min", "sigma_max", "rho", "seed", "lr", "optimizer",
                          "ema_rate", "global_batch_size", "dataset", "p_mean", "p_std", "sigma_data")
@@ -49,6 +56,38 @@ def checkpoint_steps(log_dir):
     if not os.path.isdir(log_dir):
         return []
     return sorted((int(m.group(1)) for m in (MODEL_FILE.match(n) for n in os.listdir(log_dir)) if m), reverse=True)
+
+
+def write_checkpoint(log_dir, step, model_state, ema_states, optimizer_state, trainer_state):
+    """Write one checkpoint (rank 0): each EMA file, the optimizer, the trainer state, and the model
+    file last, each through a temporary file; the model file's presence marks the checkpoint complete."""
+    files = checkpoint_files(log_dir, step, ema_states)
+    for rate, state in ema_states.items():
+        atomic_torch_save(state, files[f"ema_{rate}"])
+    atomic_torch_save(optimizer_state, files["opt"])
+    atomic_torch_save(trainer_state, files["state"])
+    atomic_torch_save(model_state, files["model"])
+
+
+def missing_checkpoint_files(log_dir, step, rates):
+    """The files a checkpoint lacks to be complete: the model, the optimizer and every EMA file (the
+    trainer state is ours alone: a checkpoint the original wrote has none)."""
+    files = checkpoint_files(log_dir, step, rates)
+    return [os.path.basename(p) for key, p in files.items() if key != "state" and not os.path.isfile(p)]
+
+
+def read_checkpoint(model_path, step, rates):
+    """The states of the checkpoint a model file belongs to (the files of its step in its folder):
+    {model, ema: {rate: state or None}, opt, state (None when absent), missing: [file names]}.
+    An unreadable file raises files.UnreadableFileError."""
+    files = checkpoint_files(os.path.dirname(os.path.abspath(model_path)), step, rates)
+    files["model"] = model_path
+
+    def read(key):
+        return read_torch_file(files[key]) if os.path.isfile(files[key]) else None
+
+    return dict(model=read_torch_file(model_path), ema={rate: read(f"ema_{rate}") for rate in rates}, opt=read("opt"),
+                state=read("state"), missing=[os.path.basename(p) for p in files.values() if not os.path.isfile(p)])
 
 
 def step_from_checkpoint_name(path):
@@ -101,6 +140,27 @@ class RunFolderLock:
             self.handle = None
 
 
+def git_revision():
+    """The commit of the package's source tree (with '+dirty' for uncommitted changes), or None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def write_run_config(log_dir, config):
+    """Write run_config.json (rank 0): the configuration, the format version, the git revision and
+    the command line."""
+    record = {**config, "format_version": RUN_CONFIG_VERSION, "git_revision": git_revision(),
+              "command": " ".join(sys.argv)}
+    write_json_atomic(os.path.join(log_dir, RUN_CONFIG_FILE), record)
+
+
 def read_run_config(log_dir):
     """The folder's run_config.json, or None when there is none."""
     path = os.path.join(log_dir, RUN_CONFIG_FILE)
@@ -108,9 +168,14 @@ def read_run_config(log_dir):
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            config = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} cannot be read ({e}); restore it, or start the run in a new folder") from None
+    version = config.get("format_version", 1) if isinstance(config, dict) else None
+    if version is not None and version > RUN_CONFIG_VERSION:
+        raise ValueError(f"{path} has format version {version}, newer than this pid_diffusion reads "
+                         f"({RUN_CONFIG_VERSION}); update pid_diffusion")
+    return config
 
 
 def changed_settings(recorded, current):

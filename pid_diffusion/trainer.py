@@ -24,16 +24,18 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import dist
-from .checkpoint import (PID_RUN, TeacherLoadError, atomic_torch_save, build_teacher, load_strictly, network_state_dict, read_teacher_file,
-                         read_torch_file, student_from_teacher)
+from .checkpoint import (PID_RUN, build_teacher, load_strictly, network_state_dict, read_teacher_file,
+                         student_from_teacher)
 from .ema import EMA
+from .files import UnreadableFileError
 from .log import RunLogger, prepare_log_dir
-from .run_folder import (RunFolderLock, check_resumed_settings, checkpoint_files, checkpoint_steps, read_run_config,
-                         remove_temporary_files, step_from_checkpoint_name)
 from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
 from .lpips import LPIPS
-from .teachers import BUILTIN_PREFIX, builtin_teacher
+from .run_folder import (RunFolderLock, check_resumed_settings, checkpoint_files, checkpoint_steps,
+                         missing_checkpoint_files, read_checkpoint, read_run_config, remove_temporary_files,
+                         step_from_checkpoint_name, write_checkpoint, write_run_config)
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
+from .teachers import BUILTIN_PREFIX, builtin_teacher
 from .speed import SpeedSettings
 
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
@@ -390,8 +392,9 @@ class TrainingLoop:
 
     def _run(self):
         cfg = self.config
-        self.logger.save_config({**self.run_config(), "world_size": self.info.world_size,
-                                 "per_process_batch": self.batch, "torch_version": torch.__version__})
+        if dist.is_main():
+            write_run_config(cfg.log_dir, {**self.run_config(), "world_size": self.info.world_size,
+                                           "per_process_batch": self.batch, "torch_version": torch.__version__})
         self.logger.log(f"{self.describe()}, {self.info.world_size} process(es) on {self.device.type}, global batch "
                         f"{self.global_batch} ({self.batch} per process, micro-batch {self.microbatch}), steps "
                         f"{self.step} → {cfg.total_training_steps}, run folder {cfg.log_dir}")
@@ -488,14 +491,11 @@ class TrainingLoop:
         rng_by_rank = dist.all_gather_objects((torch.get_rng_state(), torch.cuda.get_rng_state_all()
                                                if torch.cuda.is_available() else []))
         if dist.is_main():
-            files = checkpoint_files(self.config.log_dir, self.step, self.ema.rates)
-            for rate in self.ema.rates:
-                atomic_torch_save(self.ema.state_dict(rate), files[f"ema_{rate}"])
-            atomic_torch_save(self.optimizer.state_dict(), files["opt"])
             state = dict(step=self.step, log2_loss_scale=self.log2_loss_scale, cpu_rng=rng_by_rank[0][0],
                          cuda_rng=rng_by_rank[0][1], rng_by_rank=rng_by_rank)
-            atomic_torch_save(state, files["state"])
-            atomic_torch_save(self.network.state_dict(), files["model"])  # last: marks it complete
+            write_checkpoint(self.config.log_dir, self.step, self.network.state_dict(),
+                             {rate: self.ema.state_dict(rate) for rate in self.ema.rates}, self.optimizer.state_dict(),
+                             state)
             self.logger.log(f"saved checkpoint {self.step:06d}")
         dist.barrier()
 
@@ -507,22 +507,15 @@ class TrainingLoop:
             self._load(cfg.resume_checkpoint, step_from_checkpoint_name(cfg.resume_checkpoint))
             return
         saved_rates = ema_rates(self.recorded.get("ema_rate", cfg.ema_rate))  # the rates the files were saved with
-
-        def missing_files(step):
-            """The files a checkpoint lacks. Its model file is written last, so the model, the optimizer and
-            every EMA file make it complete; the trainer state is ours alone (the original writes none)."""
-            files = checkpoint_files(cfg.log_dir, step, saved_rates)
-            return [os.path.basename(p) for key, p in files.items() if key != "state" and not os.path.isfile(p)]
-
-        complete = [step for step in steps if not missing_files(step)]
+        complete = [step for step in steps if not missing_checkpoint_files(cfg.log_dir, step, saved_rates)]
         for step in complete:
             try:
                 self._load(checkpoint_files(cfg.log_dir, step, self.ema.rates)["model"], step)
                 return
-            except TeacherLoadError as e:
+            except UnreadableFileError as e:  # a damaged file, or one that does not fit the network
                 self.logger.log(f"checkpoint {step:06d} is damaged and skipped: {e}")
         if steps:
-            newest_missing = missing_files(steps[0])
+            newest_missing = missing_checkpoint_files(cfg.log_dir, steps[0], saved_rates)
             why = (f" (checkpoint {steps[0]:06d} lacks {', '.join(newest_missing)}; --ema_rate must list the rates "
                    "the files were saved with)" if newest_missing else "")
             raise RunFolderError(f"{cfg.log_dir} holds checkpoints ({', '.join(f'{s:06d}' for s in steps[:5])}) but "
@@ -532,17 +525,14 @@ class TrainingLoop:
     def _load(self, model_path, step):
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"--resume_checkpoint {model_path}: no such file")
-        folder = os.path.dirname(os.path.abspath(model_path))
-        files = checkpoint_files(folder, step, self.ema.rates)
-        load_strictly(self.network, network_state_dict(read_torch_file(model_path)), model_path,
-                      "the network being trained")
-        for rate in self.ema.rates:
-            path = files[f"ema_{rate}"]
-            self.ema.load_state_dict(rate, read_torch_file(path) if os.path.isfile(path) else self.network.state_dict())
-        if os.path.isfile(files["opt"]):
-            self.optimizer.load_state_dict(read_torch_file(files["opt"]))
-        if os.path.isfile(files["state"]):
-            state = read_torch_file(files["state"])
+        saved = read_checkpoint(model_path, step, self.ema.rates)
+        load_strictly(self.network, network_state_dict(saved["model"]), model_path, "the network being trained")
+        for rate, ema_state in saved["ema"].items():
+            self.ema.load_state_dict(rate, ema_state if ema_state is not None else self.network.state_dict())
+        if saved["opt"] is not None:
+            self.optimizer.load_state_dict(saved["opt"])
+        state = saved["state"]
+        if state is not None:
             self.log2_loss_scale = state["log2_loss_scale"]
             by_rank = state.get("rng_by_rank") or [(state["cpu_rng"], state["cuda_rng"])]
             cpu_rng, cuda_rng = by_rank[self.info.rank] if len(by_rank) == self.info.world_size else by_rank[0]
@@ -550,9 +540,8 @@ class TrainingLoop:
             if cuda_rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(cuda_rng)
         self.step = step
-        missing = [os.path.basename(path) for key, path in files.items() if key != "model" and not os.path.isfile(path)]
-        note = f" (not found, started fresh: {', '.join(missing)})" if missing else ""
-        if not os.path.isfile(files["state"]):
+        note = f" (not found, started fresh: {', '.join(saved['missing'])})" if saved["missing"] else ""
+        if state is None:
             note += " (no trainer state, as in a folder the original wrote: the fp16 loss scale starts afresh)"
         self.logger.log(f"resumed from {model_path} at step {step}{note}")
 

@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from pid_diffusion.checkpoint import TeacherLoadError, atomic_torch_save, read_teacher_file
+from pid_diffusion.checkpoint import TeacherLoadError, read_teacher_file
+from pid_diffusion.files import atomic_torch_save
 
 
 def main(argv=None):

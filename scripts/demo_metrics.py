@@ -25,7 +25,7 @@ from pid_diffusion.digits import DigitsUnavailableError
 from pid_diffusion.evaluation import checkpoints_in
 from pid_diffusion.fid import load_detector
 from pid_diffusion.files import atomic_output
-from pid_diffusion.log import write_json_atomic
+from pid_diffusion.files import write_json_atomic
 from pid_diffusion.plots import paired_sample_grid
 from pid_diffusion.run_folder import RUN_CONFIG_FILE, read_run_config
 

@@ -9,9 +9,9 @@ import torch
 from conftest import fixture_path, relative_error, tiny_song_config
 from tolerances import between_implementations, network_roundings
 from pid_diffusion import arch
-from pid_diffusion.checkpoint import (TeacherLoadError, TeacherNotFoundError, atomic_torch_save, load_teacher,
-                                      read_teacher_file, save_teacher)
+from pid_diffusion.checkpoint import TeacherLoadError, TeacherNotFoundError, load_teacher, read_teacher_file, save_teacher
 from pid_diffusion.edm_pickle import UnsafePickleError, read_snapshot
+from pid_diffusion.files import atomic_torch_save
 from pid_diffusion.networks import EDMPrecond
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -144,7 +144,7 @@ def test_diverging_from_the_start_saves_nothing(teacher_path, tmp_path):
 
 
 def test_a_failed_write_is_one_line_naming_the_file_and_files_follow_the_umask(tmp_path, monkeypatch):
-    from pid_diffusion.checkpoint import atomic_torch_save
+    from pid_diffusion.files import atomic_torch_save
 
     atomic_torch_save({"w": torch.ones(2)}, tmp_path / "kept.pt")
     mask = os.umask(0o022)
@@ -253,3 +253,18 @@ def test_a_folder_with_the_originals_files_and_ours_resumes_from_the_newest(teac
     os.remove(tmp_path / "trainer_state000004.pt")  # step 4 now looks as the original writes it
     resumed = train(make_config(teacher_path, tmp_path, total_training_steps=6))
     assert resumed.step == 6 and "at step 4" in (tmp_path / "log.txt").read_text()
+
+
+def test_run_config_is_written_and_read_by_the_run_folder_with_a_format_version(teacher_path, tmp_path):
+    from pid_diffusion.run_folder import RUN_CONFIG_VERSION, read_run_config
+
+    train(make_config(teacher_path, tmp_path))
+    recorded = read_run_config(tmp_path)
+    assert recorded["format_version"] == RUN_CONFIG_VERSION and recorded["network_config"]
+    newer = {**recorded, "format_version": RUN_CONFIG_VERSION + 1}
+    (tmp_path / "run_config.json").write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match="format version 2, newer than this pid_diffusion reads"):
+        read_run_config(tmp_path)
+    del newer["format_version"]  # a folder of the first format, before the field existed
+    (tmp_path / "run_config.json").write_text(json.dumps(newer))
+    assert train(make_config(teacher_path, tmp_path, total_training_steps=4)).step == 4
