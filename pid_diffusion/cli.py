@@ -30,7 +30,8 @@ MODEL_FLAGS = {
     "channel_mult": ("", "per-level channel multipliers, e.g. \"2,2,2\"; empty = by image size"),
     "dropout": (0.0, "student dropout (the teacher runs in eval mode)"),
     "class_cond": (False, "class-conditional network (10 classes at 32×32, 1000 at 64×64)"),
-    "use_fp16": (False, "mixed precision with float16 autocast and the original's dynamic loss scaling"),
+    "use_fp16": (False, "float16 autocast for every network (training adds the original's dynamic loss scaling; "
+                        "a teacher file's own use_fp16 is ignored)"),
     "learn_sigma": (False, "6 output channels (unsupported: EDM teachers predict 3)"),
     "weight_schedule": ("karras", "loss weighting λ(t): snr, snr+1, karras, truncated-snr, uniform"),
     "loss_norm": ("lpips", "distance between implied and teacher denoised images: l1, l2, lpips"),
