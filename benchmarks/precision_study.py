@@ -68,7 +68,7 @@ def probe(config, indices=PROBE_INDICES, batch=64):
         t = index_to_sigma(idx, config.start_scales).float()
         t_next = index_to_sigma(pid_partner_index(idx, config.start_scales), config.start_scales).float()
         with torch.no_grad():
-            with trainer.speed.autocast(trainer.device.type):
+            with trainer.config.autocast(trainer.device.type):
                 student = trainer.model if config.student_precision != "fp32" else float32_call(trainer.model)
                 x_t, x_next = student(torch.cat([z, z]), torch.cat([t, t_next]), torch.cat([labels, labels])).float().chunk(2)
             implied = implied_denoised(x_t, x_next, t, t_next).double()

@@ -38,9 +38,10 @@ amplifies bf16 rounding up to 46×), compiled, channels-last (the default on CUD
 DEFAULT_SPEED = {"cuda": "fast", "cpu": "eager"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(kw_only=True)
 class SpeedSettings:
-    """The speed and precision options of a run (the trainer configuration's fields of these names)."""
+    """The speed and precision options of a run. The trainers' configurations are SpeedSettings with
+    more fields (trainer.LoopConfig), so run_config.json records these options beside the others."""
 
     mixed_precision: str = "fp32"
     student_precision: str = "autocast"
@@ -52,16 +53,11 @@ class SpeedSettings:
     compile_mode: str = "default"
     cudnn_benchmark: bool = True
 
-    def __post_init__(self):
+    def check_speed(self):
         for name, valid in (("mixed_precision", MIXED_PRECISION), ("student_precision", STUDENT_PRECISION),
                             ("attention", ATTENTION_IMPLEMENTATIONS), ("compile_mode", COMPILE_MODES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
-
-    @classmethod
-    def of(cls, config):
-        """The settings a trainer configuration holds (fields it lacks keep their defaults)."""
-        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)})
 
     @property
     def loss_scaling(self):
@@ -101,7 +97,9 @@ def resolve_speed(preset, device_type, use_fp16=False, **given):
     if use_fp16:
         options.update(mixed_precision="fp16", student_precision="autocast")
     options.update(given)
-    return SpeedSettings(**options)
+    settings = SpeedSettings(**options)
+    settings.check_speed()
+    return settings
 
 
 def keep_compiled_convolutions_channels_last(enabled):

@@ -23,7 +23,7 @@ DATASETS = {"digits": (lambda: load_digits("train"), DIGITS_NETWORK_CONFIG)}
 """name → (loader of (images in [−1, 1], int labels), default EDMPrecond keywords)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class TeacherTrainConfig(LoopConfig):
     dataset: str = "digits"
     network_config: dict = dataclasses.field(default_factory=lambda: dict(DIGITS_NETWORK_CONFIG))

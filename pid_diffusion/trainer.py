@@ -63,8 +63,8 @@ class RunFolderError(RuntimeError):
     """The run folder cannot be used: another run holds it, or it cannot be written."""
 
 
-@dataclasses.dataclass
-class LoopConfig:
+@dataclasses.dataclass(kw_only=True)
+class LoopConfig(SpeedSettings):
     """What every training loop takes: batch, optimizer, EMA, schedule of logs and checkpoints,
     precision and speed options."""
     log_dir: str
@@ -81,21 +81,9 @@ class LoopConfig:
     save_interval: int = 10000
     total_training_steps: int = 600000
     resume_checkpoint: str = ""
-    mixed_precision: str = "fp32"
     fp16_scale_growth: float = 1e-3
     seed: int = 0
-    channels_last: bool = False
-    attention: str = "sdpa"
-    compile: bool = False
-    compile_mode: str = "default"
-    fused_optimizer: bool = True
-    cudnn_benchmark: bool = True
     allow_changed_settings: bool = False
-
-    @property
-    def speed(self):
-        """The speed and precision options as one typed object."""
-        return SpeedSettings.of(self)
 
     def choices(self):
         return dict(optimizer=OPTIMIZERS)
@@ -104,7 +92,7 @@ class LoopConfig:
         for name, valid in self.choices().items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
-        SpeedSettings.of(self)  # raises on an unsupported speed or precision option
+        self.check_speed()
         for name in ("global_batch_size", "log_interval", "total_training_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
@@ -132,7 +120,7 @@ def ema_rates(text):
         raise ValueError(f"--ema_rate must be comma-separated numbers, got {text!r}") from None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class TrainConfig(LoopConfig):
     """PID distillation: the loop's settings, the teacher, the ρ-grid and the loss."""
     teacher_model_path: str = ""
@@ -148,8 +136,6 @@ class TrainConfig(LoopConfig):
     dropout: float = 0.0
     lpips_vgg_weights: str = ""
     lpips_lin_weights: str = ""
-    batched_student: bool = True
-    student_precision: str = "autocast"
 
     def choices(self):
         return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS}
@@ -216,8 +202,7 @@ class TrainingLoop:
         self.lock = RunFolderLock(config.log_dir)
         # every random draw outside the step generator (initial weights, dropout) follows --seed and the rank
         torch.manual_seed((config.seed * 1_000_003 + self.info.rank) % 2 ** 63)
-        self.speed = config.speed
-        self.memory_format = self.speed.memory_format(self.device.type)
+        self.memory_format = config.memory_format(self.device.type)
 
     def start(self, module, network, network_config):
         """Train `network` (the weights saved in checkpoints) inside `module` (what the loss calls)."""
@@ -264,7 +249,7 @@ class TrainingLoop:
         self.ema = EMA(network, config.ema_rates)
         self._resume(steps)
         dist.broadcast_tensors(list(network.state_dict().values()))
-        self.speed.apply(self.device.type)
+        self.config.apply(self.device.type)
         self.model = module
         if self.info.world_size > 1:
             if self.device.type == "cpu":
@@ -273,7 +258,7 @@ class TrainingLoop:
                 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.model = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None,
                                                  gradient_as_bucket_view=True)
-        self.model = self.speed.compiled(self.model)
+        self.model = self.config.compiled(self.model)
 
     def step_inputs(self, step):
         raise NotImplementedError
@@ -309,7 +294,7 @@ class TrainingLoop:
         are summed over micro-batches, as in the original."""
         inputs = self.step_inputs(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        scale = 2.0 ** self.log2_loss_scale if self.speed.loss_scaling else 1.0
+        scale = 2.0 ** self.log2_loss_scale if self.config.loss_scaling else 1.0
         loss_sum = torch.zeros((), device=self.device)
         starts = range(0, self.batch, self.microbatch)
         for index, start in enumerate(starts):
@@ -319,7 +304,7 @@ class TrainingLoop:
             if self.config.compile and self.config.compile_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous micro-batch's graph outputs are consumed
             with sync:
-                with self.speed.autocast(self.device.type):
+                with self.config.autocast(self.device.type):
                     losses = self.batch_losses(self.model, [None if x is None else x[part] for x in inputs])
                 loss = losses.float().mean()
                 (loss * scale).backward()
@@ -327,7 +312,7 @@ class TrainingLoop:
         return loss_sum / len(starts), self._optimizer_step(scale)
 
     def _optimizer_step(self, scale):
-        if self.speed.loss_scaling:
+        if self.config.loss_scaling:
             grads = [p.grad for p in self.network.parameters() if p.grad is not None]
             finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
             if not bool(finite):  # the original's dynamic loss scale: halve and skip the step
@@ -336,7 +321,7 @@ class TrainingLoop:
             torch._foreach_mul_(grads, 1.0 / scale)
         self._add_norms()
         self.optimizer.step()
-        if self.speed.loss_scaling:
+        if self.config.loss_scaling:
             self.log2_loss_scale += self.config.fp16_scale_growth
         self.ema.update()
         self.step += 1
@@ -456,7 +441,7 @@ class TrainingLoop:
         """Before a checkpoint is written: the weights are finite and give a finite loss on the next
         step's batch, not DIVERGENCE_FACTOR times the largest step loss so far (an update can leave huge
         but finite weights that the next steps turn into NaN); otherwise stop without saving them."""
-        with torch.no_grad(), self.speed.autocast(self.device.type):
+        with torch.no_grad(), self.config.autocast(self.device.type):
             inputs = [None if x is None else x[:self.microbatch] for x in self.step_inputs(self.step)]
             probe = self.batch_losses(self.module, inputs, eager=True).float().mean()
         healthy = torch.isfinite(probe) & (probe <= DIVERGENCE_FACTOR * largest_loss)
@@ -480,7 +465,7 @@ class TrainingLoop:
         row = dict(step=self.step, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
                    images_per_second=images_per_second, samples=self.step * self.global_batch,
                    lr=self.optimizer.param_groups[0]["lr"])
-        if self.speed.loss_scaling:
+        if self.config.loss_scaling:
             row["lg_loss_scale"] = self.log2_loss_scale
         self.logger.metrics(row)
         eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} days"
@@ -582,7 +567,7 @@ class PIDTrainer(TrainingLoop):
         if teacher_state is None:
             self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
                             "starts from random weights")
-        self.teacher_call, self.lpips_call = self.speed.compiled(self.teacher), self.speed.compiled(self.lpips)
+        self.teacher_call, self.lpips_call = self.config.compiled(self.teacher), self.config.compiled(self.lpips)
 
     def describe(self):
         return f"PID distillation: teacher {self.config.teacher_model_path}"

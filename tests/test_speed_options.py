@@ -146,7 +146,7 @@ def test_student_precision_keeps_the_student_in_float32_under_autocast(tmp_path)
                                          global_batch_size=4, loss_norm="l2", mixed_precision="bf16",
                                          student_precision=precision))
         student = trainer.model if precision != "fp32" else float32_call(trainer.model)
-        with torch.no_grad(), trainer.speed.autocast("cpu"):
+        with torch.no_grad(), trainer.config.autocast("cpu"):
             outputs[precision] = student(z, t, labels).float()
         exact = trainer.student(z, t, labels).detach()  # no autocast: float32 throughout
         trainer.close()
