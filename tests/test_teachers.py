@@ -33,7 +33,7 @@ def test_mixture_denoiser_satisfies_tweedie(sigma):
     expected = x + sigma ** 2 * score  # Tweedie: D(x; σ) = x + σ² ∇ log p_σ(x)
     # float64 both ways; x + σ²·score cancels, by (‖x‖ + ‖σ²·score‖)/‖D‖; each side sums over the
     # pixels and the components
-    amplification = float((x.norm() + (sigma ** 2 * score).norm()) / expected.norm())
+    amplification = float((x.detach().norm() + (sigma ** 2 * score).norm()) / expected.detach().norm())
     roundings = x[0].numel() + 4 * means.shape[0]
     assert relative_error(teacher(x.detach(), sigma), expected) <= between_implementations(
         roundings, torch.float64, amplification)
