@@ -1,6 +1,6 @@
 """Speed and precision of a training run: one typed object, resolved once from a preset and the
 options given (`resolve_speed`), asked by the trainer what to do (`autocast`, `loss_scaling`,
-`memory_format`), and applied to PyTorch's process-wide switches in one place (`apply`).
+`memory_format`), and applied to PyTorch's process-wide switches in one place (`set_global_switches`).
 
 Why the student keeps float32 in the `fast` preset: PID's target is a finite difference of two
 student outputs multiplied by up to 46, so the student's rounding is amplified that much; the
@@ -78,7 +78,7 @@ class SpeedSettings:
             return module
         return torch.compile(module, mode=self.compile_mode)
 
-    def apply(self, device_type):
+    def set_global_switches(self, device_type):
         """Set PyTorch's process-wide switches these settings need: cuDNN autotuning, and under
         compilation inductor's channels-last layout. The only place that touches global state."""
         if device_type == "cuda":

@@ -35,8 +35,8 @@ from .run_folder import (RunFolderLock, check_resumed_settings, checkpoint_files
                          missing_checkpoint_files, read_checkpoint, read_run_config, remove_temporary_files,
                          step_from_checkpoint_name, write_checkpoint, write_run_config)
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
-from .teachers import BUILTIN_PREFIX, builtin_teacher
 from .speed import SpeedSettings
+from .teachers import BUILTIN_PREFIX, builtin_teacher
 
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
 ADAM_BETA1 = 0.9  # both optimizers run with PyTorch's default betas, as the original
@@ -249,7 +249,7 @@ class TrainingLoop:
         self.ema = EMA(network, config.ema_rates)
         self._resume(steps)
         dist.broadcast_tensors(list(network.state_dict().values()))
-        self.config.apply(self.device.type)
+        self.config.set_global_switches(self.device.type)
         self.model = module
         if self.info.world_size > 1:
             if self.device.type == "cpu":
