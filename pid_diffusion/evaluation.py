@@ -140,10 +140,10 @@ def checkpoints_in(folder, names=()):
     the folder except optimizer and trainer-state files (and temporary files of interrupted saves),
     or only the files `names` (in the folder, or paths); in step order, then name."""
     if names:
-        paths = [name if os.path.isabs(name) or os.path.exists(name) else os.path.join(folder, name) for name in names]
+        paths = [os.path.join(folder, name) if os.path.isfile(os.path.join(folder, name)) else name for name in names]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
-            raise FileNotFoundError(f"checkpoint file(s) not found: {', '.join(missing)}")
+            raise FileNotFoundError(f"checkpoint file(s) not found in {folder} nor as paths: {', '.join(missing)}")
     else:
         paths = [os.path.join(folder, n) for n in os.listdir(folder)
                  if n.endswith(".pt") and not NOT_A_MODEL.match(n) and not TEMPORARY_FILE.match(n)]

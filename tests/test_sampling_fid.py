@@ -273,7 +273,7 @@ def test_fid_eval_script_evaluates_a_released_style_student(workspace, tmp_path)
     torch.save({"step": 1}, folder / "trainer_state000001.pt")
     assert [name for name, _, _ in checkpoints_in(folder)] == ["pid_cifar"]
     assert [name for name, _, _ in checkpoints_in(folder, ["pid_cifar.pt"])] == ["pid_cifar"]
-    with pytest.raises(FileNotFoundError, match="not found: .*other.pt"):
+    with pytest.raises(FileNotFoundError, match="not found in .*pid_cifar nor as paths: other.pt"):
         checkpoints_in(folder, ["other.pt"])
 
     dry = subprocess.run(["bash", os.path.join(REPO, "scripts", "fid_eval.sh"), "cifar10", str(folder)],
