@@ -130,11 +130,14 @@ MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathse
 @pytest.mark.skipif(MPIRUN is None, reason="no mpirun: install the mpich extra (pip install -e '.[mpich]')")
 def test_under_two_processes_rank_0_downloads_and_the_other_waits(tmp_path, served):
     server, payload, _ = served
-    program = ("from pid_diffusion import dist; from pid_diffusion.download import local_file; dist.init(); "
+    # each rank writes what it got to its own file (printed lines of two processes interleave)
+    program = ("import os; from pid_diffusion import dist; from pid_diffusion.download import local_file; dist.init(); "
                f"path = local_file({server.url + 'weights.pt'!r}, 'the teacher'); "
-               "print('rank', dist.info().rank, 'got', open(path, 'rb').read().__len__(), flush=True); dist.shutdown()")
+               f"open(os.path.join({str(tmp_path)!r}, f'rank{{dist.info().rank}}'), 'w').write("
+               "str(len(open(path, 'rb').read()))); dist.shutdown()")
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")}
     done = subprocess.run([MPIRUN, "-np", "2", sys.executable, "-c", program], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count(f"got {len(payload)}") == 2 and server.requests == ["weights.pt"]
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [str(len(payload))] * 2
+    assert server.requests == ["weights.pt"]
