@@ -78,8 +78,8 @@ def missing_checkpoint_files(log_dir, step, rates):
 
 def read_checkpoint(model_path, step, rates):
     """The states of the checkpoint a model file belongs to (the files of its step in its folder):
-    {model, ema: {rate: state or None}, opt, state (None when absent), missing: [file names]}.
-    An unreadable file raises files.UnreadableFileError."""
+    {model, ema: {rate: state or None}, opt, state (None when absent, as in the original's folders),
+    missing: [the EMA and optimizer files not found]}. An unreadable file raises files.UnreadableFileError."""
     files = checkpoint_files(os.path.dirname(os.path.abspath(model_path)), step, rates)
     files["model"] = model_path
 
@@ -87,7 +87,8 @@ def read_checkpoint(model_path, step, rates):
         return read_torch_file(files[key]) if os.path.isfile(files[key]) else None
 
     return dict(model=read_torch_file(model_path), ema={rate: read(f"ema_{rate}") for rate in rates}, opt=read("opt"),
-                state=read("state"), missing=[os.path.basename(p) for p in files.values() if not os.path.isfile(p)])
+                state=read("state"), missing=[os.path.basename(p) for key, p in files.items()
+                                              if key != "state" and not os.path.isfile(p)])
 
 
 def step_from_checkpoint_name(path):

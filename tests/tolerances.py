@@ -67,18 +67,26 @@ def per_sample_norm(x):
     return x.flatten(1).to(torch.float64).norm(dim=1)
 
 
+def finite_difference_ratio(t, t_next):
+    """r = t/(t − t') per sample, in float64."""
+    return t.double() / (t.double() - t_next.double())
+
+
+def implied_denoised_rounding(x_t, x_t_next, t, t_next):
+    """Per-sample bound on one computation's own rounding of x_t − t·(x_t − x_t')/(t − t'): four
+    operations, each exact to u relative to its own result, so t·slope (the size of x_t, far larger
+    than the implied image) carries most of it."""
+    slope_term = finite_difference_ratio(t, t_next).reshape(-1, 1, 1, 1) * (x_t.double() - x_t_next.double())
+    return rounding_bound(4) * (per_sample_norm(slope_term) + per_sample_norm(x_t.double() - slope_term))
+
+
 def implied_denoised_difference_bound(x_t, x_t_next, t, t_next, dx_t, dx_t_next):
     """Largest ‖Δ‖ (over the batch) between two computations of PID's implied denoised image
     x_t − t·(x_t − x_t')/(t − t') whose inputs differ by dx_t and dx_t': the exact propagation
-    ‖(1 − r)·Δx_t + r·Δx_t'‖ with r = t/(t − t'), plus each computation's own rounding — four
-    operations, each exact to u relative to its own result, so t·slope (the size of x_t, far larger
-    than the implied image) carries most of it."""
-    r = (t.double() / (t.double() - t_next.double())).reshape(-1, 1, 1, 1)
+    ‖(1 − r)·Δx_t + r·Δx_t'‖ with r = t/(t − t'), plus each computation's own rounding."""
+    r = finite_difference_ratio(t, t_next).reshape(-1, 1, 1, 1)
     propagated = per_sample_norm((1 - r) * dx_t.double() + r * dx_t_next.double())
-    slope_term = r * (x_t.double() - x_t_next.double())
-    implied = x_t.double() - slope_term
-    rounding = 2 * rounding_bound(4) * (per_sample_norm(slope_term) + per_sample_norm(implied))
-    return float((propagated + rounding).norm())
+    return float((propagated + 2 * implied_denoised_rounding(x_t, x_t_next, t, t_next)).norm())
 
 
 def per_sample_distance_difference_bound(d, dd_norm, loss_norm):
@@ -110,11 +118,10 @@ def pid_residual_error(x_t, x_t_next, target, z, t, t_next, sigma_max, student_r
     the students' errors through the finite difference (|1 − r|·e_t + r·e_t', r = t/(t − t')) and the
     formula's own four roundings, plus the teacher's rounding and the student's error it sees
     (networks taken as well-conditioned: κ = 1)."""
-    r = (t.double() / (t.double() - t_next.double()))
+    r = finite_difference_ratio(t, t_next)
     e_t = student_output_error(x_t, z, t, sigma_max, student_roundings)
     e_next = student_output_error(x_t_next, z, t_next, sigma_max, student_roundings)
-    slope_term = r.reshape(-1, 1, 1, 1) * (x_t.double() - x_t_next.double())
-    formula = rounding_bound(4) * (per_sample_norm(slope_term) + per_sample_norm(x_t.double() - slope_term))
+    formula = implied_denoised_rounding(x_t, x_t_next, t, t_next)
     teacher = (rounding_bound(teacher_roundings) + e_t / per_sample_norm(x_t)) * per_sample_norm(target)
     return (1 - r).abs() * e_t + r * e_next + formula + teacher
 
