@@ -4,7 +4,6 @@ values (cli.py turns the flags into them); nothing here reads the command line."
 
 import csv
 import os
-import re
 
 import numpy as np
 import torch
@@ -15,12 +14,9 @@ from .checkpoint import load_student, load_teacher
 from .fid import DetectorTally
 from .files import atomic_output
 from .generate import generate, image_grid, to_uint8
-from .run_folder import TEMPORARY_FILE, step_from_checkpoint_name
+from .run_folder import checkpoint_step, model_file_names
 from .samplers import SAMPLERS
 
-CHECKPOINT_NAME = re.compile(r"^(model|ema_[0-9.]+_)(\d{6})\.pt$")
-NOT_A_MODEL = re.compile(r"^(opt|trainer_state)\d*\.pt$")
-"""Optimizer and trainer-state files of a run folder (ours and the original's)."""
 ONE_SHOT_MODE = "one_shot_pinn_edm_edm_one_shot"
 TEACHER_MODE = "one_shot_pinn_edm_edm_teacher"
 SAMPLING_MODES = (ONE_SHOT_MODE, TEACHER_MODE)
@@ -128,13 +124,6 @@ def save_samples_npz(images_uint8, labels, folder, prefix=""):
     return path
 
 
-def checkpoint_step(file_name):
-    """A checkpoint's step: from model{step}.pt / ema_{rate}_{step}.pt, else the original's rule (the
-    integer after the last 'model' in the name; 0 when there is none, e.g. the released pid_cifar.pt)."""
-    match = CHECKPOINT_NAME.match(os.path.basename(file_name))
-    return int(match.group(2)) if match else step_from_checkpoint_name(file_name)
-
-
 def checkpoints_in(folder, names=()):
     """[(name, step, path)] of the models to evaluate, as the original selects them: every *.pt file of
     the folder except optimizer and trainer-state files (and temporary files of interrupted saves),
@@ -145,8 +134,7 @@ def checkpoints_in(folder, names=()):
         if missing:
             raise FileNotFoundError(f"checkpoint file(s) not found in {folder} nor as paths: {', '.join(missing)}")
     else:
-        paths = [os.path.join(folder, n) for n in os.listdir(folder)
-                 if n.endswith(".pt") and not NOT_A_MODEL.match(n) and not TEMPORARY_FILE.match(n)]
+        paths = [os.path.join(folder, n) for n in model_file_names(folder)]
     found = [(os.path.basename(p)[:-3], checkpoint_step(p), p) for p in paths]
     return sorted(found, key=lambda item: (item[1], item[0]))
 

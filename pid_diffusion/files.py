@@ -93,11 +93,11 @@ def _check_archive(path):
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise UnreadableFileError(f"{path}: cannot read this torch file (truncated or damaged: {e}); copy or fetch it "
-                               "again") from None
+        raise UnreadableFileError(f"{path}: cannot read this torch file (truncated or damaged: {e}); copy or "
+                                  "fetch it again") from None
     if damaged is not None:
-        raise UnreadableFileError(f"{path}: damaged: the checksum of its record {damaged} does not match (a flipped bit "
-                               "or a partial copy); copy or fetch the file again")
+        raise UnreadableFileError(f"{path}: damaged: the checksum of its record {damaged} does not match (a "
+                                  "flipped bit or a partial copy); copy or fetch the file again")
 
 
 def read_torch_file(path):
@@ -108,7 +108,7 @@ def read_torch_file(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated / foreign archives
         raise UnreadableFileError(f"{path}: cannot read this torch file (truncated, corrupt, or holding "
-                               f"objects other than tensors and plain data): {type(e).__name__}: {e}") from e
+                                  f"objects other than tensors and plain data): {type(e).__name__}: {e}") from e
 
 
 def write_json_atomic(path, data):

@@ -25,6 +25,10 @@ import time
 from .files import atomic_torch_save, read_torch_file, write_json_atomic
 
 MODEL_FILE = re.compile(r"^model(\d{6})\.pt$")
+CHECKPOINT_NAME = re.compile(r"^(model|ema_[0-9.]+_)(\d{6})\.pt$")
+"""The network files of a checkpoint: model{step}.pt and ema_{rate}_{step}.pt."""
+NOT_A_MODEL = re.compile(r"^(opt|trainer_state)\d*\.pt$")
+"""Optimizer and trainer-state files (ours and the original's)."""
 TEMPORARY_FILE = re.compile(r"^.+\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
 """files.atomic_output's temporary names: <name>.<random>.tmp<extension>."""
 LOCK_FILE = ".lock"
@@ -95,6 +99,20 @@ def step_from_checkpoint_name(path):
     """The original's rule: the integer after the last 'model' in the file name (0 if none)."""
     match = re.search(r"model(\d+)\.[^.]*$", os.path.basename(path))
     return int(match.group(1)) if match else 0
+
+
+def checkpoint_step(file_name):
+    """A checkpoint's step: from model{step}.pt / ema_{rate}_{step}.pt, else the original's rule (the
+    integer after the last 'model' in the name; 0 when there is none, e.g. the released pid_cifar.pt)."""
+    match = CHECKPOINT_NAME.match(os.path.basename(file_name))
+    return int(match.group(2)) if match else step_from_checkpoint_name(file_name)
+
+
+def model_file_names(folder):
+    """The folder's files that may hold a network, as the original selects them: every *.pt but
+    optimizer and trainer-state files (and temporary files of interrupted saves)."""
+    return [n for n in os.listdir(folder) if n.endswith(".pt") and not NOT_A_MODEL.match(n)
+            and not TEMPORARY_FILE.match(n)]
 
 
 def remove_temporary_files(log_dir):
