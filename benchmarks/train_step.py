@@ -47,7 +47,8 @@ OFFICIAL_FLAGS = {
 }
 REFERENCE = SPEED_PRESETS["reference"]
 ABLATION = [("attention", "sdpa"), ("batched_student", True), ("fused_optimizer", True), ("channels_last", True),
-            ("mixed_precision", "bf16"), ("student_precision", "fp32"), ("cudnn_benchmark", True), ("compile", True)]
+            ("mixed_precision", "bf16"), ("student_precision", "fp32"), ("cudnn_benchmark", True), ("compile", True),
+            ("ddp_bucket_cap_mb", 0)]
 FAST = SPEED_PRESETS["fast"]
 
 

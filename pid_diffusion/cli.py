@@ -91,6 +91,10 @@ TRAIN_FLAGS = {
     "compile_mode": ("default", "speed: torch.compile mode: default, or reduce-overhead (CUDA graphs)"),
     "fused_optimizer": (True, "speed: multi-tensor / fused optimizer kernels"),
     "cudnn_benchmark": (True, "speed: cuDNN times its convolution algorithms once and keeps the fastest"),
+    "ddp_bucket_cap_mb": (128, "speed: several processes all-reduce gradients in DDP buckets of this many MiB "
+                               "(the original's 128); 0 = one bucket, so a compiled student stays one graph and "
+                               "the all-reduce follows the whole backward (best on NVLink; on slower links a "
+                               "bucket size lets it overlap the backward)"),
     "allow_changed_settings": (False, "resume a run folder although settings that define the run (teacher, network, "
                                       "loss, N, seed, lr, EMA rates, batch) differ; the change is recorded in "
                                       "run_config.json"),
@@ -99,7 +103,7 @@ TRAIN_FLAGS = {
 LOOP_FLAG_NAMES = ("global_batch_size", "batch_size", "microbatch", "lr", "weight_decay", "lr_anneal_steps", "optimizer",
                    "opt_eps", "ema_rate", "log_interval", "save_interval", "total_training_steps", "resume_checkpoint",
                    "fp16_scale_growth", "seed", "mixed_precision", "channels_last", "attention", "compile",
-                   "compile_mode", "fused_optimizer", "cudnn_benchmark", "allow_changed_settings")
+                   "compile_mode", "fused_optimizer", "cudnn_benchmark", "ddp_bucket_cap_mb", "allow_changed_settings")
 """The flags of the training loop that PID distillation and teacher training share."""
 
 TEACHER_FLAGS = {
@@ -174,7 +178,7 @@ def str2bool(value):
 
 
 SPEED_FLAG_NAMES = ("mixed_precision", "student_precision", "batched_student", "attention", "fused_optimizer",
-                    "channels_last", "compile", "cudnn_benchmark")
+                    "channels_last", "compile", "cudnn_benchmark", "ddp_bucket_cap_mb")
 """The options a --speed preset sets (those given explicitly win)."""
 
 

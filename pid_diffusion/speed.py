@@ -9,6 +9,7 @@ precision study on a real teacher (docs/precision.md) decided the presets.
 
 import contextlib
 import dataclasses
+import math
 
 import torch
 
@@ -21,20 +22,28 @@ layers in float32, or all of it in float32 (the teacher and LPIPS stay in the au
 COMPILE_MODES = ("default", "reduce-overhead")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
+ORIGINAL_DDP_BUCKET_MB = 128
+"""The original's DDP gradient bucket size (MiB)."""
+ONE_BUCKET = 0
+"""--ddp_bucket_cap_mb 0: every gradient in one DDP bucket."""
+
 SPEED_PRESETS = {
     "reference": dict(mixed_precision="fp32", student_precision="autocast", batched_student=False,
                       attention="reference", fused_optimizer=False, channels_last=False, compile=False,
-                      cudnn_benchmark=False),
+                      cudnn_benchmark=False, ddp_bucket_cap_mb=ORIGINAL_DDP_BUCKET_MB),
     "eager": dict(mixed_precision="fp32", student_precision="autocast", batched_student=True, attention="sdpa",
-                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True),
+                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True,
+                  ddp_bucket_cap_mb=ORIGINAL_DDP_BUCKET_MB),
     "fast": dict(mixed_precision="bf16", student_precision="fp32", batched_student=True, attention="sdpa",
-                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True),
+                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True,
+                 ddp_bucket_cap_mb=ONE_BUCKET),
 }
 """--speed: reference = the original's numerics and structure (fp32, two student calls, explicit-softmax
 attention, per-parameter optimizer loop); eager = the same numbers computed faster, no compilation
 (the default on CPU); fast = the fastest configuration measured quality-neutral on a real teacher
 (docs/precision.md): teacher and LPIPS in bf16, the student in float32 (its finite difference
-amplifies bf16 rounding up to 46×), compiled, channels-last (the default on CUDA)."""
+amplifies bf16 rounding up to 46×), compiled, channels-last, and under several processes one DDP
+bucket (DDP splits a compiled graph at its bucket boundaries: docs/benchmarks.md) (the default on CUDA)."""
 DEFAULT_SPEED = {"cuda": "fast", "cpu": "eager"}
 
 
@@ -52,12 +61,16 @@ class SpeedSettings:
     compile: bool = False
     compile_mode: str = "default"
     cudnn_benchmark: bool = True
+    ddp_bucket_cap_mb: int = ORIGINAL_DDP_BUCKET_MB
 
     def check_speed(self):
         for name, valid in (("mixed_precision", MIXED_PRECISION), ("student_precision", STUDENT_PRECISION),
                             ("attention", ATTENTION_IMPLEMENTATIONS), ("compile_mode", COMPILE_MODES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
+        if not isinstance(self.ddp_bucket_cap_mb, int) or self.ddp_bucket_cap_mb < 0:
+            raise ValueError(f"--ddp_bucket_cap_mb {self.ddp_bucket_cap_mb!r} is not supported: give a bucket size in "
+                             f"MiB (the original's {ORIGINAL_DDP_BUCKET_MB}), or {ONE_BUCKET} for one bucket")
 
     @property
     def loss_scaling(self):
@@ -77,6 +90,14 @@ class SpeedSettings:
         if module is None or not self.compile:
             return module
         return torch.compile(module, mode=self.compile_mode)
+
+    def ddp_bucket_mib(self, module):
+        """DDP's bucket_cap_mb for `module`: the size asked for, or with ONE_BUCKET one that holds
+        every gradient (the compiled student stays one graph; the all-reduce follows the backward)."""
+        if self.ddp_bucket_cap_mb != ONE_BUCKET:
+            return self.ddp_bucket_cap_mb
+        gradient_bytes = sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+        return math.ceil(gradient_bytes / 2 ** 20) + 1
 
     def set_global_switches(self, device_type):
         """Set PyTorch's process-wide switches these settings need: cuDNN autotuning, and under

@@ -35,7 +35,7 @@ from .run_folder import (RunFolderLock, check_resumed_settings, checkpoint_files
                          missing_checkpoint_files, read_checkpoint, read_run_config, remove_temporary_files,
                          step_from_checkpoint_name, write_checkpoint, write_run_config)
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
-from .speed import SpeedSettings
+from .speed import ONE_BUCKET, SpeedSettings
 from .teachers import BUILTIN_PREFIX, builtin_teacher
 
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
@@ -257,8 +257,15 @@ class TrainingLoop:
                 # same memory layout as DDP's bucket view, yet every process would print a warning about it.
                 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.model = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                                 gradient_as_bucket_view=True)
+                                                 gradient_as_bucket_view=True,
+                                                 bucket_cap_mb=self.config.ddp_bucket_mib(module))
         self.model = self.config.compiled(self.model)
+
+    def _buckets(self):
+        if self.info.world_size == 1:
+            return ""
+        size = self.config.ddp_bucket_cap_mb
+        return f" (gradients all-reduced in {'one bucket' if size == ONE_BUCKET else f'buckets of {size} MiB'})"
 
     def step_inputs(self, step):
         raise NotImplementedError
@@ -380,8 +387,8 @@ class TrainingLoop:
         if dist.is_main():
             write_run_config(cfg.log_dir, {**self.run_config(), "world_size": self.info.world_size,
                                            "per_process_batch": self.batch, "torch_version": torch.__version__})
-        self.logger.log(f"{self.describe()}, {self.info.world_size} process(es) on {self.device.type}, global batch "
-                        f"{self.global_batch} ({self.batch} per process, micro-batch {self.microbatch}), steps "
+        self.logger.log(f"{self.describe()}, {self.info.world_size} process(es) on {self.device.type}{self._buckets()}, "
+                        f"global batch {self.global_batch} ({self.batch} per process, micro-batch {self.microbatch}), steps "
                         f"{self.step} → {cfg.total_training_steps}, run folder {cfg.log_dir}")
         loss_total = torch.zeros((), device=self.device)
         self.norm_totals.zero_()

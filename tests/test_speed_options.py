@@ -1,6 +1,7 @@
 """The speed options compute the same function as the original's structure (`--speed reference`)."""
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -13,7 +14,7 @@ from tolerances import between_implementations, pid_step_bounds
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.networks.layers import GroupNorm, UNetBlock, attention
-from pid_diffusion.speed import SPEED_PRESETS, keep_compiled_convolutions_channels_last
+from pid_diffusion.speed import SPEED_PRESETS, SpeedSettings, keep_compiled_convolutions_channels_last
 from pid_diffusion.trainer import PIDTrainer, TrainConfig, float32_call
 
 REFERENCE = dict(batched_student=False, attention="reference", fused_optimizer=False, channels_last=False)
@@ -180,6 +181,19 @@ def test_speed_presets_resolve_by_device_and_yield_to_given_flags():
     assert (given.compile, given.mixed_precision, given.channels_last) == (False, "fp32", True)
     with pytest.raises(ValueError, match="valid: auto, reference, eager, fast"):
         resolved(["--speed", "fastest"], "cuda")
+    assert resolved(["--ddp_bucket_cap_mb", "25"], "cuda").ddp_bucket_cap_mb == 25
+    with pytest.raises(ValueError, match="--ddp_bucket_cap_mb -1 is not supported: give a bucket size in MiB "
+                                         r"\(the original's 128\), or 0 for one bucket"):
+        resolved(["--ddp_bucket_cap_mb", "-1"], "cuda")
+
+
+def test_one_ddp_bucket_holds_every_gradient():
+    network = torch.nn.Sequential(torch.nn.Linear(1024, 512), torch.nn.Linear(512, 4))
+    network[1].requires_grad_(False)  # frozen parameters get no bucket
+    gradient_mib = (1024 * 512 + 512) * 4 / 2 ** 20  # float32 weights and bias of the first layer: 2.0 MiB
+    assert SpeedSettings(ddp_bucket_cap_mb=0).ddp_bucket_mib(network) == math.ceil(gradient_mib) + 1 == 4
+    assert SpeedSettings(ddp_bucket_cap_mb=25).ddp_bucket_mib(network) == 25
+    assert SpeedSettings().ddp_bucket_cap_mb == 128  # the original's size
 
 
 def test_benchmark_modes_and_overrides():
