@@ -11,8 +11,9 @@ LPIPS gets a random VGG16 and random linear weights. Modes:
              float32-softmax attention, per-parameter optimizer loop, NCHW, no compilation
   fast       the --speed fast preset: bf16 autocast for teacher and LPIPS with the student in float32,
              one batched student call, fused attention (SDPA), multi-tensor optimizer, channels-last,
-             cuDNN autotuning, torch.compile (before 2026-11-29 the student ran in bf16 too: that is
-             fast+student_precision=autocast)
+             cuDNN autotuning, torch.compile, one DDP gradient bucket under several processes (before
+             2026-11-29 the student ran in bf16 too: that is fast+student_precision=autocast; before
+             2026-11-30 DDP used PyTorch's 25-MiB buckets: fast+ddp_bucket_cap_mb=25)
   ablation   reference plus one option at a time, cumulatively, in the order listed in ABLATION
   fast-no<option>  fast with one option as in reference, e.g. fast-nocompile, fast-nochannels_last
   <mode>+<option>=<value>  a mode with trainer options changed, e.g. fast+compile_mode=reduce-overhead,
