@@ -16,7 +16,7 @@ import traceback
 from . import dist
 from .evaluation import ONE_SHOT_MODE, TEACHER_MODE, sampler_options
 from .generate import GenerationRequest
-from .speed import resolve_speed
+from .speed import ONE_BUCKET, ORIGINAL_DDP_BUCKET_MB, resolve_speed
 
 MODEL_FLAGS = {
     "sigma_min": (0.002, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)"),
@@ -91,10 +91,11 @@ TRAIN_FLAGS = {
     "compile_mode": ("default", "speed: torch.compile mode: default, or reduce-overhead (CUDA graphs)"),
     "fused_optimizer": (True, "speed: multi-tensor / fused optimizer kernels"),
     "cudnn_benchmark": (True, "speed: cuDNN times its convolution algorithms once and keeps the fastest"),
-    "ddp_bucket_cap_mb": (128, "speed: several processes all-reduce gradients in DDP buckets of this many MiB "
-                               "(the original's 128); 0 = one bucket, so a compiled student stays one graph and "
-                               "the all-reduce follows the whole backward (best on NVLink; on slower links a "
-                               "bucket size lets it overlap the backward)"),
+    "ddp_bucket_cap_mb": (ORIGINAL_DDP_BUCKET_MB,
+                          f"speed: several processes all-reduce gradients in DDP buckets of this many MiB (the "
+                          f"original's {ORIGINAL_DDP_BUCKET_MB}); {ONE_BUCKET} = one bucket, so a compiled student "
+                          "stays one graph and the all-reduce follows the whole backward (best on NVLink; on slower "
+                          "links a bucket size lets it overlap the backward)"),
     "allow_changed_settings": (False, "resume a run folder although settings that define the run (teacher, network, "
                                       "loss, N, seed, lr, EMA rates, batch) differ; the change is recorded in "
                                       "run_config.json"),

@@ -43,7 +43,7 @@ attention, per-parameter optimizer loop); eager = the same numbers computed fast
 (the default on CPU); fast = the fastest configuration measured quality-neutral on a real teacher
 (docs/precision.md): teacher and LPIPS in bf16, the student in float32 (its finite difference
 amplifies bf16 rounding up to 46×), compiled, channels-last, and under several processes one DDP
-bucket (DDP splits a compiled graph at its bucket boundaries: docs/benchmarks.md) (the default on CUDA)."""
+bucket, since DDP cuts a compiled graph at its bucket boundaries (docs/benchmarks.md); the default on CUDA."""
 DEFAULT_SPEED = {"cuda": "fast", "cpu": "eager"}
 
 
