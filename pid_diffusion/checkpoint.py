@@ -16,7 +16,7 @@ import torch
 from . import arch
 from .download import local_file
 from .edm_pickle import EDMPickleError, load_edm_snapshot
-from .files import ZIP_MAGIC, UnreadableFileError, atomic_torch_save, read_torch_file
+from .files import UnreadableFileError, atomic_torch_save, is_torch_archive, read_torch_file
 from .networks import EDMPrecond, network_from_config
 from .run_folder import RUN_CONFIG_FILE, read_run_config
 from .precond import PIDStudent
@@ -131,9 +131,7 @@ def read_teacher_file(path, **network_flags):
         raise TypeError(f"unknown network flag(s) {unknown}; valid: {sorted(arch.NETWORK_FLAG_DEFAULTS)}")
     if not os.path.isfile(path):
         raise TeacherNotFoundError(f"teacher file not found: {path}. {EDM_TEACHER_HELP}")
-    with open(path, "rb") as f:
-        is_torch_archive = f.read(4) == ZIP_MAGIC  # torch.save's format; EDM snapshots are plain pickles
-    if is_torch_archive:
+    if is_torch_archive(path):
         data = _read_model_file(path)
         if isinstance(data, dict) and {"state_dict", "config"} <= set(data):
             config, state_dict = dict(data["config"]), data["state_dict"]

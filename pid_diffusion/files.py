@@ -83,12 +83,17 @@ def atomic_torch_save(obj, path):
         os.fsync(f.fileno())
 
 
+def is_torch_archive(path):
+    """Whether `path` is a zip archive, torch.save's format (EDM's snapshots are plain pickles)."""
+    with open(path, "rb") as f:
+        return f.read(4) == ZIP_MAGIC
+
+
 def _check_archive(path):
     """torch.save's zip archives carry a CRC32 of every record: a flipped bit or a partial copy fails it
     (torch.load itself does not look)."""
-    with open(path, "rb") as f:
-        if f.read(4) != ZIP_MAGIC:
-            return
+    if not is_torch_archive(path):
+        return
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()

@@ -76,7 +76,10 @@ def write_checkpoint(log_dir, step, model_state, ema_states, optimizer_state, tr
 def missing_checkpoint_files(log_dir, step, rates):
     """The files a checkpoint lacks to be complete: the model, the optimizer and every EMA file (the
     trainer state is ours alone: a checkpoint the original wrote has none)."""
-    files = checkpoint_files(log_dir, step, rates)
+    return _missing(checkpoint_files(log_dir, step, rates))
+
+
+def _missing(files):
     return [os.path.basename(p) for key, p in files.items() if key != "state" and not os.path.isfile(p)]
 
 
@@ -91,8 +94,7 @@ def read_checkpoint(model_path, step, rates):
         return read_torch_file(files[key]) if os.path.isfile(files[key]) else None
 
     return dict(model=read_torch_file(model_path), ema={rate: read(f"ema_{rate}") for rate in rates}, opt=read("opt"),
-                state=read("state"), missing=[os.path.basename(p) for key, p in files.items()
-                                              if key != "state" and not os.path.isfile(p)])
+                state=read("state"), missing=_missing(files))
 
 
 def step_from_checkpoint_name(path):
