@@ -108,6 +108,13 @@ def format_flags(flags):
     return " ".join(f"--{name} {value if value != '' else chr(34) * 2}" for name, value in flags.items())
 
 
+def flags_can_describe(flags, state_dict):
+    """Whether the official flags build the network of a raw state dict whose flags infer_flags found:
+    an image size they know, and 3 image channels (the first convolution's input)."""
+    first = state_dict.get(f"enc.{flags['image_size']}x{flags['image_size']}_conv.weight")
+    return flags["image_size"] in MODEL_TYPE_BY_SIZE and (first is None or first.shape[1] == IMG_CHANNELS)
+
+
 _ENC_KEY = re.compile(r"^enc\.(\d+)x\1_(conv|down|block(\d+))\.")
 
 

@@ -15,12 +15,12 @@ import torch
 
 from . import arch
 from .download import local_file
-from .edm_pickle import EDMPickleError, load_edm_snapshot
-from .files import UnreadableFileError, atomic_torch_save, is_torch_archive, read_torch_file
+from .edm_pickle import PICKLE_PROTOCOL_OPCODE, EDMPickleError, load_edm_snapshot
+from .files import UnreadableFileError, atomic_torch_save, is_zip_archive, read_torch_file
 from .networks import EDMPrecond, network_from_config
-from .run_folder import RUN_CONFIG_FILE, read_run_config
+from .run_folder import RUN_CONFIG_FILE, TEACHER_RUN, read_run_config
 from .precond import PIDStudent
-from .schedules import SIGMA_MAX
+from .schedules import SIGMA_MAX, SIGMA_MIN
 from .teachers import BUILTIN_PREFIX, builtin_teacher
 
 EDM_TEACHER_HELP = (
@@ -29,8 +29,6 @@ EDM_TEACHER_HELP = (
     "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl; "
     "put them in model_zoo/ (see model_zoo/README.md)")
 MAX_LISTED = 5
-PID_RUN, TEACHER_RUN = "pid", "edm_teacher"
-"""`run_kind` in run_config.json: a folder of PID students, or of EDM teachers (scripts/train_teacher.py)."""
 
 
 class TeacherLoadError(UnreadableFileError):
@@ -97,8 +95,14 @@ def build_teacher(config, state_dict, source, attention_implementation="sdpa"):
 
     def fitting_flags():
         fitting = arch.infer_flags(network_state_dict(found))
-        return (f"\nflags that fit this file: {arch.format_flags(fitting)}" if fitting
-                else "\nthe file's keys are not those of an EDM SongUNet/DhariwalUNet")
+        if not fitting:
+            return "\nthe file's keys are not those of an EDM SongUNet/DhariwalUNet"
+        if not arch.flags_can_describe(fitting, network_state_dict(found)):
+            return (f"\nits weights are of a {fitting['image_size']}×{fitting['image_size']} network that the official "
+                    "flags cannot describe (they build 3-channel 32×32 DDPM++ and 64×64 ADM networks): use a file that "
+                    f"records its architecture, a {{state_dict, config}} teacher file or a checkpoint with the "
+                    f"{RUN_CONFIG_FILE} of its run folder beside it")
+        return f"\nflags that fit this file: {arch.format_flags(fitting)}"
 
     load_strictly(teacher, found, source,
                   f"the network asked for ({arch.format_flags(arch.flags_from_config(config))})", fitting_flags)
@@ -129,9 +133,12 @@ def read_teacher_file(path, **network_flags):
     unknown = sorted(set(network_flags) - set(arch.NETWORK_FLAG_DEFAULTS))
     if unknown:
         raise TypeError(f"unknown network flag(s) {unknown}; valid: {sorted(arch.NETWORK_FLAG_DEFAULTS)}")
+    if os.path.isdir(path):
+        raise TeacherNotFoundError(f"the teacher {path} is a folder; give the teacher file in it (an EDM .pkl, our "
+                                   ".pt, or an EDM state dict)")
     if not os.path.isfile(path):
         raise TeacherNotFoundError(f"teacher file not found: {path}. {EDM_TEACHER_HELP}")
-    if is_torch_archive(path):
+    if is_zip_archive(path):
         data = _read_model_file(path)
         if isinstance(data, dict) and {"state_dict", "config"} <= set(data):
             config, state_dict = dict(data["config"]), data["state_dict"]
@@ -176,14 +183,15 @@ def save_teacher(teacher, path, config):
     atomic_torch_save({"state_dict": teacher.state_dict(), "config": dict(config)}, path)
 
 
-def student_from_teacher(network_config, teacher_state=None, sigma_max=SIGMA_MAX, attention_implementation="sdpa"):
+def student_from_teacher(network_config, teacher_state=None, sigma_max=SIGMA_MAX, attention_implementation="sdpa",
+                         sigma_min=SIGMA_MIN):
     """The PID student before training: the teacher's network weights (an EDMPrecond state dict) in
     the student parametrisation, as the method prescribes; random weights when there are none (an
     analytic teacher)."""
     net = network_from_config(network_config, attention_implementation)
     if teacher_state is not None:
         net.load_state_dict(network_state_dict(teacher_state), strict=True)
-    return PIDStudent(net, sigma_max=sigma_max)
+    return PIDStudent(net, sigma_max=sigma_max, sigma_min=sigma_min)
 
 
 
@@ -201,28 +209,50 @@ def run_config_beside(path):
     return config
 
 
-def load_student(path, **network_flags):
+def load_student(path, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **network_flags):
     """A PIDStudent (eval mode) from a training checkpoint (`model*.pt`, `ema_*.pt`: bare network
-    state dicts). The architecture and σ_max come from the run folder's run_config.json (flags given
-    are checked against it); for a file without one (e.g. the released pid_cifar.pt) the official
-    network flags describe it."""
+    state dicts). The architecture, σ_min and σ_max come from the run folder's run_config.json (flags
+    given are checked against it; `levels_recorded` is then True); for a file without one (e.g. the
+    released pid_cifar.pt) the official network flags and `sigma_min`/`sigma_max` describe it."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--model_path {path} is a folder; give a checkpoint file in it (model*.pt, ema_*.pt)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"student checkpoint not found: {path}")
+    if not is_zip_archive(path):
+        raise TeacherLoadError(f"{path} is not a student checkpoint (model*.pt / ema_*.pt, a torch file){_teacher_hint(path)}")
     run_config = run_config_beside(path)
-    sigma_max = None
     if run_config is not None:
         if run_config.get("run_kind") == TEACHER_RUN:
             raise TeacherLoadError(f"{path} is a checkpoint of a teacher training, not a PID student: sample it "
                                    "with --training_mode one_shot_pinn_edm_edm_teacher")
-        config, sigma_max = run_config["network_config"], run_config.get("sigma_max")
+        config = run_config["network_config"]
+        sigma_min, sigma_max = run_config.get("sigma_min", SIGMA_MIN), run_config.get("sigma_max", SIGMA_MAX)
         _check_given_flags(path, config, network_flags)
-    else:
-        config = _config_from_flags(network_flags, f"{path} has no {RUN_CONFIG_FILE} beside it")
     state = _read_model_file(path)
-    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+    if isinstance(state, dict) and {"state_dict", "config"} <= set(state):
+        raise TeacherLoadError(f"{path} is a teacher file ({{state_dict, config}}), not a student checkpoint: sample it "
+                               "with --training_mode one_shot_pinn_edm_edm_teacher")
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise TeacherLoadError(f"{path}: not a network state dict (optimizer and trainer-state files are not models)")
+    if run_config is None:
+        config = _config_from_flags(network_flags, f"{path} has no {RUN_CONFIG_FILE} beside it")
     net = network_from_config(config)
-    load_strictly(net, network_state_dict(state), path, "the network described")
-    student = PIDStudent(net) if sigma_max is None else PIDStudent(net, sigma_max=sigma_max)
+    load_strictly(net, network_state_dict(state), path, "the network described",
+                  None if run_config is not None else _copy_run_config_hint)
+    student = PIDStudent(net, sigma_max=sigma_max, sigma_min=sigma_min)
+    student.levels_recorded = run_config is not None
     return student.eval().requires_grad_(False)
+
+
+def _copy_run_config_hint():
+    return (f"\na checkpoint keeps its architecture in the {RUN_CONFIG_FILE} of its run folder: copy that file "
+            "beside it (or sample it where it was trained)")
+
+
+def _teacher_hint(path):
+    """What to do with a file that is no torch archive: an EDM snapshot is a teacher."""
+    with open(path, "rb") as f:
+        pickled = f.read(1) == PICKLE_PROTOCOL_OPCODE
+    return (": it is a pickle, as EDM's teacher snapshots are; sample a teacher with --training_mode "
+            "one_shot_pinn_edm_edm_teacher" if pickled else "")

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import datetime
 import os
+import signal
 import sys
 import traceback
 
@@ -148,6 +149,9 @@ SAMPLE_FLAGS = {
                         "uniformly per sample"),
     "ts": ("", "grid indices for --sampler multistep, e.g. 0,22,39"),
 }
+OVERWRITE_FLAG = {
+    "overwrite": (False, "replace the samples file and grid of the output folder if they exist (refused otherwise)"),
+}
 FID_FLAGS = {
     "fid_dataset": ("cifar10", "reference statistics: cifar10 or imagenet (model_zoo/stats/{cifar10-32x32,"
                                "imagenet-64x64}.npz), or digits (computed from the real digits; --detector digits)"),
@@ -237,18 +241,45 @@ def generation_request(args):
                              None if args.class_label == -1 else args.class_label)
 
 
+class StoppedBySignal(Exception):
+    """SIGTERM or SIGINT outside a training loop (which stops at a step's end instead): the script ends
+    at once, with 128 + the signal as exit code; files are written through temporary names, so none is
+    left half-written."""
+
+    def __init__(self, signal_number):
+        super().__init__(f"stopped by {signal.Signals(signal_number).name}: every file written so far is complete "
+                         "(nothing is left half-written); the same command starts again")
+        self.exit_code = 128 + signal_number
+
+
+def _stop_at_once(signal_number, frame):
+    raise StoppedBySignal(signal_number)
+
+
 def run_script(body, extra_errors=()):
     """Start the process group, run body(dist_info), end the group.
 
     A user error (bad file, bad flag value, full disk, ...) prints one line and exits 1 without a
-    traceback; one of `extra_errors` with an `exit_code` (an orderly stop on SIGTERM) prints its line
-    once and exits with that code. With several processes every failure ends this process at once
-    (os._exit, skipping MPI's finalisation, which would wait for the others): the launcher then stops
-    the rest instead of leaving them blocked in a collective operation."""
+    traceback; an orderly stop (SIGTERM or SIGINT: StoppedBySignal, or one of `extra_errors` with an
+    `exit_code`) prints its line once and exits with that code. With several processes every failure
+    ends this process at once (os._exit, skipping MPI's finalisation, which would wait for the others):
+    the launcher then stops the rest instead of leaving them blocked in a collective operation."""
+    previous = {number: signal.signal(number, _stop_at_once) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _run_body(body, extra_errors)
+    except StoppedBySignal as e:  # while the process group was starting
+        print(str(e), file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _run_body(body, extra_errors):
     info = dist.init()
     try:
         body(info)
-    except (ValueError, OSError, *extra_errors) as e:
+    except (ValueError, OSError, StoppedBySignal, *extra_errors) as e:
         if hasattr(e, "exit_code"):  # an orderly stop (trainer.TrainingInterrupted): its line, its code
             if info.rank == 0:
                 print(str(e), file=sys.stderr, flush=True)

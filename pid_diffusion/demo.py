@@ -45,12 +45,12 @@ class DigitsMetrics:
         self.teacher_row = self._row(f"teacher heun_deter {TEACHER_SAMPLER['steps']} steps", tally,
                                      network_calls(**TEACHER_SAMPLER), rmse_vs_teacher=0.0)
 
-    def _generate(self, denoiser, sampler, steps):
+    def _generate(self, denoiser, sampler, steps, **options):
         """(DetectorTally, float images [N, 1, 8, 8], labels [N]) of one generator."""
         tally = DetectorTally(self.detector, DIGITS_SHAPE)
         images, labels = [], []
         for batch in generate(denoiser, self.num_samples, self.batch_size, self.seed, DIGITS_SHAPE, NUM_CLASSES,
-                              sampler=sampler, steps=steps, clip_denoised=CLIP_DENOISED):
+                              sampler=sampler, steps=steps, clip_denoised=CLIP_DENOISED, **options):
             tally.update(batch.images, batch.labels)
             images.append(batch.images)
             labels.append(batch.labels)
@@ -60,9 +60,9 @@ class DigitsMetrics:
         return dict(generator=name, nfe=nfe, fid=tally.fid(self.reference), class_accuracy=tally.class_accuracy(),
                     rmse_vs_teacher=rmse_vs_teacher)
 
-    def measure(self, name, denoiser, sampler="oneshot", steps=1):
-        """(metrics row, float images [N, 1, 8, 8]) of one generator."""
-        tally, images, _ = self._generate(denoiser, sampler, steps)
+    def measure(self, name, denoiser, sampler="oneshot", steps=1, **options):
+        """(metrics row, float images [N, 1, 8, 8]) of one generator (`options`: more sampler options)."""
+        tally, images, _ = self._generate(denoiser, sampler, steps, **options)
         rmse = float((images - self.teacher_images).square().mean().sqrt())
         return self._row(name, tally, network_calls(sampler, steps), rmse), images
 
@@ -71,8 +71,8 @@ class DigitsMetrics:
                 for spec in FEW_STEP_SAMPLERS]
 
     def student(self, name, student):
-        """The metrics row of a PID student (one step)."""
-        return self.measure(name, student, "oneshot")[0]
+        """The metrics row of a PID student (one step, at the noise levels it was trained at)."""
+        return self.measure(name, student, "oneshot", **student.noise_levels)[0]
 
     def comparison_rows(self, student, per_digit=3):
         """Figure rows: `per_digit` samples of each digit, the teacher's above the student's from the same
@@ -86,8 +86,8 @@ class DigitsMetrics:
         with torch.no_grad():
             teacher_images = sample(self.teacher, noise, class_labels=labels, clip_denoised=CLIP_DENOISED,
                                     **TEACHER_SAMPLER).clamp(-1, 1)
-            student_images = sample(student, noise, "oneshot", class_labels=labels,
-                                    clip_denoised=CLIP_DENOISED).clamp(-1, 1)
+            student_images = sample(student, noise, "oneshot", class_labels=labels, clip_denoised=CLIP_DENOISED,
+                                    **student.noise_levels).clamp(-1, 1)
         rows = []
         for k in range(per_digit):
             row = slice(k * NUM_CLASSES, (k + 1) * NUM_CLASSES)

@@ -15,6 +15,10 @@ import numpy as np
 import torch
 
 
+PICKLE_PROTOCOL_OPCODE = b"\x80"
+"""The first byte of every pickle of protocol 2 or newer (EDM's snapshots are protocol 3 or 4)."""
+
+
 class EDMPickleError(ValueError):
     """The file is not a readable EDM network snapshot."""
 
@@ -98,9 +102,13 @@ def read_snapshot(path):
     'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs')."""
     try:
         with open(path, "rb") as f:
+            if f.read(1) != PICKLE_PROTOCOL_OPCODE:
+                f.seek(0)
+                raise EDMPickleError(f"not an EDM network snapshot: it is no pickle (it starts with {f.read(8)!r})")
+            f.seek(0)
             data = _RestrictedUnpickler(f).load()
-    except EDMPickleError:
-        raise
+    except EDMPickleError as e:
+        raise type(e)(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, RuntimeError, MemoryError) as e:
         raise EDMPickleError(f"{path}: not a readable EDM network snapshot "

@@ -3,6 +3,8 @@ generation to images and feature statistics, and the walk over a folder of check
 values (cli.py turns the flags into them); nothing here reads the command line."""
 
 import csv
+import hashlib
+import math
 import os
 
 import numpy as np
@@ -12,10 +14,10 @@ from PIL import Image
 from . import dist
 from .checkpoint import load_student, load_teacher
 from .fid import DetectorTally
-from .files import atomic_output
+from .files import FileLock, atomic_output
 from .generate import generate, image_grid, to_uint8
 from .run_folder import checkpoint_step, model_file_names
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, check_sampler_options
 
 ONE_SHOT_MODE = "one_shot_pinn_edm_edm_one_shot"
 TEACHER_MODE = "one_shot_pinn_edm_edm_teacher"
@@ -25,8 +27,9 @@ RESULT_FIELDS = ("model_name", "FID", "step")
 """The original's columns first (model_name,FID), then ours."""
 
 
-def load_sampling_model(training_mode, model_path, network_flags, device):
-    """(denoiser, image_shape, label_dim) for a sampling mode: the frozen EDM teacher, or the PID student."""
+def load_sampling_model(training_mode, model_path, network_flags, device, options, given=()):
+    """(denoiser, image_shape, label_dim, options) for a sampling mode: the frozen EDM teacher, or the PID
+    student with the sampling options set to the noise levels it was trained at (see student_options)."""
     if training_mode not in SAMPLING_MODES:
         raise ValueError(f"unknown --training_mode {training_mode!r}; valid: {', '.join(SAMPLING_MODES)}")
     if not model_path:
@@ -37,21 +40,37 @@ def load_sampling_model(training_mode, model_path, network_flags, device):
         shape = (model.img_channels, model.img_resolution, model.img_resolution)
         label_dim = model.label_dim
     else:
-        model = load_student(model_path, **network_flags)
+        model = load_student(model_path, options["sigma_min"], options["sigma_max"], **network_flags)
+        options = student_options(model, options, given, model_path)
         shape = (model.net.img_channels, model.net.img_resolution, model.net.img_resolution)
         label_dim = model.net.label_dim
-    return model.to(device), shape, label_dim
+    return model.to(device), shape, label_dim, options
+
+
+def student_options(student, options, given, source):
+    """The options with the student's own σ_min and σ_max. A student whose run_config.json records them
+    samples at them: a different --sigma_min/--sigma_max given explicitly is refused (its one-step map
+    starts from σ_max·ε and ends at σ_min: other levels give other, untrained images)."""
+    if student.levels_recorded:
+        for name, trained in student.noise_levels.items():
+            if name in given and not math.isclose(options[name], trained, rel_tol=1e-9):
+                raise ValueError(f"{source} was trained with --{name} {trained:g} (its run_config.json); --{name} "
+                                 f"{options[name]:g} was given. A student samples at the levels it was trained at: "
+                                 f"drop --{name} or give {trained:g}")
+    return {**options, **student.noise_levels}
 
 
 def sampler_options(training_mode, sampler, **options):
     """The sampler and its options (steps, sigma_min, sigma_max, s_churn, s_tmin, s_tmax, s_noise, ts,
-    clip_denoised) for a sampling mode; the student always samples in one step."""
+    clip_denoised) for a sampling mode, checked before any work (samplers.check_sampler_options); the
+    student always samples in one step."""
     sampler = "oneshot" if training_mode == ONE_SHOT_MODE else sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown --sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     if training_mode == TEACHER_MODE and sampler == "oneshot":
         raise ValueError("--sampler oneshot evaluates the PID student; use --training_mode "
                          f"{ONE_SHOT_MODE} with a student checkpoint")
+    check_sampler_options(sampler, **{k: v for k, v in options.items() if k != "clip_denoised"})
     return dict(sampler=sampler, **options)
 
 
@@ -114,10 +133,16 @@ def save_grid(images_uint8, path, columns=8):
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
 
 
+def samples_npz_path(folder, count, image_shape, prefix=""):
+    """{folder}/{prefix}samples_{N}x{H}x{W}x{C}.npz, the original's name, for `count` images of shape (C, H, W)."""
+    channels, height, width = image_shape
+    return os.path.join(folder, f"{prefix}samples_{count}x{height}x{width}x{channels}.npz")
+
+
 def save_samples_npz(images_uint8, labels, folder, prefix=""):
     """The original's layout: {prefix}samples_{N}x{H}x{W}x3.npz with arr_0 (uint8 NHWC) and arr_1 (labels)."""
     count, height, width, channels = images_uint8.shape
-    path = os.path.join(folder, f"{prefix}samples_{count}x{height}x{width}x{channels}.npz")
+    path = samples_npz_path(folder, count, (channels, height, width), prefix)
     arrays = [images_uint8.numpy()] + ([labels.numpy()] if labels is not None else [])
     with atomic_output(path) as tmp:
         np.savez(tmp, *arrays)
@@ -139,11 +164,36 @@ def checkpoints_in(folder, names=()):
     return sorted(found, key=lambda item: (item[1], item[0]))
 
 
+QUESTION_FIELDS = ("num_samples", "seed", "sampling", "detector", "detector_sha256", "feed", "reference",
+                   "reference_sha256")
+"""What an FID of the results file measured, recorded beside it: a row answers only the same question."""
+
+
+def sampling_description(options, request):
+    """The sampling part of a question, as one text: the sampler, its options, the label and precision."""
+    items = {**options, "class_label": -1 if request.class_label is None else request.class_label,
+             "use_fp16": request.use_fp16}
+    return ";".join(f"{key}={items[key]}" for key in sorted(items))
+
+
+def samples_tag(request, sampling):
+    """A name part for the files of one set of samples: the seed and a digest of how they were drawn."""
+    return f"seed{request.seed}-{hashlib.sha256(sampling.encode()).hexdigest()[:8]}"
+
+
+def answer(rows, name, question):
+    """The row of `rows` that measured `question` for checkpoint `name`, or None."""
+    for row in rows:
+        if row["model_name"] == name and all(row.get(k) == str(v) for k, v in question.items()):
+            return row
+    return None
+
+
 def read_results(path):
-    """{model_name: row} of a results CSV; a damaged row is reported with its line number."""
+    """The rows of a results CSV (a list of dicts); a damaged row is reported with its line number."""
     if not os.path.isfile(path):
-        return {}
-    rows = {}
+        return []
+    rows = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"model_name", "FID"} <= set(reader.fieldnames):
@@ -159,14 +209,29 @@ def read_results(path):
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path} line {reader.line_num}: damaged row {row} ({e}); delete that line and rerun "
                                  "(its checkpoint is evaluated again)") from None
-            rows[row["model_name"]] = row
+            rows.append(row)
     return rows
+
+
+def record_result(path, row, question, on_wait=None):
+    """Add `row` (the answer to `question`) to the results CSV, one writer at a time: under the file's lock
+    the CSV is read again, an older answer to the same question replaced, and the file rewritten whole.
+    Rows of other questions, and those other walks added meanwhile, are kept. Returns every row."""
+    lock = FileLock(path + ".lock").acquire(wait=True, on_wait=on_wait)
+    try:
+        rows = [r for r in read_results(path) if answer([r], row["model_name"], question) is None]
+        rows.append({**row, **{k: str(v) for k, v in question.items()}})
+        write_results(path, rows)
+        return rows
+    finally:
+        lock.release()
 
 
 def write_results(path, rows):
     """Rewrite the results CSV whole (through a temporary file): a cut-off row cannot exist. The
-    columns are RESULT_FIELDS, then any others the rows carry."""
-    fields = list(RESULT_FIELDS) + sorted({k for row in rows for k in row} - set(RESULT_FIELDS))
+    columns are RESULT_FIELDS, the question's, then any others the rows carry."""
+    known = [*RESULT_FIELDS, *QUESTION_FIELDS]
+    fields = known + sorted({k for row in rows for k in row} - set(known))
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()

@@ -17,6 +17,7 @@ gives conditional accuracy) and "pixels" (raw pixels, for toy data).
 """
 
 import os
+import zipfile
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch
 from . import dist
 from .download import local_file
 from .digits import DigitsDetector, load_classifier, load_digits
-from .files import atomic_output, find_weight_file, weight_search_dirs
+from .files import atomic_output, find_weight_file, is_zip_archive, weight_search_dirs
 from .generate import to_uint8
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -192,11 +193,19 @@ def digits_reference_stats(detector, device="cpu"):
     return stats.mean_cov()
 
 
-def reference_stats(fid_dataset, ref_path, detector, dim, device="cpu"):
-    """The FID reference (μ, Σ): a statistics file, or for --fid_dataset digits computed from the data."""
+def reference_stats(fid_dataset, ref_path, detector, dim=None, device="cpu"):
+    """The FID reference (μ, Σ): a statistics file, or for --fid_dataset digits computed from the data;
+    checked against the detector's feature size `dim` when given."""
     if fid_dataset == DIGITS_DATASET and not ref_path:
         return digits_reference_stats(detector, device)
     return load_reference_stats(reference_stats_path(fid_dataset, ref_path), dim)
+
+
+def reference_name(fid_dataset, ref_path):
+    """What a results file calls the reference: the statistics file, or the data they are computed from."""
+    if fid_dataset == DIGITS_DATASET and not ref_path:
+        return "digits (all 1,797 real digits)"
+    return reference_stats_path(fid_dataset, ref_path)
 
 
 def load_reference_stats(path, dim=None):
@@ -208,15 +217,31 @@ def load_reference_stats(path, dim=None):
         hint = urls.get(os.path.basename(path))
         source = f"download {hint} to {path}" if hint else "compute it with the same detector"
         raise FileNotFoundError(f"FID reference statistics not found: {path}; {source}")
+    if os.path.isdir(path) or not is_zip_archive(path):
+        raise ValueError(f"{path}: not a reference-statistics .npz (a numpy archive with arrays 'mu' and 'sigma')")
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-    except (KeyError, ValueError, OSError) as e:
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a reference-statistics .npz with arrays 'mu' and 'sigma' ({e})") from e
-    if dim is not None and (mu.shape != (dim,) or sigma.shape != (dim, dim)):
-        raise ValueError(f"{path}: statistics of dimension {mu.shape} do not match the detector's {dim} "
-                         "features (were they computed with another detector?)")
+    if dim is not None:
+        check_stats_dimension(mu, sigma, dim, path)
+    check_finite_stats(mu, sigma, path)
     return mu, sigma
+
+
+def check_stats_dimension(mu, sigma, dim, source):
+    """Refuse reference statistics of another feature size than the detector's."""
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise ValueError(f"{source}: statistics of dimension {mu.shape} do not match the detector's {dim} "
+                         "features (were they computed with another detector?)")
+
+
+def check_finite_stats(mu, sigma, source):
+    """Refuse statistics holding NaN or infinite values: every FID against them would be NaN."""
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{source}: the statistics hold NaN or infinite values; recompute them (no FID is computed "
+                         "or recorded against them)")
 
 
 def save_reference_stats(path, mu, sigma):

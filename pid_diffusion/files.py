@@ -1,12 +1,17 @@
 """Where weight files are looked for, how every output file is written (a temporary name in the
 same folder, then a rename: a crash or a full disk never leaves a half-written file under the
-final name, and the temporary file is removed when writing fails), and how torch files are read
-(their checksums verified, nothing but tensors and plain data unpickled)."""
+final name, and the temporary file is removed when writing fails), how torch files are read
+(their checksums verified, nothing but tensors and plain data unpickled), the lock that gives a
+file one writer at a time, and digests that say which weights or statistics a number came from."""
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 import zipfile
 
 import torch
@@ -83,8 +88,8 @@ def atomic_torch_save(obj, path):
         os.fsync(f.fileno())
 
 
-def is_torch_archive(path):
-    """Whether `path` is a zip archive, torch.save's format (EDM's snapshots are plain pickles)."""
+def is_zip_archive(path):
+    """Whether `path` is a zip archive: torch.save's format and numpy's .npz (EDM's snapshots are plain pickles)."""
     with open(path, "rb") as f:
         return f.read(4) == ZIP_MAGIC
 
@@ -92,7 +97,7 @@ def is_torch_archive(path):
 def _check_archive(path):
     """torch.save's zip archives carry a CRC32 of every record: a flipped bit or a partial copy fails it
     (torch.load itself does not look)."""
-    if not is_torch_archive(path):
+    if not is_zip_archive(path):
         return
     try:
         with zipfile.ZipFile(path) as archive:
@@ -120,3 +125,66 @@ def write_json_atomic(path, data):
     with atomic_output(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
+
+
+class LockHeld(RuntimeError):
+    """FileLock.acquire(wait=False) found the lock taken; `holder` is what its file says of the holder."""
+
+    def __init__(self, holder):
+        super().__init__(holder)
+        self.holder = holder
+
+
+class FileLock:
+    """An exclusive flock on `path`, held until release() or until the process ends (the kernel releases
+    it however the process ends, so a lock file nobody holds is stale: it is taken over). The file names
+    its holder (process, host, start time) for the message of whoever waits."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.handle = None
+        self.previous_holder = None
+
+    def acquire(self, wait=False, on_wait=None):
+        """Take the lock; when held by another: wait (calling on_wait(holder) once) or raise LockHeld."""
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            if not wait:
+                handle.close()
+                raise LockHeld(holder) from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        self.previous_holder = handle.read().strip() or None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self):
+        """Give the lock back (the file is emptied: an empty lock file names no crashed holder)."""
+        if self.handle is not None:
+            self.handle.truncate(0)
+            self.handle.close()  # closing the file releases the flock
+            self.handle = None
+
+
+DIGEST_LENGTH = 16
+"""Hexadecimal digits kept of a SHA-256 digest that identifies weights or statistics in a results file."""
+
+
+def digest_of_arrays(arrays):
+    """A short SHA-256 of numeric arrays (numpy or torch, in order; dtype and shape included)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = array.detach().cpu().contiguous().numpy() if hasattr(array, "detach") else array
+        digest.update(f"{array.dtype}{tuple(array.shape)}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:DIGEST_LENGTH]

@@ -1,8 +1,10 @@
 """Image generation as an iterable over batches, sharded over processes.
 
-Sample i's noise (and class label) come from a generator seeded by (seed, i) alone, on the CPU, so
-the same seed gives the same images whatever the batch size, the number of processes or the device
-(up to the network's floating-point arithmetic). The original promised this and did not deliver
+Sample i has a generator of its own, seeded by (seed, i) alone (pid_diffusion/seeding.py), on the
+CPU: its noise, its class label and every noise a stochastic sampler adds on the way (churn,
+ancestral steps, multistep re-noising) come from it. So the same seed gives the same images whatever
+the batch size, the number of processes or the device (up to the network's floating-point
+arithmetic), and another seed other images. The original promised this and did not deliver
 (docs/differences.md).
 """
 
@@ -14,10 +16,23 @@ import torch
 import torch.nn.functional as F
 
 from .samplers import sample
+from .seeding import SAMPLE, seeded_generator
 
 
-def sample_generator(seed, index):
-    return torch.Generator().manual_seed((int(seed) * 2 ** 32 + int(index)) % 2 ** 63)
+def sample_generators(seed, indices):
+    """One CPU generator per sample index, seeded by (seed, index)."""
+    return [seeded_generator(SAMPLE, seed, index) for index in indices]
+
+
+def per_sample_randn_like(generators):
+    """A `randn_like` for the samplers whose row k is drawn from generators[k]: a sample's sampler noise
+    depends on that sample alone, not on the batch it shares."""
+    def randn_like(x):
+        if len(generators) != x.shape[0]:
+            raise ValueError(f"{len(generators)} sample generators for a batch of {x.shape[0]}")
+        rows = [torch.randn(x.shape[1:], generator=generator) for generator in generators]
+        return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+    return randn_like
 
 
 def check_class_label(class_label, label_dim):
@@ -34,10 +49,15 @@ def check_class_label(class_label, label_dim):
 def seeded_inputs(seed, indices, image_shape, label_dim=0, class_label=None):
     """Unit-normal noise [len(indices), C, H, W] and integer labels (or None) for sample indices;
     `class_label` fixes every label instead of drawing it (the noise stays the same)."""
+    return draw_inputs(sample_generators(seed, indices), image_shape, label_dim, class_label)
+
+
+def draw_inputs(generators, image_shape, label_dim=0, class_label=None):
+    """Noise and labels (see seeded_inputs) drawn from one generator per sample, which then goes on to
+    the sampler's noise."""
     check_class_label(class_label, label_dim)
     noise, labels = [], []
-    for index in indices:
-        generator = sample_generator(seed, index)
+    for generator in generators:
         noise.append(torch.randn(image_shape, generator=generator))
         if label_dim:
             drawn = int(torch.randint(0, label_dim, (), generator=generator))
@@ -70,6 +90,11 @@ class GenerationRequest:
     use_fp16: bool = False
     class_label: int = None
 
+    def __post_init__(self):
+        for name in ("num_samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
 
 @dataclasses.dataclass
 class GeneratedBatch:
@@ -82,13 +107,15 @@ def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, 
              device="cpu", sampler="oneshot", autocast_dtype=None, class_label=None, **sampler_options):
     """Yield this process's GeneratedBatch objects in order (labels drawn, or all `class_label`)."""
     for indices in shard_batches(num_samples, batch_size, rank, world_size):
-        noise, labels = seeded_inputs(seed, indices, image_shape, label_dim, class_label)
+        generators = sample_generators(seed, indices)
+        noise, labels = draw_inputs(generators, image_shape, label_dim, class_label)
         noise = noise.to(device)
         one_hot = None if labels is None else F.one_hot(labels, label_dim).to(device=device, dtype=torch.float32)
         context = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype
                    else torch.autocast(torch.device(device).type, enabled=False))
         with torch.no_grad(), context:
-            images = sample(denoiser, noise, sampler, class_labels=one_hot, **sampler_options)
+            images = sample(denoiser, noise, sampler, class_labels=one_hot, randn_like=per_sample_randn_like(generators),
+                            **sampler_options)
         yield GeneratedBatch(indices, images.clamp(-1, 1), labels)
 
 

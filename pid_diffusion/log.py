@@ -7,6 +7,7 @@ import csv
 import os
 
 from . import dist
+from .files import atomic_output
 
 
 def prepare_log_dir(path):
@@ -51,3 +52,29 @@ class RunLogger:
                     csv.writer(f).writerow(self._csv_keys)
         with open(path, "a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self._csv_keys])
+
+    def truncate_metrics(self, step):
+        """Cut progress.csv back to the rows of steps ≤ `step` (a resumed run trains the later ones again);
+        returns how many rows were removed. Rank 0 only."""
+        path = os.path.join(self.log_dir, "progress.csv")
+        if not os.path.isfile(path):
+            return 0
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "step" not in rows[0]:
+            return 0
+        column = rows[0].index("step")
+        kept = [row for row in rows[1:] if _logged_step(row, column) <= step]
+        if len(kept) == len(rows) - 1:
+            return 0
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([rows[0], *kept])
+        return len(rows) - 1 - len(kept)
+
+
+def _logged_step(row, column):
+    """The step of a progress.csv row (a row cut off by a crash counts as after every step)."""
+    try:
+        return int(float(row[column]))
+    except (IndexError, ValueError):
+        return float("inf")

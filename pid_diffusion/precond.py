@@ -13,20 +13,27 @@ follow `sigma_max`, which equals 80 by default, so the numbers are the official 
 
 import torch
 
-from .schedules import SIGMA_DATA, SIGMA_MAX
+from .schedules import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 
 
 class PIDStudent(torch.nn.Module):
     """Wraps a raw EDM network (SongUNet / DhariwalUNet, called as `net(x, noise_labels,
     class_labels)`) into x_θ(z, t). `student(z, t, class_labels=None)` with z = σ_max·ε, t a
-    number or a tensor of per-sample noise levels, class labels one-hot [N, label_dim]."""
+    number or a tensor of per-sample noise levels, class labels one-hot [N, label_dim].
+    `sigma_min` is the level of its one-step sample x_θ(z, σ_min) (the grid's end in training)."""
 
-    def __init__(self, net, sigma_max=SIGMA_MAX, sigma_data=SIGMA_DATA):
+    def __init__(self, net, sigma_max=SIGMA_MAX, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN):
         super().__init__()
         self.net = net
         self.sigma_max = float(sigma_max)
+        self.sigma_min = float(sigma_min)
         self.sigma_data = float(sigma_data)
         self.input_scale = 1 / (self.sigma_data ** 2 + self.sigma_max ** 2) ** 0.5
+
+    @property
+    def noise_levels(self):
+        """The sampling options of its one-step sample: dict(sigma_min, sigma_max)."""
+        return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
 
     def forward(self, z, t, class_labels=None):
         t = torch.as_tensor(t, dtype=torch.float32, device=z.device).reshape(-1).expand(z.shape[0])

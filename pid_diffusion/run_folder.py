@@ -13,18 +13,17 @@ Files (rank 0 writes, each through a temporary name and a rename):
   .lock                   held (flock) while a run uses the folder; names the process
 """
 
-import fcntl
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 
-from .files import atomic_torch_save, read_torch_file, write_json_atomic
+from .files import FileLock, LockHeld, atomic_torch_save, read_torch_file, write_json_atomic
 
 MODEL_FILE = re.compile(r"^model(\d{6})\.pt$")
+STEP_FILE = re.compile(r"^(?:model|opt|trainer_state|ema_[0-9.]+_)(\d{6})\.pt$")
+"""Every file of a checkpoint: the network files, the optimizer and the trainer state."""
 CHECKPOINT_NAME = re.compile(r"^(model|ema_[0-9.]+_)(\d{6})\.pt$")
 """The network files of a checkpoint: model{step}.pt and ema_{rate}_{step}.pt."""
 NOT_A_MODEL = re.compile(r"^(opt|trainer_state)\d*\.pt$")
@@ -35,6 +34,9 @@ LOCK_FILE = ".lock"
 RUN_CONFIG_FILE = "run_config.json"
 RUN_CONFIG_VERSION = 1
 """run_config.json's format_version (a file without one is of version 1, the first format)."""
+PID_RUN, TEACHER_RUN = "pid", "edm_teacher"
+RUN_KINDS = {PID_RUN: "PID distillation (scripts/cm_train.py)", TEACHER_RUN: "teacher training (scripts/train_teacher.py)"}
+"""`run_kind` in run_config.json: a folder of PID students, or of EDM teachers."""
 RUN_DEFINING_SETTINGS = ("teacher_model_path", "network_config", "loss_norm", "weight_schedule", "start_scales",
                          "end_scales", "scale_mode", "sigma_min", "sigma_max", "rho", "seed", "lr", "optimizer",
                          "ema_rate", "global_batch_size", "dataset", "p_mean", "p_std", "sigma_data")
@@ -43,6 +45,10 @@ RUN_DEFINING_SETTINGS = ("teacher_model_path", "network_config", "loss_norm", "w
 
 class RunFolderInUse(RuntimeError):
     pass
+
+
+class OtherRunKindError(RuntimeError):
+    """The run folder holds a run of another kind (teacher training vs PID distillation)."""
 
 
 class ChangedSettingsError(ValueError):
@@ -112,9 +118,10 @@ def checkpoint_step(file_name):
 
 def model_file_names(folder):
     """The folder's files that may hold a network, as the original selects them: every *.pt but
-    optimizer and trainer-state files (and temporary files of interrupted saves)."""
+    optimizer and trainer-state files (and temporary files and incomplete checkpoints of interrupted saves)."""
+    incomplete = set(incomplete_step_files(folder))
     return [n for n in os.listdir(folder) if n.endswith(".pt") and not NOT_A_MODEL.match(n)
-            and not TEMPORARY_FILE.match(n)]
+            and not TEMPORARY_FILE.match(n) and n not in incomplete]
 
 
 def remove_temporary_files(log_dir):
@@ -125,40 +132,35 @@ def remove_temporary_files(log_dir):
     return removed
 
 
-class RunFolderLock:
-    """An exclusive flock on <folder>/.lock for as long as the run lives. The kernel releases it when
-    the process ends, however it ends, so a lock file that nobody holds is stale and is taken over."""
+def incomplete_step_files(log_dir):
+    """The files of checkpoints whose save was interrupted before its model file (written last) came:
+    EMA, optimizer and trainer-state files of a step that has no model{step}.pt."""
+    names = os.listdir(log_dir)
+    complete = {m.group(1) for m in map(MODEL_FILE.match, names) if m}
+    return sorted(n for n in names if (m := STEP_FILE.match(n)) and m.group(1) not in complete)
+
+
+def remove_incomplete_steps(log_dir):
+    """Delete the files of interrupted saves (incomplete_step_files); returns their names."""
+    removed = incomplete_step_files(log_dir)
+    for name in removed:
+        os.remove(os.path.join(log_dir, name))
+    return removed
+
+
+class RunFolderLock(FileLock):
+    """The lock of a run folder (<folder>/.lock), taken without waiting: a second run on the folder stops
+    with the holder's name."""
 
     def __init__(self, log_dir):
-        self.path = os.path.join(log_dir, LOCK_FILE)
-        self.handle = None
-        self.previous_holder = None
+        super().__init__(os.path.join(log_dir, LOCK_FILE))
 
     def acquire(self):
-        handle = open(self.path, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunFolderInUse(f"the run folder {os.path.dirname(self.path)} is in use by {holder}; wait for that "
+            return super().acquire(wait=False)
+        except LockHeld as held:
+            raise RunFolderInUse(f"the run folder {os.path.dirname(self.path)} is in use by {held.holder}; wait for that "
                                  "run to end, or give this one another folder (OPENAI_LOGDIR)") from None
-        handle.seek(0)
-        self.previous_holder = handle.read().strip() or None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        self.handle = handle
-        return self
-
-    def release(self):
-        """Give the folder back (the lock file is emptied: an empty lock file names no crashed run)."""
-        if self.handle is not None:
-            self.handle.truncate(0)
-            self.handle.close()  # closing the file releases the flock
-            self.handle = None
 
 
 def git_revision():
@@ -199,13 +201,26 @@ def read_run_config(log_dir):
     return config
 
 
+def check_run_kind(log_dir, recorded, kind):
+    """Refuse a folder whose run_config.json records a run of another kind, whatever
+    --allow_changed_settings says: a teacher's weights and optimizer are no start for a PID student."""
+    found = recorded.get("run_kind", PID_RUN) if recorded else kind
+    if found != kind:
+        described = RUN_KINDS.get(found, f"{found!r}")
+        raise OtherRunKindError(f"{log_dir} holds a {described} run (run_kind {found!r} in {RUN_CONFIG_FILE}), not a "
+                                f"{RUN_KINDS[kind]} run: a run folder holds one kind of run, whatever "
+                                "--allow_changed_settings says. Give this run another folder (OPENAI_LOGDIR)")
+
+
 def changed_settings(recorded, current):
     """[(name, recorded value, new value)] of the run-defining settings that differ."""
     return [(name, recorded[name], current[name]) for name in RUN_DEFINING_SETTINGS
-            if name in recorded and name in current and _comparable(recorded[name]) != _comparable(current[name])]
+            if name in recorded and name in current and _comparable(recorded[name], name) != _comparable(current[name], name)]
 
 
-def _comparable(value):
+def _comparable(value, name=None):
+    if name == "ema_rate":  # "0.990,0.999" and "0.99,0.999" are the same rates
+        return [float(v) for v in str(value).split(",") if v.strip()]
     return json.loads(json.dumps(value, default=str))  # what run_config.json holds
 
 

@@ -29,7 +29,8 @@ import math
 
 import torch
 
-from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, append_zero, index_to_sigma, karras_sigmas, to_d
+from .schedules import (RHO, SIGMA_MAX, SIGMA_MIN, append_zero, check_noise_levels, index_to_sigma, karras_sigmas,
+                        to_d)
 
 
 def _churn_gamma(sigma, num_steps, s_churn, s_tmin, s_tmax):
@@ -140,6 +141,33 @@ def parse_ts(ts):
     return [int(v) for v in ts]
 
 
+def check_sampler_options(sampler, steps=18, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, s_churn=0.0,
+                          s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, ts=()):
+    """Refuse options that no sampler can use (ValueError naming the flag, its value and the valid range),
+    before any work: a sampler given them would write noise, black or grey images without a word."""
+    _check_sampler(sampler)
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {steps}")
+    check_noise_levels(sigma_min, sigma_max, rho)
+    for name, value in (("s_churn", s_churn), ("s_noise", s_noise)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name} must be a finite number ≥ 0, got {value}")
+    if not (s_tmin >= 0 and s_tmax >= s_tmin):  # NaN fails both
+        raise ValueError(f"--s_tmin and --s_tmax must satisfy 0 ≤ s_tmin ≤ s_tmax (the σ window of churn), got "
+                         f"{s_tmin} and {s_tmax}")
+    indices = parse_ts(ts)
+    if sampler != "multistep":
+        if indices:
+            raise ValueError(f"--ts is read by --sampler multistep only; --sampler {sampler} would ignore it")
+        return
+    if len(indices) < 2:
+        raise ValueError(f"--sampler multistep needs --ts with at least 2 grid indices (e.g. 0,22,{steps - 1} for "
+                         f"--steps {steps}), got {ts!r}")
+    if any(not 0 <= index < steps for index in indices) or any(b <= a for a, b in zip(indices, indices[1:])):
+        raise ValueError(f"--ts {ts!r}: the grid indices must increase strictly (from σ_max at 0 towards σ_min) and lie "
+                         f"in 0 … {steps - 1}, the indices of the --steps {steps} grid")
+
+
 def network_calls(sampler, steps, ts=()):
     """Network evaluations per sample (NFE) of `sampler` with `steps` steps."""
     _check_sampler(sampler)
@@ -156,9 +184,7 @@ def sample(denoiser, noise, sampler="heun_deter", steps=18, class_labels=None, s
     `clip_denoised=True` clamps every denoiser output and the result to [−1, 1], as the original
     scripts do (EDM does not). Returns float32 images.
     """
-    _check_sampler(sampler)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    check_sampler_options(sampler, steps, sigma_min, sigma_max, rho, s_churn, s_tmin, s_tmax, s_noise, ts)
     grid_points = steps + 1 if sampler == "progdist" else steps
     sigmas = append_zero(karras_sigmas(grid_points, sigma_min, sigma_max, rho, device=noise.device))
     if clip_denoised:

@@ -4,12 +4,26 @@ The ρ-grid has `num_scales` points from σ_max (index 0) down to σ_min (index 
     σ(i) = (σ_max^(1/ρ) + i/(N−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ.
 """
 
+import math
+
 import torch
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 RHO = 7.0
 SIGMA_DATA = 0.5
+
+
+def check_noise_levels(sigma_min, sigma_max, rho=None):
+    """The noise-level flags a ρ-grid needs: 0 < σ_min < σ_max < ∞ and ρ > 0 (ValueError naming the flag)."""
+    if not (math.isfinite(sigma_min) and sigma_min > 0):
+        raise ValueError(f"--sigma_min must be a positive number (the smallest noise level; PID and EDM use 0.002), "
+                         f"got {sigma_min}")
+    if not (math.isfinite(sigma_max) and sigma_max > sigma_min):
+        raise ValueError(f"--sigma_max must be a finite number above --sigma_min {sigma_min} (the largest noise "
+                         f"level; PID and EDM use 80), got {sigma_max}")
+    if rho is not None and not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"--rho must be a positive number (the grid's curvature; PID and EDM use 7), got {rho}")
 
 
 def _check_num_scales(num_scales):

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .checkpoint import TEACHER_RUN, save_teacher
+from .checkpoint import save_teacher
 from .digits import DIGITS_NETWORK_CONFIG, load_digits
 from .losses import EDM_P_MEAN, EDM_P_STD, edm_denoising_loss, edm_training_sigmas
 from .networks import EDMPrecond
+from .run_folder import TEACHER_RUN
 from .schedules import SIGMA_DATA
 from .trainer import LoopConfig, TrainingLoop
 

@@ -24,17 +24,20 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import dist
-from .checkpoint import (PID_RUN, build_teacher, load_strictly, network_state_dict, read_teacher_file,
+from .checkpoint import (build_teacher, load_strictly, network_state_dict, read_teacher_file,
                          student_from_teacher)
+from .download import is_url
 from .ema import EMA
 from .files import UnreadableFileError
 from .log import RunLogger, prepare_log_dir
 from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
 from .lpips import LPIPS
-from .run_folder import (RunFolderLock, check_resumed_settings, checkpoint_files, checkpoint_steps,
-                         missing_checkpoint_files, read_checkpoint, read_run_config, remove_temporary_files,
-                         step_from_checkpoint_name, write_checkpoint, write_run_config)
-from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, index_to_sigma, pid_partner_index
+from .run_folder import (CHECKPOINT_NAME, MODEL_FILE, NOT_A_MODEL, PID_RUN, RunFolderLock,
+                         check_resumed_settings, check_run_kind, checkpoint_files, checkpoint_steps,
+                         missing_checkpoint_files, read_checkpoint, read_run_config, remove_incomplete_steps,
+                         remove_temporary_files, step_from_checkpoint_name, write_checkpoint, write_run_config)
+from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, check_noise_levels, index_to_sigma, pid_partner_index
+from .seeding import PROCESS, STEP, derived_seed, seeded_generator
 from .speed import ONE_BUCKET, SpeedSettings
 from .teachers import BUILTIN_PREFIX, builtin_teacher
 
@@ -106,6 +109,12 @@ class LoopConfig(SpeedSettings):
                              f"optimizer's first step overflows float32), got {self.lr}")
         if self.save_interval == 0 or self.save_interval < -1:
             raise ValueError("--save_interval must be positive, or -1 to save only at the end")
+        if not (math.isfinite(self.opt_eps) and self.opt_eps > 0):
+            raise ValueError(f"--opt_eps must be a positive number (the optimizer divides by it), got {self.opt_eps}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight_decay must be a finite non-negative number, got {self.weight_decay}")
+        if self.lr_anneal_steps < 0:
+            raise ValueError(f"--lr_anneal_steps must be 0 (constant) or positive, got {self.lr_anneal_steps}")
         ema_rates(self.ema_rate)
 
     @property
@@ -114,10 +123,18 @@ class LoopConfig(SpeedSettings):
 
 
 def ema_rates(text):
+    """The rates of an --ema_rate value, each in [0, 1) and listed once ("0.990" and "0.99" are one rate)."""
     try:
-        return tuple(float(v) for v in str(text).split(",") if v.strip())
+        rates = tuple(float(v) for v in str(text).split(",") if v.strip())
     except ValueError:
         raise ValueError(f"--ema_rate must be comma-separated numbers, got {text!r}") from None
+    outside = [rate for rate in rates if not 0.0 <= rate < 1.0]
+    if outside:
+        raise ValueError(f"--ema_rate {text!r}: every rate must lie in [0, 1), got {outside[0]}")
+    if len(set(rates)) != len(rates):
+        twice = next(rate for rate in rates if rates.count(rate) > 1)
+        raise ValueError(f"--ema_rate {text!r} lists the rate {twice} twice; give each rate once")
+    return rates
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -146,6 +163,14 @@ class TrainConfig(LoopConfig):
             raise ValueError("--teacher_model_path is required: the teacher is what PID distils")
         if self.start_scales < 2 or self.end_scales < 2:
             raise ValueError("--start_scales/--end_scales: the ρ-grid needs at least 2 noise levels")
+        check_noise_levels(self.sigma_min, self.sigma_max, self.rho)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        for flag in ("lpips_vgg_weights", "lpips_lin_weights"):
+            path = getattr(self, flag)
+            if self.loss_norm == "lpips" and path and not is_url(path) and not os.path.isfile(path):
+                problem = "is a folder" if os.path.isdir(path) else "does not exist"
+                raise FileNotFoundError(f"--{flag} {path} {problem}; give the weight file (see model_zoo/README.md)")
 
 
 def num_scales_at(config, step):
@@ -198,10 +223,22 @@ class TrainingLoop:
         self.device = self.info.device
         self.batch, self.global_batch = per_process_batch(config, self.info.world_size)
         self.microbatch = config.microbatch if config.microbatch > 0 else self.batch
+        if self.batch % self.microbatch:
+            divisors = [d for d in range(1, self.batch + 1) if self.batch % d == 0]
+            raise ValueError(f"--microbatch {self.microbatch} does not divide the {self.batch} images per process "
+                             f"(uneven chunks would weight samples unequally); choose one of {divisors[:12]}")
         self.logger = RunLogger(config.log_dir)
+        self.saving = False  # a checkpoint is being written: stop signals wait for it
+        self.notes = []  # what the run folder's log should say once the folder is taken
+        if config.global_batch_size != self.global_batch:  # --batch_size per process decides; record what runs
+            self.notes.append(f"--batch_size {config.batch_size} per process on {self.info.world_size} process(es) makes "
+                              f"the global batch {self.global_batch} (not --global_batch_size {config.global_batch_size})")
+            config.global_batch_size = self.global_batch
+        if not config.ema_rates:
+            self.notes.append("no EMA: --ema_rate is empty, so only the raw weights (model*.pt) are saved")
         self.lock = RunFolderLock(config.log_dir)
         # every random draw outside the step generator (initial weights, dropout) follows --seed and the rank
-        torch.manual_seed((config.seed * 1_000_003 + self.info.rank) % 2 ** 63)
+        torch.manual_seed(derived_seed(PROCESS, config.seed, self.info.rank))
         self.memory_format = config.memory_format(self.device.type)
 
     def start(self, module, network, network_config):
@@ -216,12 +253,14 @@ class TrainingLoop:
     def _take_run_folder(self):
         """Lock the run folder (rank 0; every process stops with its reason if that fails) and remove
         the debris of saves a crash interrupted."""
-        problem, removed = None, []
+        problem, removed, incomplete = None, [], []
         if dist.is_main():
             try:
                 prepare_log_dir(self.config.log_dir)
                 self.lock.acquire()
+                check_run_kind(self.config.log_dir, read_run_config(self.config.log_dir), self.run_kind)
                 removed = remove_temporary_files(self.config.log_dir)
+                incomplete = remove_incomplete_steps(self.config.log_dir)
             except (OSError, RuntimeError) as e:
                 problem = str(e)
         problem = dist.broadcast_object(problem)
@@ -231,6 +270,11 @@ class TrainingLoop:
             self.logger.log(f"took over the lock of a run that ended without releasing it ({self.lock.previous_holder})")
         if removed:
             self.logger.log(f"removed {len(removed)} temporary file(s) of an interrupted save: {', '.join(removed)}")
+        if incomplete:
+            self.logger.log(f"removed {len(incomplete)} file(s) of checkpoints whose save was interrupted before their "
+                            f"model file was written (not resumable, not evaluable): {', '.join(incomplete)}")
+        for note in self.notes:
+            self.logger.log(note)
 
     def _start(self, module, network, network_config):
         config = self.config
@@ -248,6 +292,12 @@ class TrainingLoop:
                                                    config.allow_changed_settings, steps[0])
         self.ema = EMA(network, config.ema_rates)
         self._resume(steps)
+        self._note_process_count()
+        if dist.is_main():
+            cut = self.logger.truncate_metrics(self.step)
+            if cut:
+                self.logger.log(f"progress.csv: removed {cut} row(s) after step {self.step}, logged by a run that ended "
+                                "before its next checkpoint (those steps are trained again)")
         dist.broadcast_tensors(list(network.state_dict().values()))
         self.config.set_global_switches(self.device.type)
         self.model = module
@@ -260,6 +310,16 @@ class TrainingLoop:
                                                  gradient_as_bucket_view=True,
                                                  bucket_cap_mb=self.config.ddp_bucket_mib(module))
         self.model = self.config.compiled(self.model)
+
+    def _note_process_count(self):
+        """A run resumed on another number of processes continues the same steps (the global batch and each
+        step's noise depend on (seed, step) alone); it is said in the log and recorded among the changes."""
+        before = self.recorded.get("world_size")
+        if self.step and before is not None and before != self.info.world_size:
+            self.changes.append({"step": self.step, "setting": "world_size", "from": before, "to": self.info.world_size})
+            self.logger.log(f"resumed on {self.info.world_size} process(es), the checkpoint was written by {before}: the "
+                            f"global batch ({self.global_batch}) and each step's noise are the same, so the run goes on "
+                            "as it would have (recorded in run_config.json)")
 
     def _buckets(self):
         if self.info.world_size == 1:
@@ -288,7 +348,7 @@ class TrainingLoop:
 
     def step_generator(self, step):
         """The generator of a step's global batch: seeded by (seed, step) alone."""
-        return torch.Generator(device=self.device).manual_seed((self.config.seed * 2 ** 32 + step) % 2 ** 63)
+        return seeded_generator(STEP, self.config.seed, step, self.device)
 
     def share(self, global_tensor):
         """This process's slice of a global-batch tensor."""
@@ -364,8 +424,11 @@ class TrainingLoop:
             return
 
         def note(signal_number, frame):
-            self.stop_signal = signal_number
-            signal.signal(signal_number, previous[signal_number])  # a second signal acts at once
+            if self.stop_signal is None or self.saving:  # the first signal, and any during a save, wait
+                self.stop_signal = self.stop_signal or signal_number
+                return
+            signal.signal(signal_number, previous[signal_number])  # a second signal outside a save acts at once
+            signal.raise_signal(signal_number)
 
         previous = {number: signal.signal(number, note) for number in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -397,6 +460,7 @@ class TrainingLoop:
         steps_in_interval, started = 0, time.time()
         last_saved = self.step
         while self.step < cfg.total_training_steps:
+            saved_now = False
             target_step = self.step + 1
             loss, applied = self.train_step()
             bad = ~torch.isfinite(loss) & (first_bad_step < 0)
@@ -406,7 +470,7 @@ class TrainingLoop:
             loss_total += loss.nan_to_num(0.0, 0.0, 0.0)
             largest_loss = torch.maximum(largest_loss, loss.detach().nan_to_num(0.0, 0.0, 0.0))
             steps_in_interval += 1
-            due_log = self.step % cfg.log_interval == 0
+            due_log = self.step % cfg.log_interval == 0 or self.step == cfg.total_training_steps
             due_save = cfg.save_interval > 0 and self.step % cfg.save_interval == 0
             if due_log:
                 self._check_finite(first_bad_step, last_saved)
@@ -417,9 +481,9 @@ class TrainingLoop:
                 steps_in_interval, started = 0, time.time()
             if due_save or self.step == cfg.total_training_steps:
                 self._save_checked(first_bad_step, last_saved, largest_loss)
-                last_saved = self.step
-            # one process alone checks every step (a flag on the host); several agree at each log step
-            if (self.info.world_size == 1 or due_log) and self.step < cfg.total_training_steps:
+                last_saved, saved_now = self.step, True
+            # one process alone checks every step (a flag on the host); several agree at each log step and save
+            if (self.info.world_size == 1 or due_log or saved_now) and self.step < cfg.total_training_steps:
                 stop = self._stop_requested()
                 if stop:
                     if last_saved != self.step:
@@ -480,22 +544,31 @@ class TrainingLoop:
 
     # ----------------------------------------------------------------------------- checkpoints
     def save(self):
-        rng_by_rank = dist.all_gather_objects((torch.get_rng_state(), torch.cuda.get_rng_state_all()
-                                               if torch.cuda.is_available() else []))
-        if dist.is_main():
-            state = dict(step=self.step, log2_loss_scale=self.log2_loss_scale, cpu_rng=rng_by_rank[0][0],
-                         cuda_rng=rng_by_rank[0][1], rng_by_rank=rng_by_rank)
-            write_checkpoint(self.config.log_dir, self.step, self.network.state_dict(),
-                             {rate: self.ema.state_dict(rate) for rate in self.ema.rates}, self.optimizer.state_dict(),
-                             state)
-            self.logger.log(f"saved checkpoint {self.step:06d}")
-        dist.barrier()
+        """Write the checkpoint of this step; SIGINT/SIGTERM arriving meanwhile wait until it is complete."""
+        self.saving = True
+        try:
+            rng_by_rank = dist.all_gather_objects((torch.get_rng_state(), torch.cuda.get_rng_state_all()
+                                                   if torch.cuda.is_available() else []))
+            if dist.is_main():
+                state = dict(step=self.step, log2_loss_scale=self.log2_loss_scale, cpu_rng=rng_by_rank[0][0],
+                             cuda_rng=rng_by_rank[0][1], rng_by_rank=rng_by_rank)
+                write_checkpoint(self.config.log_dir, self.step, self.network.state_dict(),
+                                 {rate: self.ema.state_dict(rate) for rate in self.ema.rates},
+                                 self.optimizer.state_dict(), state)
+                self.logger.log(f"saved checkpoint {self.step:06d}")
+            dist.barrier()
+        finally:
+            self.saving = False
 
     def _resume(self, steps):
         """Load --resume_checkpoint, or the newest complete checkpoint of the folder; a damaged one is
         reported and the one before it used."""
         cfg = self.config
         if cfg.resume_checkpoint:
+            name = os.path.basename(cfg.resume_checkpoint)
+            if (CHECKPOINT_NAME.match(name) and not MODEL_FILE.match(name)) or NOT_A_MODEL.match(name):
+                raise ValueError(f"--resume_checkpoint {cfg.resume_checkpoint}: give the model file of a checkpoint, "
+                                 "model%06d.pt (its EMA, optimizer and trainer-state files are found beside it)")
             self._load(cfg.resume_checkpoint, step_from_checkpoint_name(cfg.resume_checkpoint))
             return
         saved_rates = ema_rates(self.recorded.get("ema_rate", cfg.ema_rate))  # the rates the files were saved with
@@ -532,7 +605,8 @@ class TrainingLoop:
             if cuda_rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(cuda_rng)
         self.step = step
-        note = f" (not found, started fresh: {', '.join(saved['missing'])})" if saved["missing"] else ""
+        note = (f" ({', '.join(saved['missing'])} not found: an EMA without its file starts from the loaded weights, "
+                "the optimizer state afresh)" if saved["missing"] else "")
         if state is None:
             note += " (no trainer state, as in a folder the original wrote: the fp16 loss scale starts afresh)"
         self.logger.log(f"resumed from {model_path} at step {step}{note}")
@@ -561,7 +635,8 @@ class PIDTrainer(TrainingLoop):
         # (EDM's ImageNet-64 .pkl says True), as the original follows its flag
         self.teacher.use_fp16 = False
         network_config = student_network_config(teacher_config, config.dropout)
-        self.student = student_from_teacher(network_config, teacher_state, config.sigma_max, config.attention)
+        self.student = student_from_teacher(network_config, teacher_state, config.sigma_max, config.attention,
+                                            config.sigma_min)
         self.student.net.float32_output = config.student_precision == "fp32_output"
         self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
                             teacher_config["img_resolution"])

@@ -23,7 +23,8 @@ INDUCTOR_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "pid_diffusion"
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.TRAIN_FLAGS}, preset_flags=cli.SPEED_FLAG_NAMES)
     args = parser.parse_args(argv)
     given = cli.given_flags(argv)

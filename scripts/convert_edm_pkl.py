@@ -16,7 +16,8 @@ from pid_diffusion.files import atomic_torch_save
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("pkl", help="EDM network snapshot, e.g. model_zoo/edm-cifar10-32x32-uncond-vp.pkl")
     parser.add_argument("out", nargs="?", help="output .pt (default: the input path with .pt)")
     args = parser.parse_args(argv)

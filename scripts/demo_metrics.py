@@ -58,7 +58,8 @@ def measure(args):
     checkpoints = newest_checkpoints(args.run_dir)
     metrics = DigitsMetrics(teacher, load_detector("digits", args.detector_path or None), args.num_samples, args.seed)
     rows = [metrics.teacher_row, *metrics.few_step_teacher_rows()]
-    untrained = student_from_teacher(run_config["network_config"], teacher.state_dict(), run_config["sigma_max"])
+    untrained = student_from_teacher(run_config["network_config"], teacher.state_dict(), run_config["sigma_max"],
+                                     sigma_min=run_config["sigma_min"])
     rows.append(metrics.student("student untrained (step 0)", untrained.eval()))
     best = None
     for name, path in checkpoints:
@@ -71,7 +72,8 @@ def measure(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--run_dir", required=True, help="training run folder (with run_config.json)")
     parser.add_argument("--num_samples", type=int, default=2000, help="samples per generator")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noises and labels (sample i from (seed, i))")

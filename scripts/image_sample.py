@@ -6,9 +6,11 @@
         --model_path model_zoo/edm-cifar10-32x32-uncond-vp.pkl --sampler heun_deter --steps 18
 
 Writes $OPENAI_LOGDIR/samples_{N}x{H}x{W}x3.npz (arr_0: uint8 NHWC, arr_1: labels when
-class-conditional) and samples_grid.png. Sample i depends only on (--seed, i): the same images come
-out whatever the batch size or number of processes. A student checkpoint's architecture comes from
-the run_config.json beside it; the network flags are needed only for files without one.
+class-conditional) and samples_grid.png; a folder that holds either already is refused unless
+--overwrite True. Sample i depends only on (--seed, i): the same images come out whatever the batch
+size or number of processes, and another seed gives other images. A student checkpoint's
+architecture, σ_min and σ_max come from the run_config.json beside it (a different --sigma_min or
+--sigma_max is refused); the network flags are needed only for files without one.
 """
 
 import argparse
@@ -19,10 +21,13 @@ from pid_diffusion import cli, dist, evaluation
 from pid_diffusion.generate import check_class_label
 from pid_diffusion.log import prepare_log_dir
 
+GRID_FILE = "samples_grid.png"
+
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.SAMPLE_FLAGS})
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.SAMPLE_FLAGS, **cli.OVERWRITE_FLAG})
     args = parser.parse_args(argv)
     given = cli.given_flags(argv)
     cli.warn_ignored(given, cli.MODEL_FLAGS)
@@ -31,19 +36,25 @@ def parse(argv):
 
 def sample_to_folder(args, given, info):
     options = cli.sampling_options(args)
-    model, shape, label_dim = evaluation.load_sampling_model(args.training_mode, args.model_path,
-                                                             cli.network_flags(args, given), info.device)
     request = cli.generation_request(args)
+    model, shape, label_dim, options = evaluation.load_sampling_model(args.training_mode, args.model_path,
+                                                                      cli.network_flags(args, given), info.device,
+                                                                      options, given)
     check_class_label(request.class_label, label_dim)  # before the output folder is made
     out_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
+    outputs = (evaluation.samples_npz_path(out_dir, request.num_samples, shape), os.path.join(out_dir, GRID_FILE))
+    existing = [path for path in outputs if os.path.exists(path)]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing[0]} exists (samples of an earlier run); nothing was replaced. Give another "
+                              "folder (OPENAI_LOGDIR), or --overwrite True to replace it")
     if dist.is_main():
         prepare_log_dir(out_dir)
     images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, request, options, info.device)
     images, labels = evaluation.gather_in_order(images, labels, indices)
     if dist.is_main():
         path = evaluation.save_samples_npz(images, labels, out_dir)
-        evaluation.save_grid(images[:64], os.path.join(out_dir, "samples_grid.png"))
-        print(f"wrote {path} and samples_grid.png ({options['sampler']}, seed {args.seed})", flush=True)
+        evaluation.save_grid(images[:64], outputs[1])
+        print(f"wrote {path} and {GRID_FILE} ({options['sampler']}, seed {args.seed})", flush=True)
 
 
 def main(argv=None):

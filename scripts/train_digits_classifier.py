@@ -17,7 +17,8 @@ from pid_diffusion.digits import DigitsUnavailableError, accuracy, load_digits, 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--out", default="model_zoo/digits-classifier.pt", help="classifier file to write")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and shifts")

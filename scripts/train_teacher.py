@@ -20,7 +20,8 @@ from pid_diffusion.trainer import NonFiniteLossError, RunFolderError, TrainingIn
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     cli.add_flags(parser, cli.TEACHER_FLAGS)
     args = parser.parse_args(argv)
     if args.export and os.path.exists(args.export):

@@ -155,10 +155,11 @@ def test_folder_walk(workspace, tmp_path):
     assert first.returncode == 0, first.stderr
     assert "model000005: skipped, cannot be loaded" in first.stdout
     rows = (folder / "fid_results_3.csv").read_text().splitlines()
-    assert rows[0] == "model_name,FID,step"  # the original's columns first
+    assert rows[0].startswith("model_name,FID,step,num_samples,seed,sampling,detector")  # the original's columns first
     assert [r.split(",")[0] for r in rows[1:]] == ["ema_0.9_000001", "model000001", "ema_0.9_000002", "model000002"]
     assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
-    assert (folder / "FID" / "model000002_samples.png").exists() and (folder / "fid_vs_step.png").exists()
+    assert len(list((folder / "FID").glob("model000002_seed3-*_samples.png"))) == 1
+    assert (folder / "fid_vs_step.png").exists()
     second = run("fid_evaluation.py", args, workspace)
     assert second.returncode == 0 and second.stdout.count("already evaluated") == 4
     assert (folder / "fid_results_3.csv").read_text().splitlines() == rows
@@ -252,8 +253,10 @@ def test_a_results_csv_written_by_the_original_is_continued_and_plotted(workspac
                                      "--num_samples", "6", "--batch_size", "3"], workspace)
     assert done.returncode == 0, done.stderr
     rows = (folder / "fid_results_42.csv").read_text().splitlines()
-    assert rows[0] == "model_name,FID,step" and rows[1] == "model000001,12.5,1"  # kept, its step from its name
-    assert "model000001: already evaluated" in done.stdout and len(rows) == 5
+    assert rows[0].startswith("model_name,FID,step,") and rows[1].startswith("model000001,12.5,1,")  # kept, step from name
+    # the original's row records no question, so it answers none: model000001 is evaluated again beside it
+    assert "already evaluated" not in done.stdout and len(rows) == 6
+    assert [r.split(",")[0] for r in rows[1:]].count("model000001") == 2
     assert (folder / "fid_vs_step.png").exists()
 
 
@@ -290,8 +293,9 @@ def test_fid_eval_script_evaluates_a_released_style_student(workspace, tmp_path)
     done = run("fid_evaluation.py", args, workspace)
     assert done.returncode == 0, done.stderr
     rows = (folder / "fid_results_0.csv").read_text().splitlines()
-    assert rows[0] == "model_name,FID,step" and rows[1].startswith("pid_cifar,") and rows[1].endswith(",0")
-    samples = np.load(folder / "FID" / "pid_cifar_samples_6x32x32x3.npz")
+    assert rows[0].startswith("model_name,FID,step,") and rows[1].startswith("pid_cifar,") and ",0,6,0," in rows[1]
+    (samples_file,) = (folder / "FID").glob("pid_cifar_seed0-*_samples_6x32x32x3.npz")
+    samples = np.load(samples_file)
     assert samples["arr_0"].shape == (6, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
     assert "pid_cifar: FID" in (folder / "FID" / "log.txt").read_text()
 
@@ -304,3 +308,92 @@ def test_fid_eval_script_evaluates_a_released_style_student(workspace, tmp_path)
 
     no_npz = run("fid_evaluation.py", [*args, "--save_samples", "False"], workspace)
     assert no_npz.returncode == 0 and not list((folder / "FID").glob("*.npz"))
+
+
+def fid_rows(path):
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_results_row_answers_only_the_question_it_measured(workspace, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(workspace / "run", folder)
+    base = ["--exp_dir", str(folder), "--checkpoints", "model000002.pt", "--batch_size", "4", "--detector", "pixels"]
+    np.savez(tmp_path / "pixels.npz", mu=np.zeros(192), sigma=np.eye(192) * 0.01)
+    np.savez(tmp_path / "pixels-other.npz", mu=np.full(192, 0.5), sigma=np.eye(192) * 0.01)
+    first = run("fid_evaluation.py", [*base, "--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "8"], workspace)
+    assert first.returncode == 0, first.stderr
+    again = run("fid_evaluation.py", [*base, "--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "8"], workspace)
+    assert "model000002: already evaluated" in again.stdout  # the same question: answered from the file
+    for changed in (["--ref_path", str(tmp_path / "pixels-other.npz"), "--num_samples", "8"],
+                    ["--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "12"],
+                    ["--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "8", "--detector_feed", "uint8"]):
+        other = run("fid_evaluation.py", [*base, *changed], workspace)
+        assert other.returncode == 0 and "already evaluated" not in other.stdout, (changed, other.stdout)
+    rows = fid_rows(folder / "fid_results_42.csv")
+    assert len(rows) == 4 and len({r["FID"] for r in rows}) == 4  # four questions, four answers, all kept
+    assert {r["num_samples"] for r in rows} == {"8", "12"} and {r["feed"] for r in rows} == {"float", "uint8"}
+    assert len({r["reference_sha256"] for r in rows}) == 2 and all(r["detector"] == "pixels" for r in rows)
+
+
+def test_another_fid_seed_gives_another_fid_and_its_own_sample_files(workspace, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(workspace / "run", folder)
+    args = ["--exp_dir", str(folder), "--checkpoints", "model000002.pt", "--ref_path", str(workspace / "ref.npz"),
+            "--num_samples", "6", "--batch_size", "3"]
+    fids = {}
+    for seed in ("0", "0", "1"):
+        done = run("fid_evaluation.py", [*args, "--seed", seed], workspace)
+        assert done.returncode == 0, done.stderr
+        fids.setdefault(seed, []).append(fid_rows(folder / f"fid_results_{seed}.csv")[0]["FID"])
+    assert fids["0"][0] == fids["0"][1] and fids["0"][0] != fids["1"][0]
+    names = sorted(p.name for p in (folder / "FID").glob("*.npz"))
+    assert len(names) == 2 and names[0].startswith("model000002_seed0-") and names[1].startswith("model000002_seed1-")
+
+
+def test_nan_statistics_are_refused_and_never_recorded(workspace, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(workspace / "run", folder)
+    mu = np.zeros(2048)
+    mu[3] = np.nan
+    np.savez(tmp_path / "nan.npz", mu=mu, sigma=np.eye(2048))
+    args = ["--exp_dir", str(folder), "--checkpoints", "model000002.pt", "--num_samples", "4", "--batch_size", "4"]
+    refused = run("fid_evaluation.py", [*args, "--ref_path", str(tmp_path / "nan.npz")], workspace)
+    assert refused.returncode == 1 and "hold NaN or infinite values" in refused.stderr
+    assert not (folder / "fid_results_42.csv").exists()
+    good = run("fid_evaluation.py", [*args, "--ref_path", str(workspace / "ref.npz")], workspace)
+    assert good.returncode == 0 and "already evaluated" not in good.stdout
+    assert np.isfinite(float(fid_rows(folder / "fid_results_42.csv")[0]["FID"]))
+
+
+def _record_rows(path, names):
+    from pid_diffusion.evaluation import record_result
+    for name in names:
+        record_result(path, dict(model_name=name, step=0, FID="1.0"), dict(seed=0))
+
+
+def test_walks_beside_each_other_keep_every_row(workspace, tmp_path):
+    import multiprocessing
+
+    path = str(tmp_path / "fid_results_0.csv")
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_record_rows, args=(path, [f"{who}{k}" for k in range(15)])) for who in "ab"]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert sorted(r["model_name"] for r in fid_rows(path)) == sorted(f"{w}{k}" for w in "ab" for k in range(15))
+
+    # two real walks at once on one folder, one on the EMA files and one on the model files
+    folder = tmp_path / "run"
+    shutil.copytree(workspace / "run", folder)
+    args = ["--exp_dir", str(folder), "--ref_path", str(workspace / "ref.npz"), "--num_samples", "4", "--batch_size", "4"]
+    env = {**os.environ}
+    walks = [subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "fid_evaluation.py"), *args, "--checkpoints",
+                               names], cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for names in ("ema_0.9_000001.pt,ema_0.9_000002.pt", "model000001.pt,model000002.pt")]
+    assert [walk.wait(120) for walk in walks] == [0, 0]
+    assert sorted(r["model_name"] for r in fid_rows(folder / "fid_results_42.csv")) == [
+        "ema_0.9_000001", "ema_0.9_000002", "model000001", "model000002"]
