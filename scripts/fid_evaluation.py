@@ -87,9 +87,9 @@ def evaluate_folder(args, given, device):
         if known is not None:
             log(f"{name}: already evaluated (FID {known['FID']}, {request.num_samples} samples, seed {request.seed})")
             continue
-        tally_probe = DetectorTally(detector, shape, device, args.detector_feed)
         if not checked_dimension:  # before the first sampling, against the detector's feature size
-            check_stats_dimension(*reference, tally_probe.stats.total.shape[0], measurement["reference"])
+            dimension = DetectorTally(detector, shape, device, args.detector_feed).stats.total.shape[0]
+            check_stats_dimension(*reference, dimension, measurement["reference"])
             checked_dimension = True
         images, labels, indices, tally = evaluation.run_generation(
             model, shape, label_dim, request, model_options, device, detector=detector, feed=args.detector_feed,
@@ -108,13 +108,14 @@ def evaluate_folder(args, given, device):
                 accuracy = tally.class_accuracy()
                 if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional model
                     row["class_accuracy"] = f"{accuracy:.6f}"
-                evaluation.record_result(results_path, row, question,
-                                         on_wait=lambda holder: log(f"waiting for {holder} to finish writing "
-                                                                    f"{results_path}"))
                 tag = f"{name}_{evaluation.samples_tag(request, sampling)}_"  # what the files measured
                 evaluation.save_grid(grid, os.path.join(sample_dir, f"{tag}samples.png"), columns=10)
                 if args.save_samples:
                     evaluation.save_samples_npz(images, labels, sample_dir, prefix=tag)
+                # the row last: a row in the results file means its samples are written too
+                evaluation.record_result(results_path, row, question,
+                                         on_wait=lambda holder: log(f"waiting for {holder} to finish writing "
+                                                                    f"{results_path}"))
                 extra = f", class accuracy {accuracy:.4f}" if "class_accuracy" in row else ""
                 log(f"{name}: FID {fid:.4f}{extra} ({int(tally.stats.count)} samples, seed {request.seed}, "
                     f"{args.detector} detector)")

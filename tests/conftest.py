@@ -52,3 +52,21 @@ def save_random_teacher(path, config):
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    """A tiny class-conditional DDPM++ teacher file with random non-zero weights."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_random_teacher(path, tiny_song_config(label_dim=3))
+    return str(path)
+
+
+def small_run_config(teacher_path, log_dir, **overrides):
+    """A TrainConfig of two l2 steps of 4 images, checkpointed at step 2, logged every step."""
+    from pid_diffusion.trainer import TrainConfig
+
+    values = dict(teacher_model_path=teacher_path, log_dir=str(log_dir), global_batch_size=4, loss_norm="l2",
+                  ema_rate="0.9", log_interval=1, save_interval=2, total_training_steps=2, lr=1e-3)
+    values.update(overrides)
+    return TrainConfig(**values)

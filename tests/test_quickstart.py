@@ -24,7 +24,7 @@ def run_dir():
 def test_shortened_quickstart_distils(run_dir):
     env = {**os.environ, "QUICKSTART_STEPS": "200", "QUICKSTART_SAMPLES": "500", "QUICKSTART_RUN_DIR": run_dir}
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", "quickstart.sh")], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Warning" not in done.stderr, done.stderr[-3000:]  # a user's first command prints no warnings
     rows = {row["generator"]: row for row in json.load(open(os.path.join(run_dir, "demo_metrics.json")))}
@@ -69,7 +69,7 @@ def test_without_mpi_the_quickstart_runs_one_process(tmp_path, run_dir):
     env = {**os.environ, "PATH": path, "PYTHON": str(python), "QUICKSTART_STEPS": "8", "QUICKSTART_SAMPLES": "64",
            "QUICKSTART_RUN_DIR": run_dir}
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", "quickstart.sh")], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Warning" not in done.stderr, done.stderr[-3000:]  # a user's first command prints no warnings
     assert "no working MPI runtime" in done.stdout and "1 process(es)" in done.stdout

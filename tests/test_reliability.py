@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import save_random_teacher, tiny_song_config
+from conftest import small_run_config as make_config
 from pid_diffusion import cli
 from pid_diffusion.evaluation import checkpoints_in, load_sampling_model, sampler_options
 from pid_diffusion.generate import generate, seeded_inputs
@@ -22,25 +22,11 @@ from pid_diffusion.run_folder import TEACHER_RUN, write_run_config
 from pid_diffusion.samplers import check_sampler_options, sample
 from pid_diffusion.seeding import INDEX_LIMIT, SAMPLE, STEP, derived_seed, seeded_generator
 from pid_diffusion.teachers import GaussianMixtureDenoiser, gaussian_teacher
-from pid_diffusion.trainer import PIDTrainer, RunFolderError, TrainConfig, TrainingInterrupted, train
+from pid_diffusion.trainer import PIDTrainer, RunFolderError, TrainingInterrupted, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 STUDENT_MODE, TEACHER_MODE = "one_shot_pinn_edm_edm_one_shot", "one_shot_pinn_edm_edm_teacher"
-
-
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_random_teacher(path, tiny_song_config(label_dim=3))
-    return str(path)
-
-
-def make_config(teacher_path, log_dir, **overrides):
-    values = dict(teacher_model_path=teacher_path, log_dir=str(log_dir), global_batch_size=4, loss_norm="l2",
-                  ema_rate="0.9", log_interval=1, save_interval=2, total_training_steps=2, lr=1e-3)
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def weights(path):

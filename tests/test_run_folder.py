@@ -12,27 +12,13 @@ import time
 import pytest
 import torch
 
-from conftest import save_random_teacher, tiny_song_config
+from conftest import small_run_config as make_config
 from pid_diffusion.run_folder import ChangedSettingsError
 from pid_diffusion.trainer import NonFiniteLossError, PIDTrainer, RunFolderError, TrainConfig, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, "scripts", "cm_train.py")
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-
-
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_random_teacher(path, tiny_song_config(label_dim=3))
-    return str(path)
-
-
-def make_config(teacher_path, log_dir, **overrides):
-    values = dict(teacher_model_path=teacher_path, log_dir=str(log_dir), global_batch_size=4, loss_norm="l2",
-                  ema_rate="0.9", log_interval=1, save_interval=2, total_training_steps=2, lr=1e-3)
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def snapshot(folder):
