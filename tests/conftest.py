@@ -56,8 +56,9 @@ def _deterministic_torch():
 
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
-    """A tiny class-conditional DDPM++ teacher file with random non-zero weights."""
+    """A tiny class-conditional DDPM++ teacher file with random non-zero weights (the same ones every run)."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.manual_seed(0)
     save_random_teacher(path, tiny_song_config(label_dim=3))
     return str(path)
 

@@ -25,19 +25,6 @@ TINY_FLAGS = ["--global_batch_size", "8", "--loss_norm", "l2", "--ema_rate", "0.
               "--lr", "0.001"]
 
 
-@pytest.fixture(scope="module")
-def teacher_path(tmp_path_factory):
-    """A tiny class-conditional DDPM++ teacher with random non-zero weights, in our file format."""
-    torch.manual_seed(0)
-    config = tiny_song_config(label_dim=3)
-    teacher = EDMPrecond(**config)
-    for p in teacher.parameters():
-        p.data.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("teacher") / "tiny_teacher.pt"
-    save_teacher(teacher, path, config)
-    return str(path)
-
-
 def make_config(teacher_path, log_dir, **overrides):
     values = dict(teacher_model_path=teacher_path, log_dir=str(log_dir), global_batch_size=8, loss_norm="l2",
                   ema_rate="0.9,0.99", log_interval=2, save_interval=2, total_training_steps=4, lr=1e-3)
