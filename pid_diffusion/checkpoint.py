@@ -15,7 +15,7 @@ import torch
 
 from . import arch
 from .download import local_file
-from .edm_pickle import PICKLE_PROTOCOL_OPCODE, EDMPickleError, load_edm_snapshot
+from .edm_pickle import EDMPickleError, is_pickle_file, load_edm_snapshot
 from .files import UnreadableFileError, atomic_torch_save, is_zip_archive, read_torch_file
 from .networks import EDMPrecond, network_from_config
 from .run_folder import RUN_CONFIG_FILE, TEACHER_RUN, read_run_config
@@ -252,7 +252,5 @@ def _copy_run_config_hint():
 
 def _teacher_hint(path):
     """What to do with a file that is no torch archive: an EDM snapshot is a teacher."""
-    with open(path, "rb") as f:
-        pickled = f.read(1) == PICKLE_PROTOCOL_OPCODE
     return (": it is a pickle, as EDM's teacher snapshots are; sample a teacher with --training_mode "
-            "one_shot_pinn_edm_edm_teacher" if pickled else "")
+            "one_shot_pinn_edm_edm_teacher" if is_pickle_file(path) else "")

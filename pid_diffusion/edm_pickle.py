@@ -19,6 +19,12 @@ PICKLE_PROTOCOL_OPCODE = b"\x80"
 """The first byte of every pickle of protocol 2 or newer (EDM's snapshots are protocol 3 or 4)."""
 
 
+def is_pickle_file(path):
+    """Whether `path` starts as every pickle of protocol 2 or newer does."""
+    with open(path, "rb") as f:
+        return f.read(1) == PICKLE_PROTOCOL_OPCODE
+
+
 class EDMPickleError(ValueError):
     """The file is not a readable EDM network snapshot."""
 
@@ -102,10 +108,8 @@ def read_snapshot(path):
     'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs')."""
     try:
         with open(path, "rb") as f:
-            if f.read(1) != PICKLE_PROTOCOL_OPCODE:
-                f.seek(0)
+            if not is_pickle_file(path):
                 raise EDMPickleError(f"not an EDM network snapshot: it is no pickle (it starts with {f.read(8)!r})")
-            f.seek(0)
             data = _RestrictedUnpickler(f).load()
     except EDMPickleError as e:
         raise type(e)(f"{path}: {e}") from None

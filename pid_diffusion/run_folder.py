@@ -109,6 +109,16 @@ def step_from_checkpoint_name(path):
     return int(match.group(1)) if match else 0
 
 
+def resume_step(path):
+    """The step of a --resume_checkpoint file (the original's rule); an EMA, optimizer or trainer-state file
+    is refused: a checkpoint is resumed from its model file, the others are found beside it."""
+    name = os.path.basename(path)
+    if (CHECKPOINT_NAME.match(name) and not MODEL_FILE.match(name)) or NOT_A_MODEL.match(name):
+        raise ValueError(f"--resume_checkpoint {path}: give the model file of a checkpoint, model%06d.pt (its EMA, "
+                         "optimizer and trainer-state files are found beside it)")
+    return step_from_checkpoint_name(path)
+
+
 def checkpoint_step(file_name):
     """A checkpoint's step: from model{step}.pt / ema_{rate}_{step}.pt, else the original's rule (the
     integer after the last 'model' in the name; 0 when there is none, e.g. the released pid_cifar.pt)."""

@@ -32,10 +32,10 @@ from .files import UnreadableFileError
 from .log import RunLogger, prepare_log_dir
 from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
 from .lpips import LPIPS
-from .run_folder import (CHECKPOINT_NAME, MODEL_FILE, NOT_A_MODEL, PID_RUN, RunFolderLock,
-                         check_resumed_settings, check_run_kind, checkpoint_files, checkpoint_steps,
-                         missing_checkpoint_files, read_checkpoint, read_run_config, remove_incomplete_steps,
-                         remove_temporary_files, step_from_checkpoint_name, write_checkpoint, write_run_config)
+from .run_folder import (PID_RUN, RunFolderLock, check_resumed_settings, check_run_kind, checkpoint_files,
+                         checkpoint_steps, missing_checkpoint_files, read_checkpoint, read_run_config,
+                         remove_incomplete_steps, remove_temporary_files, resume_step, write_checkpoint,
+                         write_run_config)
 from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, check_noise_levels, index_to_sigma, pid_partner_index
 from .seeding import PROCESS, STEP, derived_seed, seeded_generator
 from .speed import ONE_BUCKET, SpeedSettings
@@ -565,11 +565,7 @@ class TrainingLoop:
         reported and the one before it used."""
         cfg = self.config
         if cfg.resume_checkpoint:
-            name = os.path.basename(cfg.resume_checkpoint)
-            if (CHECKPOINT_NAME.match(name) and not MODEL_FILE.match(name)) or NOT_A_MODEL.match(name):
-                raise ValueError(f"--resume_checkpoint {cfg.resume_checkpoint}: give the model file of a checkpoint, "
-                                 "model%06d.pt (its EMA, optimizer and trainer-state files are found beside it)")
-            self._load(cfg.resume_checkpoint, step_from_checkpoint_name(cfg.resume_checkpoint))
+            self._load(cfg.resume_checkpoint, resume_step(cfg.resume_checkpoint))
             return
         saved_rates = ema_rates(self.recorded.get("ema_rate", cfg.ema_rate))  # the rates the files were saved with
         complete = [step for step in steps if not missing_checkpoint_files(cfg.log_dir, step, saved_rates)]
