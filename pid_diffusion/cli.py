@@ -17,11 +17,13 @@ import traceback
 from . import dist
 from .evaluation import ONE_SHOT_MODE, TEACHER_MODE, sampler_options
 from .generate import GenerationRequest
-from .speed import ONE_BUCKET, ORIGINAL_DDP_BUCKET_MB, resolve_speed
+from .speed import ONE_BUCKET, ORIGINAL_DDP_BUCKET_MB, SpeedSettings, resolve_speed
 
 MODEL_FLAGS = {
     "sigma_min": (0.002, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)"),
     "sigma_max": (80.0, "largest noise level σ_max; the noise z = σ_max·ε"),
+    "rho": (7.0, "curvature ρ of the noise-level grid σ_max … σ_min (PID's training grid, the teacher samplers' "
+                 "steps); the original fixes it at EDM's 7"),
     "image_size": (64, "image side: 32 builds DDPM++ (SongUNet), 64 builds ADM (DhariwalUNet); only needed "
                        "for teacher files that do not record their architecture"),
     "num_channels": (128, "base channel count (model_channels)"),
@@ -218,15 +220,16 @@ def speed_options(args, given, device_type):
     """The speed and precision options of a training run: the --speed preset (auto: by device), then
     --use_fp16 (the original's fp16 path: everything, the student too, in float16 with loss
     scaling), then the options given explicitly."""
-    given_options = {name: getattr(args, name) for name in SPEED_FLAG_NAMES if name in given}
+    given_options = {field.name: getattr(args, field.name) for field in dataclasses.fields(SpeedSettings)
+                     if field.name in given}
     return dataclasses.asdict(resolve_speed(args.speed, device_type, args.use_fp16, **given_options))
 
 
 def sampling_options(args):
     """The sampler and its options from the sampling flags (evaluation.sampler_options checks them)."""
     return sampler_options(args.training_mode, args.sampler, steps=args.steps, sigma_min=args.sigma_min,
-                           sigma_max=args.sigma_max, s_churn=args.s_churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax,
-                           s_noise=args.s_noise, ts=args.ts, clip_denoised=args.clip_denoised)
+                           sigma_max=args.sigma_max, rho=args.rho, s_churn=args.s_churn, s_tmin=args.s_tmin,
+                           s_tmax=args.s_tmax, s_noise=args.s_noise, ts=args.ts, clip_denoised=args.clip_denoised)
 
 
 def default_log_dir():

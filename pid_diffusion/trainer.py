@@ -36,7 +36,7 @@ from .run_folder import (PID_RUN, RunFolderLock, check_resumed_settings, check_r
                          checkpoint_steps, missing_checkpoint_files, read_checkpoint, read_run_config,
                          remove_incomplete_steps, remove_temporary_files, resume_step, write_checkpoint,
                          write_run_config)
-from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, check_noise_levels, index_to_sigma, pid_partner_index
+from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, check_noise_levels, sample_pid_times
 from .seeding import PROCESS, STEP, derived_seed, seeded_generator
 from .speed import ONE_BUCKET, SpeedSettings
 from .teachers import BUILTIN_PREFIX, builtin_teacher
@@ -656,16 +656,13 @@ class PIDTrainer(TrainingLoop):
         num_scales = num_scales_at(self.config, step)
         noise = torch.randn((self.global_batch, *self.image_shape), generator=generator, device=self.device)
         noise = noise.contiguous(memory_format=self.memory_format)
-        indices = torch.randint(0, num_scales, (self.global_batch,), generator=generator, device=self.device)
+        _, t, t_next = sample_pid_times(self.global_batch, num_scales, self.config.sigma_min, self.config.sigma_max,
+                                        self.config.rho, generator, self.device)
         labels = None
         if self.label_dim:
             classes = torch.randint(0, self.label_dim, (self.global_batch,), generator=generator, device=self.device)
             labels = self.share(F.one_hot(classes, self.label_dim).to(torch.float32))
-        indices = self.share(indices)
-        grid = dict(sigma_min=self.config.sigma_min, sigma_max=self.config.sigma_max, rho=self.config.rho)
-        t = index_to_sigma(indices, num_scales, **grid).to(torch.float32)
-        t_next = index_to_sigma(pid_partner_index(indices, num_scales), num_scales, **grid).to(torch.float32)
-        return self.config.sigma_max * self.share(noise), t, t_next, labels
+        return self.config.sigma_max * self.share(noise), self.share(t), self.share(t_next), labels
 
     def batch_losses(self, model, inputs, eager=False):
         z, t, t_next, labels = inputs

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import fixture_path, relative_error, tiny_song_config
-from tolerances import between_implementations, network_roundings
+from tolerances import PARITY_ORDER, between_implementations, network_roundings
 from pid_diffusion import arch
 from pid_diffusion.checkpoint import TeacherLoadError, TeacherNotFoundError, load_teacher, read_teacher_file, save_teacher
 from pid_diffusion.edm_pickle import UnsafePickleError, read_snapshot
@@ -28,7 +28,7 @@ def test_edm_pkl_loads_without_flags_and_matches_edm():
     with torch.no_grad():
         denoised = teacher(expected["x"], expected["sigma"], expected["class_labels"])
     bound = between_implementations(network_roundings(teacher, teacher.img_resolution))
-    assert relative_error(denoised, expected["denoised"]) <= bound
+    assert relative_error(denoised, expected["denoised"]) <= min(bound, PARITY_ORDER)
 
 
 def test_convert_script_writes_a_weights_only_file(tmp_path):
@@ -118,13 +118,15 @@ def test_missing_teacher_says_where_teachers_come_from(tmp_path):
     assert "model_zoo" in str(info.value) and "nvlabs" in str(info.value).lower()
 
 
-def test_truncated_and_foreign_files_give_clear_errors(tmp_path):
+def test_a_truncated_edm_pickle_gives_a_clear_error(tmp_path):
     data = open(fixture_path("edm-tiny-ddpmpp-seed0.pkl"), "rb").read()
     truncated = tmp_path / "truncated.pkl"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(TeacherLoadError, match="truncated or corrupt"):
         load_teacher(truncated)
 
+
+def test_foreign_and_damaged_files_give_clear_errors(tmp_path):
     foreign = tmp_path / "foreign.pkl"
     foreign.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     with pytest.raises(TeacherLoadError, match="not an EDM network snapshot"):

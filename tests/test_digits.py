@@ -47,15 +47,15 @@ def test_missing_scikit_learn_names_the_install_extra(monkeypatch):
 
 
 def test_edm_loss_against_a_hand_computation():
-    # Denoiser D(x; σ, labels) = a·x with a = 0.5; one pixel per image: everything is a scalar sum.
-    images = torch.tensor([0.5, -1.0]).reshape(2, 1, 1, 1)
+    # Denoiser D(x; σ, labels) = a·x with a = 0.5; two pixels per image: the loss is their mean, not their sum.
+    images = torch.tensor([[0.5, 0.25], [-1.0, 0.75]]).reshape(2, 1, 1, 2)
     sigma = torch.tensor([0.1, 2.0])
-    noise = torch.tensor([1.0, -0.5]).reshape(2, 1, 1, 1)
+    noise = torch.tensor([[1.0, -2.0], [-0.5, 0.5]]).reshape(2, 1, 1, 2)
     got = edm_denoising_loss(lambda x, s, labels: 0.5 * x, images, sigma, noise)
     expected = []
-    for y, s, n in ((0.5, 0.1, 1.0), (-1.0, 2.0, -0.5)):
+    for ys, s, ns in (((0.5, 0.25), 0.1, (1.0, -2.0)), ((-1.0, 0.75), 2.0, (-0.5, 0.5))):
         weight = (s * s + 0.25) / (s * 0.5) ** 2
-        expected.append(weight * (0.5 * (y + s * n) - y) ** 2)
+        expected.append(weight * sum((0.5 * (y + s * n) - y) ** 2 for y, n in zip(ys, ns)) / 2)
     # about ten float32 operations per sample against Python's float64
     assert got.tolist() == pytest.approx(expected, rel=rounding_bound(10), abs=0)
     assert edm_loss_weight(torch.tensor(0.5)).item() == 8.0  # (0.25 + 0.25)/(0.25·0.25), exact in binary

@@ -24,12 +24,18 @@ MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathse
 needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="no mpirun: install the mpich extra (pip install -e '.[mpich]')")
 
 
+STAND_IN_FEATURES = 256
+"""The stand-in's feature size: the real Inception's 2048 would make each Fréchet distance's matrix square root
+take seconds on two cores; nothing here depends on the size."""
+
+
 class StandInInception(torch.nn.Module):
-    """Called like NVIDIA's TorchScript Inception: detector(pixels in [0, 255], return_features=True) → [N, 2048]."""
+    """Called like NVIDIA's TorchScript Inception: detector(pixels in [0, 255], return_features=True) → features."""
 
     def __init__(self):
         super().__init__()
-        self.projection = torch.nn.Parameter(torch.randn(48, 2048, generator=torch.Generator().manual_seed(0)))
+        self.projection = torch.nn.Parameter(torch.randn(48, STAND_IN_FEATURES,
+                                                         generator=torch.Generator().manual_seed(0)))
 
     def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         pooled = torch.nn.functional.adaptive_avg_pool2d(images / 255.0, 4).flatten(1)
@@ -51,7 +57,7 @@ def workspace(tmp_path_factory):
                       loss_norm="l2", ema_rate="0.9", save_interval=1, total_training_steps=2, log_interval=1))
     (root / "model_zoo").mkdir()
     torch.jit.save(torch.jit.script(StandInInception()), str(root / "model_zoo" / "inception-2015-12-05.pt"))
-    np.savez(root / "ref.npz", mu=np.zeros(2048), sigma=np.eye(2048) * 0.01)
+    np.savez(root / "ref.npz", mu=np.zeros(STAND_IN_FEATURES), sigma=np.eye(STAND_IN_FEATURES) * 0.01)
     return root
 
 
@@ -181,11 +187,11 @@ def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path, num_samp
         results.append(float((folder / "fid_results_42.csv").read_text().splitlines()[1].split(",")[1]))
     # the same images (the same batches on either process count); only the float64 sums and the
     # all-reduce run in other orders. FID = ‖Δμ‖² + tr Σ + tr Σr − 2·tr √(Σ Σr) cancels; its terms are
-    # at most 2·((√FID + √tr Σr)² + tr Σr) (tr Σ ≤ (√FID + √tr Σr)², ‖Δμ‖² ≤ FID), tr Σr = 0.01·2048.
-    fid, reference_trace = results[0], 0.01 * 2048
+    # at most 2·((√FID + √tr Σr)² + tr Σr) (tr Σ ≤ (√FID + √tr Σr)², ‖Δμ‖² ≤ FID), tr Σr = 0.01·d.
+    fid, reference_trace = results[0], 0.01 * STAND_IN_FEATURES
     size = 2 * ((fid ** 0.5 + reference_trace ** 0.5) ** 2 + reference_trace)
     printing = 2 * 0.5e-6  # the CSV holds each FID to six decimals
-    assert abs(results[0] - results[1]) <= between_implementations(2048 ** 2, torch.float64) * size + printing
+    assert abs(results[0] - results[1]) <= between_implementations(STAND_IN_FEATURES ** 2, torch.float64) * size + printing
 
 
 def test_bad_inputs(workspace, tmp_path):
@@ -195,8 +201,8 @@ def test_bad_inputs(workspace, tmp_path):
         load_detector("clip")
     with pytest.raises(FileNotFoundError, match="cifar10-32x32.npz.*fid-refs"):
         load_reference_stats(str(tmp_path / "stats" / "cifar10-32x32.npz"))
-    with pytest.raises(ValueError, match="dimension \\(2048,\\) do not match the detector's 2049"):
-        load_reference_stats(str(workspace / "ref.npz"), dim=2048 + 1)
+    with pytest.raises(ValueError, match=f"dimension \\({STAND_IN_FEATURES},\\) do not match the detector's 2048"):
+        load_reference_stats(str(workspace / "ref.npz"), dim=2048)
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -355,9 +361,9 @@ def test_another_fid_seed_gives_another_fid_and_its_own_sample_files(workspace, 
 def test_nan_statistics_are_refused_and_never_recorded(workspace, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(workspace / "run", folder)
-    mu = np.zeros(2048)
+    mu = np.zeros(STAND_IN_FEATURES)
     mu[3] = np.nan
-    np.savez(tmp_path / "nan.npz", mu=mu, sigma=np.eye(2048))
+    np.savez(tmp_path / "nan.npz", mu=mu, sigma=np.eye(STAND_IN_FEATURES))
     args = ["--exp_dir", str(folder), "--checkpoints", "model000002.pt", "--num_samples", "4", "--batch_size", "4"]
     refused = run("fid_evaluation.py", [*args, "--ref_path", str(tmp_path / "nan.npz")], workspace)
     assert refused.returncode == 1 and "hold NaN or infinite values" in refused.stderr

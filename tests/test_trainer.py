@@ -21,6 +21,7 @@ from tolerances import between_implementations, network_roundings, pid_step_boun
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, "scripts", "cm_train.py")
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 TINY_FLAGS = ["--global_batch_size", "8", "--loss_norm", "l2", "--ema_rate", "0.9,0.99", "--log_interval", "2",
               "--lr", "0.001"]
 
@@ -91,14 +92,21 @@ def test_two_processes_match_one_process(teacher_path, tmp_path):
     assert len(moved) > len(one) // 2  # training really changed the weights
     bounds = run_difference_bounds(teacher_path, tmp_path / "bounds", steps=3)
     assert all((one[k] - two[k]).norm() <= bounds[k] for k in one)
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun:  # the same run launched by torchrun instead of mpirun
-        env = {**os.environ, "OPENAI_LOGDIR": str(tmp_path / "torchrun")}
-        launched = subprocess.run([torchrun, "--nproc_per_node", "2", TRAIN_SCRIPT, *args], env=env, cwd=REPO,
-                                  capture_output=True, text=True, timeout=240)
-        assert launched.returncode == 0, launched.stderr[-2000:]
-        three = load(tmp_path / "torchrun" / "model000003.pt")
-        assert all((one[k] - three[k]).norm() <= bounds[k] for k in one)
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="no torchrun beside this Python (it comes with torch)")
+def test_torchrun_launches_the_same_run_as_one_process(teacher_path, tmp_path):
+    args = ["--teacher_model_path", teacher_path, *TINY_FLAGS, "--total_training_steps", "3", "--save_interval", "3"]
+    single = run_script(args, tmp_path / "one")
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OPENAI_LOGDIR": str(tmp_path / "torchrun")}
+    launched = subprocess.run([TORCHRUN, "--nproc_per_node", "2", TRAIN_SCRIPT, *args], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=240)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert "2 process(es) on cpu" in launched.stdout
+    one, three = load(tmp_path / "one" / "model000003.pt"), load(tmp_path / "torchrun" / "model000003.pt")
+    bounds = run_difference_bounds(teacher_path, tmp_path / "bounds", steps=3)
+    assert all((one[k] - three[k]).norm() <= bounds[k] for k in one)
 
 
 def test_resume_is_bit_identical_and_training_stops(teacher_path, tmp_path):

@@ -1,0 +1,227 @@
+"""Does the suite catch wrong code? Apply each small change of MUTATIONS to a copy of the project, one at a
+time, run the tests that cover it, and report every change that no test noticed (a survivor).
+
+    .venv/bin/python tests/mutation_check.py              # every mutation, two at a time
+    .venv/bin/python tests/mutation_check.py --jobs 8 ema_rate loss_norm   # some of them, by name
+
+The copies live in a temporary folder, never in this checkout, and have no ../shared beside them, so the
+tests run as CI runs them: without the reference fixtures. Exit status 0 when every mutation was caught,
+1 when one survived, 2 when one no longer applies (its code changed: update its entry). It takes about
+15 minutes on two cores with --jobs 2; it is not part of the README's test command.
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COPIED = ("pid_diffusion", "scripts", "tests", "model_zoo", "setup.py", "README.md")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str       # relative to the repository
+    old: str        # must occur exactly once in the file
+    new: str
+    tests: tuple    # pytest node ids or files, relative to the repository
+
+
+M = Mutation
+FORMULAS = "tests/test_formulas.py"
+SAMPLERS = "tests/test_samplers.py"
+OPTIONS = "tests/test_options.py"
+EDM_LOSS = "tests/test_digits.py::test_edm_loss_against_a_hand_computation"
+FID_QUESTIONS = "tests/test_sampling_fid.py::test_a_results_row_answers_only_the_question_it_measured"
+MUTATIONS = (
+    # --- the table of the tests issue, row by row
+    M("ema_rate", "pid_diffusion/ema.py", "torch._foreach_lerp_(averages, params, 1.0 - rate)",
+      "torch._foreach_lerp_(averages, params, rate)", (FORMULAS,)),
+    M("loss_norm", "pid_diffusion/trainer.py", "labels, self.config.loss_norm,", "labels, \"l2\",", (FORMULAS,)),
+    M("weight_schedule", "pid_diffusion/trainer.py", "self.config.weight_schedule, lpips,", "\"karras\", lpips,",
+      (FORMULAS,)),
+    M("weighting_dropped", "pid_diffusion/losses.py", "return weight * distance", "return distance", (FORMULAS,)),
+    M("last_level_never_drawn", "pid_diffusion/schedules.py", "indices = torch.randint(0, num_scales, (",
+      "indices = torch.randint(0, num_scales - 1, (", (FORMULAS,)),
+    M("optimizer_options_dropped", "pid_diffusion/trainer.py",
+      "options = dict(lr=config.lr, weight_decay=config.weight_decay, eps=config.opt_eps)",
+      "options = dict(lr=config.lr)", (FORMULAS,)),
+    M("lr_anneal_ignored", "pid_diffusion/trainer.py", "group[\"lr\"] = self.config.lr * (1 - fraction)",
+      "group[\"lr\"] = self.config.lr", (FORMULAS,)),
+    M("progressive_stuck", "pid_diffusion/trainer.py", "if config.scale_mode == \"fixed\":", "if True:", (FORMULAS,)),
+    M("process_seed_ignored", "pid_diffusion/trainer.py", "derived_seed(PROCESS, config.seed, self.info.rank)",
+      "derived_seed(PROCESS, 0, self.info.rank)", (FORMULAS,)),
+    M("step_seed_ignored", "pid_diffusion/trainer.py", "seeded_generator(STEP, self.config.seed, step, self.device)",
+      "seeded_generator(STEP, 0, step, self.device)", ("tests/test_reliability.py",)),
+    M("sampling_seed_ignored", "pid_diffusion/generate.py", "[seeded_generator(SAMPLE, seed, index)",
+      "[seeded_generator(SAMPLE, 0, index)", ("tests/test_reliability.py",)),
+    M("churn_cap", "pid_diffusion/samplers.py", "min(s_churn / num_steps, math.sqrt(2) - 1)",
+      "min(s_churn / num_steps, 1.0)", (SAMPLERS,)),
+    M("churn_window", "pid_diffusion/samplers.py", "if s_tmin <= sigma <= s_tmax else 0.0", "if True else 0.0",
+      (SAMPLERS,)),
+    M("heun_s_noise", "pid_diffusion/samplers.py", "* s_noise * randn_like(x)", "* randn_like(x)", (SAMPLERS,)),
+    M("dpm_s_noise", "pid_diffusion/samplers.py", "randn_like(x) * s_noise * (sigma_hat", "randn_like(x) * (sigma_hat",
+      (SAMPLERS,)),
+    M("dpm_midpoint", "pid_diffusion/samplers.py", "((sigma_hat ** (1 / 3) + sigma_next ** (1 / 3)) / 2) ** 3",
+      "(sigma_hat + sigma_next) / 2", (SAMPLERS,)),
+    M("ancestral_noise_size", "pid_diffusion/samplers.py", "x = x + randn_like(x) * sigma_up",
+      "x = x + randn_like(x) * sigma_next", (SAMPLERS,)),
+    M("multistep_renoising", "pid_diffusion/samplers.py", "math.sqrt(t_next ** 2 - sigma_min ** 2)", "t_next",
+      (SAMPLERS,)),
+    M("one_step_clamp", "pid_diffusion/samplers.py", "return denoiser(x, sigma, labels).clamp(-1, 1)",
+      "return denoiser(x, sigma, labels)", (SAMPLERS,)),
+    M("sampling_steps_fixed", "pid_diffusion/cli.py", "steps=args.steps,", "steps=18,", (OPTIONS,)),
+    M("sampling_s_noise_ignored", "pid_diffusion/cli.py", "s_noise=args.s_noise,", "s_noise=1.0,", (OPTIONS,)),
+    M("clip_denoised_ignored", "pid_diffusion/cli.py", "clip_denoised=args.clip_denoised)", "clip_denoised=True)",
+      (OPTIONS,)),
+    M("detector_feed_ignored", "scripts/fid_evaluation.py", "detector=detector, feed=args.detector_feed,",
+      "detector=detector, feed=\"float\",", (FID_QUESTIONS,)),
+    M("student_dropout_zero", "pid_diffusion/trainer.py", "\"dropout\": dropout,", "\"dropout\": 0.0,", (FORMULAS,)),
+    M("one_point_grid_at_sigma_min", "pid_diffusion/schedules.py", "torch.tensor([float(sigma_max)]",
+      "torch.tensor([float(sigma_min)]", (SAMPLERS,)),
+    M("noise_label_half_log", "pid_diffusion/precond.py", "noise_labels = t.log() / 4", "noise_labels = t.log() / 2",
+      (FORMULAS, "tests/test_pid.py")),
+    M("compile_never", "pid_diffusion/speed.py", "if module is None or not self.compile:", "if module is None:",
+      ("tests/test_speed_options.py::test_compiled_step_equals_the_eager_step_with_micro_batches",)),
+    M("compile_mode_ignored", "pid_diffusion/cli.py", "if field.name in given}",
+      "if field.name in given and field.name != \"compile_mode\"}", (OPTIONS,)),
+    M("digits_reference_from_training_split", "pid_diffusion/fid.py", "images, _ = load_digits(\"all\")",
+      "images, _ = load_digits(\"train\")", (OPTIONS,)),
+    M("student_output_scaled", "pid_diffusion/precond.py", "return start_weight * z + (1 - start_weight) * raw",
+      "return 1.001 * (start_weight * z + (1 - start_weight) * raw)", (FORMULAS,)),
+    M("teacher_at_partner_level", "pid_diffusion/losses.py", "target = teacher(x_t.detach(), t, class_labels)",
+      "target = teacher(x_t_next.detach(), t_next, class_labels)", (FORMULAS,)),
+    M("loss_summed_over_pixels", "pid_diffusion/losses.py", "distance = _mean_over_pixels((implied - target) ** 2)",
+      "distance = ((implied - target) ** 2).flatten(1).sum(1)", (FORMULAS,)),
+    M("l2_doubled", "pid_diffusion/losses.py", "distance = _mean_over_pixels((implied - target) ** 2)",
+      "distance = 2 * _mean_over_pixels((implied - target) ** 2)", (FORMULAS,)),
+    # --- the other options of the four scripts, and formulas the table did not list
+    M("l1_is_l2", "pid_diffusion/losses.py", "distance = _mean_over_pixels((implied - target).abs())",
+      "distance = _mean_over_pixels((implied - target) ** 2)", (FORMULAS,)),
+    M("karras_weight_constant", "pid_diffusion/losses.py", "snr + 1.0 / sigma_data ** 2", "snr + 1.0 / sigma_data",
+      (FORMULAS,)),
+    M("partner_index_forward_at_the_end", "pid_diffusion/schedules.py",
+      "torch.where(index + 1 == num_scales, index - 1, index + 1)", "index + 1", (FORMULAS,)),
+    M("rho_ignored", "pid_diffusion/trainer.py", "self.config.rho, generator, self.device)",
+      "7.0, generator, self.device)", (FORMULAS,)),
+    M("sigma_range_ignored", "pid_diffusion/trainer.py", "num_scales, self.config.sigma_min, self.config.sigma_max,",
+      "num_scales, 0.002, 80.0,", (FORMULAS,)),
+    M("microbatch_gradients_averaged", "pid_diffusion/trainer.py", "(loss * scale).backward()",
+      "(loss * scale / len(starts)).backward()", ("tests/test_trainer.py::test_microbatches_sum_gradients_like_the_original",)),
+    M("teacher_loss_weight", "pid_diffusion/losses.py", "(sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2",
+      "(sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data)", (EDM_LOSS,)),
+    M("teacher_loss_summed_over_pixels", "pid_diffusion/losses.py",
+      "* _mean_over_pixels((denoised.to(images.dtype) - images) ** 2)",
+      "* ((denoised.to(images.dtype) - images) ** 2).flatten(1).sum(1)", (EDM_LOSS,)),
+    M("teacher_sigma_distribution", "pid_diffusion/losses.py", "(p_mean + p_std * log_normal_draws).exp()",
+      "(p_mean + log_normal_draws).exp()", (EDM_LOSS,)),
+    M("heun_second_order_dropped", "pid_diffusion/samplers.py", "(0.5 * d_cur + 0.5 * d_prime)", "d_cur", (SAMPLERS,)),
+    M("euler_sign", "pid_diffusion/samplers.py", "x = x + (sigma_next - sigma) * to_d(", "x = x + (sigma - sigma_next) * to_d(",
+      (SAMPLERS,)),
+    M("sampling_sigma_max_ignored", "pid_diffusion/cli.py", "sigma_max=args.sigma_max, rho=args.rho,",
+      "sigma_max=80.0, rho=args.rho,", (OPTIONS,)),
+    M("sampling_rho_ignored", "pid_diffusion/cli.py", "rho=args.rho, s_churn", "rho=7.0, s_churn", (OPTIONS,)),
+    M("sampling_churn_ignored", "pid_diffusion/cli.py", "s_churn=args.s_churn,", "s_churn=0.0,", (OPTIONS,)),
+    M("num_samples_ignored", "pid_diffusion/cli.py", "GenerationRequest(args.num_samples,", "GenerationRequest(8,",
+      (OPTIONS,)),
+    M("detector_ignored", "scripts/fid_evaluation.py", "detector = load_detector(args.detector,",
+      "detector = load_detector(\"inception\",", (FID_QUESTIONS,)),
+    M("fid_reference_ignored", "scripts/fid_evaluation.py", "reference_stats(args.fid_dataset, args.ref_path or None,",
+      "reference_stats(args.fid_dataset, None,", (FID_QUESTIONS,)),
+    M("fid_sample_count_ignored", "scripts/fid_evaluation.py", "measurement = dict(num_samples=request.num_samples,",
+      "request = cli.GenerationRequest(8, request.batch_size, request.seed, request.use_fp16, request.class_label)\n"
+      "    measurement = dict(num_samples=request.num_samples,", (FID_QUESTIONS,)),
+)
+
+
+def apply(mutation, root):
+    path = os.path.join(root, mutation.path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    found = text.count(mutation.old)
+    if found != 1:
+        return f"the code to change occurs {found} times in {mutation.path} (expected once): update the entry"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace(mutation.old, mutation.new))
+    return None
+
+
+def copy_project(destination):
+    for name in COPIED:
+        source = os.path.join(REPO, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(destination, name),
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        elif os.path.exists(source):
+            shutil.copy(source, destination)
+
+
+UNCHANGED = Mutation("unchanged code", "", "", "", tuple(sorted({test for m in MUTATIONS for test in m.tests})))
+"""The baseline: every test the mutations use, on the code as it is. It must pass, or a mutation's failing
+tests would say nothing."""
+
+
+def run_one(mutation, timeout):
+    """(name, outcome, seconds, detail): outcome is caught, survived, stale (the entry no longer applies) or
+    error (pytest could not run the tests)."""
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
+        root = os.path.join(scratch, "repo")  # no ../shared beside it: the fixture tests skip, as in CI
+        os.mkdir(root)
+        copy_project(root)
+        problem = apply(mutation, root) if mutation.path else None
+        if problem:
+            return mutation.name, "stale", 0.0, problem
+        env = {**os.environ, "PYTHONPATH": root, "PYTHONDONTWRITEBYTECODE": "1"}
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests]
+        try:
+            done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return mutation.name, "error", time.time() - started, f"the tests ran past {timeout} s"
+    seconds = time.time() - started
+    outcome = {0: "survived", 1: "caught"}.get(done.returncode, "error")
+    summary = (done.stdout.strip().splitlines() or [""])[-1]
+    return mutation.name, outcome, seconds, summary if outcome == "survived" else done.stdout[-1500:] + done.stderr[-1500:]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all); --list shows them")
+    parser.add_argument("--jobs", type=int, default=2, help="mutations tested at once (default: 2)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per mutation's tests (default: 900)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args(argv)
+    known = {m.name: m for m in MUTATIONS}
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name:40s} {m.path}: {m.old!r} → {m.new!r}")
+        return 0
+    unknown = [name for name in args.names if name not in known]
+    if unknown:
+        parser.error(f"unknown mutation(s) {', '.join(unknown)}; --list shows them")
+    chosen = [known[name] for name in args.names] or list(MUTATIONS)
+    _, outcome, seconds, detail = run_one(UNCHANGED, args.timeout)
+    if outcome != "survived":  # the unchanged code must pass its tests
+        print(f"the tests fail on the unchanged code ({seconds:.0f} s), so no mutation can be judged:\n{detail}")
+        return 2
+    print(f"baseline: the {len(UNCHANGED.tests)} test targets pass on the unchanged code ({seconds:.0f} s)", flush=True)
+    outcomes = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        for name, outcome, seconds, detail in pool.map(lambda m: run_one(m, args.timeout), chosen):
+            outcomes[name] = outcome
+            print(f"{outcome:9s} {name:40s} {seconds:6.1f} s  {detail if outcome != 'caught' else ''}", flush=True)
+    survivors = [n for n, o in outcomes.items() if o == "survived"]
+    broken = [n for n, o in outcomes.items() if o in ("stale", "error")]
+    print(f"{len(chosen)} mutations: {len(chosen) - len(survivors) - len(broken)} caught, {len(survivors)} survived"
+          f"{', ' + str(len(broken)) + ' could not be tested' if broken else ''}")
+    return 1 if survivors else 2 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

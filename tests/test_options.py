@@ -1,0 +1,133 @@
+"""Every flag of the four scripts reaches what it controls: a flag given another value arrives, as that
+value, in the object that acts on it, and (where the flag acts here, not in a trainer or sampler tested
+elsewhere) changes the result as its meaning says."""
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pid_diffusion import cli, digits
+from pid_diffusion.evaluation import TEACHER_MODE, run_generation
+from pid_diffusion.fid import detector_input, digits_reference_stats, load_detector
+from pid_diffusion.generate import GenerationRequest, draw_inputs, per_sample_randn_like, sample_generators, to_uint8
+from pid_diffusion.samplers import sample
+from pid_diffusion.teacher_trainer import TeacherTrainConfig
+from pid_diffusion.teachers import GaussianMixtureDenoiser
+from pid_diffusion.trainer import TrainConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import cm_train  # noqa: E402
+import fid_evaluation  # noqa: E402
+import image_sample  # noqa: E402
+import train_teacher  # noqa: E402
+
+PID_VALUES = {  # a valid value other than the default for every flag that is a TrainConfig field
+    "teacher_model_path": "teacher.pt", "start_scales": 18, "end_scales": 30, "scale_mode": "progressive",
+    "sigma_min": 0.004, "sigma_max": 60.0, "rho": 5.0, "loss_norm": "l1", "weight_schedule": "snr+1",
+    "dropout": 0.2, "lpips_vgg_weights": "vgg.pth", "lpips_lin_weights": "lin.pt", "global_batch_size": 24,
+    "batch_size": 3, "microbatch": 1, "lr": 3e-4, "weight_decay": 0.01, "lr_anneal_steps": 77, "optimizer": "adam",
+    "opt_eps": 1e-6, "ema_rate": "0.5,0.75", "log_interval": 3, "save_interval": 9, "total_training_steps": 27,
+    "resume_checkpoint": "model000009.pt", "fp16_scale_growth": 0.01, "seed": 5, "mixed_precision": "bf16",
+    "student_precision": "fp32_output", "batched_student": False, "attention": "reference", "fused_optimizer": False,
+    "channels_last": True, "compile": True, "compile_mode": "reduce-overhead", "cudnn_benchmark": False,
+    "ddp_bucket_cap_mb": 64, "allow_changed_settings": True,
+}
+
+
+def argv_of(values):
+    return [token for name, value in values.items() for token in (f"--{name}", str(value))]
+
+
+def test_every_distillation_flag_reaches_the_trainer_config():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"log_dir", "network_flags"}
+    assert fields == set(PID_VALUES), "a TrainConfig field without a flag value here: add it to PID_VALUES"
+    for name, value in PID_VALUES.items():
+        default = cli.TRAIN_FLAGS.get(name, cli.MODEL_FLAGS.get(name, (None,)))[0]
+        assert value != default, name
+    args, given = cm_train.parse(argv_of(PID_VALUES))
+    config = cm_train.config_from_args(args, given, "run", "cpu")
+    for name, value in PID_VALUES.items():
+        assert getattr(config, name) == value, name
+    # the architecture flags go to the teacher reader (files without a recorded architecture need them)
+    args, given = cm_train.parse(["--teacher_model_path", "t.pt", "--num_channels", "32", "--class_cond", "True"])
+    assert cm_train.config_from_args(args, given, "run", "cpu").network_flags == dict(num_channels=32, class_cond=True)
+
+
+def test_every_teacher_training_flag_reaches_its_config():
+    values = {name: PID_VALUES[name] for name in cli.LOOP_FLAG_NAMES}
+    values.update(num_channels=24, num_res_blocks=3, dropout=0.25)
+    config = train_teacher.config_from_args(train_teacher.parse(argv_of(values)), "run")
+    assert isinstance(config, TeacherTrainConfig)
+    for name in cli.LOOP_FLAG_NAMES:
+        assert getattr(config, name) == values[name], name
+    network = config.network_config
+    assert (network["model_channels"], network["num_blocks"], network["dropout"]) == (24, 3, 0.25)
+    assert {k: v for k, v in network.items() if k not in ("model_channels", "num_blocks", "dropout")} == {
+        k: v for k, v in digits.DIGITS_NETWORK_CONFIG.items() if k not in ("model_channels", "num_blocks", "dropout")}
+
+
+SAMPLE_VALUES = dict(training_mode=TEACHER_MODE, sampler="dpm", steps=7, sigma_min=0.01, sigma_max=50.0, rho=4.0,
+                     s_churn=3.0, s_tmin=0.1, s_tmax=20.0, s_noise=1.01, clip_denoised=False, num_samples=5,
+                     batch_size=3, seed=9, class_label=1, use_fp16=True)
+
+
+@pytest.mark.parametrize("script", [image_sample, fid_evaluation])
+def test_every_sampling_flag_reaches_the_sampler_and_the_request(script):
+    extra = ["--exp_dir", "run"] if script is fid_evaluation else []
+    args, given = script.parse([*argv_of(SAMPLE_VALUES), *extra])
+    options = cli.sampling_options(args)
+    assert options == dict(sampler="dpm", steps=7, sigma_min=0.01, sigma_max=50.0, rho=4.0, s_churn=3.0, s_tmin=0.1,
+                           s_tmax=20.0, s_noise=1.01, ts="", clip_denoised=False)
+    assert cli.generation_request(args) == GenerationRequest(5, 3, 9, True, 1)
+    args, _ = script.parse(["--training_mode", TEACHER_MODE, "--sampler", "multistep", "--ts", "0,3,6", *extra])
+    assert cli.sampling_options(args)["ts"] == "0,3,6"
+    # the defaults are the original's: clamped, 40 steps, Heun
+    args, _ = script.parse(["--training_mode", TEACHER_MODE, *extra])
+    assert cli.sampling_options(args) == dict(sampler="heun", steps=40, sigma_min=0.002, sigma_max=80.0, rho=7.0,
+                                              s_churn=0.0,
+                                              s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, ts="", clip_denoised=True)
+
+
+def test_generation_samples_with_the_options_it_is_given():
+    """What the scripts hand to run_generation is what sample() computes, seeded per sample; another value of
+    an option changes the images."""
+    teacher = GaussianMixtureDenoiser(torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 4 - 2,
+                                      stds=0.3)
+    request = GenerationRequest(num_samples=4, batch_size=3, seed=3)
+    base = dict(sampler="heun", steps=6, sigma_min=0.002, sigma_max=80.0, rho=7.0, s_churn=2.0, s_tmin=0.0,
+                s_tmax=float("inf"), s_noise=1.0, ts="", clip_denoised=False)
+
+    def generated(**changes):
+        images, _, _, _ = run_generation(teacher, (3, 4, 4), 0, request, {**base, **changes}, "cpu", progress=False)
+        return images
+
+    generators = sample_generators(3, range(4))  # each sample's noise, then its sampler noise, from its generator
+    noise, _ = draw_inputs(generators, (3, 4, 4))
+    options = {k: v for k, v in base.items() if k != "sampler"}
+    expected = sample(teacher, noise, "heun", randn_like=per_sample_randn_like(generators), **options)
+    assert torch.equal(generated(), to_uint8(expected))
+    reference = generated()
+    for change in (dict(steps=7), dict(s_noise=1.3), dict(s_churn=0.0), dict(sigma_max=40.0), dict(rho=3.0),
+                   dict(sampler="euler"),
+                   dict(clip_denoised=True)):
+        assert not torch.equal(generated(**change), reference), change
+
+
+def test_digits_reference_statistics_are_those_of_all_real_digits():
+    detector = load_detector("digits", os.path.join(REPO, "model_zoo", "digits-classifier.pt"))
+    mu, sigma = digits_reference_stats(detector)
+    images, _ = digits.load_digits("all")
+    assert len(images) == 1797
+    with torch.no_grad():
+        features = detector(detector_input(images)).double().numpy()
+    assert np.allclose(mu, features.mean(0), rtol=0, atol=1e-9 * np.abs(features).max())
+    assert np.allclose(sigma, np.cov(features, rowvar=False), rtol=0, atol=1e-9 * np.abs(features).max() ** 2)
+    train_images, _ = digits.load_digits("train")
+    with torch.no_grad():
+        train_mu = detector(detector_input(train_images)).double().numpy().mean(0)
+    assert not np.allclose(mu, train_mu, rtol=0, atol=1e-6 * np.abs(features).max())
