@@ -279,7 +279,11 @@ def run_script(body, extra_errors=()):
 
 
 def _run_body(body, extra_errors):
-    info = dist.init()
+    try:
+        info = dist.init()
+    except dist.LaunchError as e:  # the processes cannot form their group: each says why, once
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
     try:
         body(info)
     except (ValueError, OSError, StoppedBySignal, *extra_errors) as e:

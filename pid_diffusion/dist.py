@@ -1,15 +1,19 @@
-"""One place that understands the launcher: mpirun (Open MPI or MPICH, through mpi4py), torchrun, or a
-plain single process. One process per GPU; NCCL on CUDA, gloo on CPU.
+"""One place that understands the launcher: mpirun (Open MPI or MPICH, through mpi4py), torchrun, Slurm's
+srun, or a plain single process. One process per GPU; NCCL on CUDA, gloo on CPU.
 
 Under mpirun, rank 0 picks a free TCP port and shares its address over MPI (as the original code
 does), so `mpirun -np 8 python ...` and multi-node `mpirun -H host1:8,host2:8 ...` need no extra
 environment. Under torchrun the usual MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK
-are used. Without a launcher there is no process group and every helper acts on one process.
+are used. Under srun (no MPI plug-in needed) the task's SLURM_PROCID, SLURM_STEP_NUM_TASKS and
+SLURM_LOCALID give the ranks, the first host of the step's node list is the address and the port is
+derived from the job and step ids (MASTER_ADDR / MASTER_PORT override both). Without a launcher there
+is no process group and every helper acts on one process.
 """
 
 import datetime
 import gc
 import os
+import re
 import socket
 from dataclasses import dataclass
 
@@ -19,6 +23,12 @@ import torch.distributed as torch_dist
 MPI_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
 INIT_TIMEOUT = datetime.timedelta(minutes=30)
+SLURM_PORT_BASE, SLURM_PORT_RANGE = 20000, 20000
+"""srun's rendezvous port: SLURM_PORT_BASE + (job id + step id) mod SLURM_PORT_RANGE, the same on every task."""
+
+
+class LaunchError(RuntimeError):
+    """The processes cannot form their group as launched (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)
@@ -34,13 +44,64 @@ _info = DistInfo()
 
 
 def launcher_from_environment(environ=None):
-    """'torchrun', 'mpirun' or 'none', from the variables the launchers set."""
+    """'torchrun', 'mpirun', 'srun' or 'none', from the variables the launchers set. srun's tasks carry
+    SLURM_STEP_NUM_TASKS; a batch script's own shell has SLURM_PROCID too, but no step, and is one process."""
     environ = os.environ if environ is None else environ
     if "TORCHELASTIC_RUN_ID" in environ or ("RANK" in environ and "WORLD_SIZE" in environ):
         return "torchrun"
     if any(v in environ for v in MPI_RANK_VARIABLES):
         return "mpirun"
+    if "SLURM_PROCID" in environ and "SLURM_STEP_NUM_TASKS" in environ:
+        return "srun"
     return "none"
+
+
+SLURM_FIRST_HOST = re.compile(r"([\w.-]+)(?:\[(\d+)(?:-\d+)?(?:,[\d,-]*)?\]([\w.-]*))?(?:,|$)")
+"""The first entry of a Slurm node list: a name, or prefix[ranges]suffix ("gpu[07-09,12]-ib,cpu1")."""
+
+
+def first_slurm_host(node_list):
+    """The first host of a Slurm node list: "gpu[07-09,12],cpu1" → "gpu07" (zero padding kept)."""
+    match = SLURM_FIRST_HOST.match(node_list.strip())
+    if not match:
+        raise LaunchError(f"SLURM_STEP_NODELIST/SLURM_JOB_NODELIST {node_list!r} is not a Slurm node list (expected "
+                          "e.g. gpu[01-04],gpu07); set MASTER_ADDR to the first node's address")
+    prefix, first, suffix = match.groups()
+    return prefix if first is None else prefix + first + suffix
+
+
+def slurm_rendezvous(environ=None):
+    """(rank, world size, local rank, (address, port)) of an srun task."""
+    environ = os.environ if environ is None else environ
+    try:
+        rank, world = int(environ["SLURM_PROCID"]), int(environ["SLURM_STEP_NUM_TASKS"])
+        local = int(environ.get("SLURM_LOCALID", 0))
+        job, step = int(environ.get("SLURM_JOB_ID", 0)), int(environ.get("SLURM_STEP_ID", 0))
+        port = int(environ.get("MASTER_PORT", SLURM_PORT_BASE + (job + step) % SLURM_PORT_RANGE))
+    except ValueError as e:
+        raise LaunchError(f"srun's task variables (or MASTER_PORT) are not whole numbers: {e}") from None
+    if "MASTER_ADDR" in environ:
+        host = environ["MASTER_ADDR"]
+    elif environ.get("SLURM_STEP_NUM_NODES", "1") == "1":
+        host = "127.0.0.1"  # one node: no name lookup needed
+    else:
+        node_list = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
+        if not node_list:
+            raise LaunchError("srun on several nodes without SLURM_STEP_NODELIST or SLURM_JOB_NODELIST: set "
+                              "MASTER_ADDR to the first node's address")
+        host = first_slurm_host(node_list)
+    return rank, world, local, (host, port)
+
+
+def check_one_group(world, environ=None):
+    """srun started more tasks than the group has (e.g. `srun --mpi=pmi2` with an MPI that does not speak
+    that PMI: every task believes it is alone): stop, instead of each task training on its own."""
+    environ = os.environ if environ is None else environ
+    tasks = environ.get("SLURM_STEP_NUM_TASKS")
+    if tasks and tasks.isdigit() and int(tasks) > world:
+        raise LaunchError(f"srun started {tasks} tasks but MPI sees {world} process(es): the tasks would train "
+                          "apart. Launch with plain srun (no --mpi option: the tasks meet through Slurm's "
+                          "variables), or with mpirun inside the allocation")
 
 
 def _free_port():
@@ -60,7 +121,7 @@ def _mpi_rendezvous():
     try:
         from mpi4py import MPI
     except Exception as e:  # ImportError, or "cannot load MPI library"
-        raise RuntimeError(
+        raise LaunchError(
             f"launched by mpirun but mpi4py cannot be used ({e}). Install an MPI runtime with the "
             "package (pip install -e '.[mpich]') or launch with torchrun / a single process") from e
     comm = MPI.COMM_WORLD
@@ -86,6 +147,10 @@ def init(device=None):
         init_method = "env://"
     elif launcher == "mpirun":
         rank, world, local, (host, port) = _mpi_rendezvous()
+        check_one_group(world)
+        init_method = f"tcp://{host}:{port}"
+    elif launcher == "srun":
+        rank, world, local, (host, port) = slurm_rendezvous()
         init_method = f"tcp://{host}:{port}"
     else:
         rank, world, local, init_method = 0, 1, 0, None

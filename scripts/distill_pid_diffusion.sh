@@ -7,6 +7,7 @@
 # Extra arguments are appended to the cm_train.py flags (later flags win), e.g.
 #   NUM_GPUS=4 bash scripts/distill_pid_diffusion.sh cifar10 --total_training_steps 1000
 # Several nodes: MPIRUN="mpirun -H host1:8,host2:8" NUM_GPUS=16 bash scripts/distill_pid_diffusion.sh cifar10
+# Slurm: MPIRUN=srun inside an allocation (scripts/distill_pid_diffusion.sbatch does it for 2 nodes × 8 GPUs).
 # DRY_RUN=1 prints the command instead of running it. Training resumes from the newest complete
 # checkpoint in the run folder and stops at --total_training_steps.
 set -euo pipefail
@@ -43,8 +44,10 @@ case "$DATASET" in
   *) echo "usage: bash $0 [cifar10|imagenet64] [extra cm_train.py flags]" >&2; exit 2 ;;
 esac
 
+# srun counts its processes with --ntasks, mpirun with -np
+case "$(basename "${MPIRUN%% *}")" in srun) COUNT_FLAG=--ntasks ;; *) COUNT_FLAG=-np ;; esac
 # shellcheck disable=SC2206
-COMMAND=($MPIRUN -np "$NUM_GPUS" "$PYTHON" ./scripts/cm_train.py "${FLAGS[@]}" "$@")
+COMMAND=($MPIRUN "$COUNT_FLAG" "$NUM_GPUS" "$PYTHON" ./scripts/cm_train.py "${FLAGS[@]}" "$@")
 export OPENAI_LOGDIR=${OPENAI_LOGDIR:-$LOG_ROOT/$RUN_NAME}
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   echo "OPENAI_LOGDIR=$OPENAI_LOGDIR"

@@ -39,6 +39,7 @@ SAMPLERS = "tests/test_samplers.py"
 OPTIONS = "tests/test_options.py"
 EDM_LOSS = "tests/test_digits.py::test_edm_loss_against_a_hand_computation"
 FID_QUESTIONS = "tests/test_sampling_fid.py::test_a_results_row_answers_only_the_question_it_measured"
+LAUNCHERS = "tests/test_launchers.py"
 MUTATIONS = (
     # --- the table of the tests issue, row by row
     M("ema_rate", "pid_diffusion/ema.py", "torch._foreach_lerp_(averages, params, 1.0 - rate)",
@@ -102,6 +103,12 @@ MUTATIONS = (
     M("l2_doubled", "pid_diffusion/losses.py", "distance = _mean_over_pixels((implied - target) ** 2)",
       "distance = 2 * _mean_over_pixels((implied - target) ** 2)", (FORMULAS,)),
     # --- the other options of the four scripts, and formulas the table did not list
+    M("edm_c_skip", "pid_diffusion/networks/edm_precond.py", "c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)",
+      "c_skip = sigma_data / (sigma ** 2 + sigma_data ** 2)", (FORMULAS,)),
+    M("edm_c_out", "pid_diffusion/networks/edm_precond.py", "c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()",
+      "c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2)", (FORMULAS,)),
+    M("edm_c_noise", "pid_diffusion/networks/edm_precond.py", "c_noise = sigma.log() / 4", "c_noise = sigma.log() / 2",
+      (FORMULAS,)),
     M("l1_is_l2", "pid_diffusion/losses.py", "distance = _mean_over_pixels((implied - target).abs())",
       "distance = _mean_over_pixels((implied - target) ** 2)", (FORMULAS,)),
     M("karras_weight_constant", "pid_diffusion/losses.py", "snr + 1.0 / sigma_data ** 2", "snr + 1.0 / sigma_data",
@@ -132,6 +139,11 @@ MUTATIONS = (
       (OPTIONS,)),
     M("detector_ignored", "scripts/fid_evaluation.py", "detector = load_detector(args.detector,",
       "detector = load_detector(\"inception\",", (FID_QUESTIONS,)),
+    M("slurm_host_padding", "pid_diffusion/dist.py", "else prefix + first + suffix",
+      "else prefix + str(int(first)) + suffix", (LAUNCHERS,)),
+    M("slurm_port_ignores_step", "pid_diffusion/dist.py", "SLURM_PORT_BASE + (job + step) % SLURM_PORT_RANGE",
+      "SLURM_PORT_BASE + job % SLURM_PORT_RANGE", (LAUNCHERS,)),
+    M("srun_tasks_apart_unchecked", "pid_diffusion/dist.py", "        check_one_group(world)\n", "", (LAUNCHERS,)),
     M("fid_reference_ignored", "scripts/fid_evaluation.py", "reference_stats(args.fid_dataset, args.ref_path or None,",
       "reference_stats(args.fid_dataset, None,", (FID_QUESTIONS,)),
     M("fid_sample_count_ignored", "scripts/fid_evaluation.py", "measurement = dict(num_samples=request.num_samples,",

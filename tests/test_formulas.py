@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from conftest import small_run_config
+from conftest import small_run_config, tiny_song_config
 from tolerances import per_sample_distance_difference_bound, per_sample_norm, implied_denoised_rounding, rounding_bound
 from pid_diffusion.ema import EMA
 from pid_diffusion.losses import pid_loss
+from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.precond import PIDStudent
 from pid_diffusion.teachers import GaussianMixtureDenoiser
 from pid_diffusion.trainer import PIDTrainer, num_scales_at
@@ -271,3 +272,18 @@ def test_dropout_masks_follow_the_seed(teacher_path, tmp_path):
             outputs.append(trainer.student(z, t, labels))
         trainer.close()
     assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
+
+
+def test_edm_denoiser_is_the_preconditioned_network():
+    """EDM's D(x; σ) = c_skip·x + c_out·F(c_in·x, ¼ ln σ), c_skip = σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² + σ_d²),
+    c_in = 1/√(σ² + σ_d²) (Karras et al. 2022, Table 1), with a linear F."""
+    denoiser = EDMPrecond(**tiny_song_config())
+    denoiser.model = LinearNet(a=0.6, b=0.2, c=-0.1).float()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 5
+    sigma = torch.tensor([0.01, 1.0, 50.0])
+    with torch.no_grad():
+        got = denoiser(x, sigma)
+    s, d = sigma.double().reshape(-1, 1, 1, 1), SIGMA_DATA
+    network = 0.6 * x.double() / (s ** 2 + d ** 2).sqrt() + 0.2 * s.log() / 4 - 0.1
+    expected = d ** 2 / (s ** 2 + d ** 2) * x.double() + s * d / (s ** 2 + d ** 2).sqrt() * network
+    assert per_sample_norm(got - expected).max() <= rounding_bound(10) * per_sample_norm(expected).max()
