@@ -73,7 +73,10 @@ TRAIN_FLAGS = {
     "use_target_model": (False, None),
     "optimizer": ("radam", "radam or adam"),
     "opt_eps": (1e-8, "optimizer epsilon"),
-    "eval_interval": (10000, None),
+    "eval_interval": (0, "FID of every EMA network and the raw one every this many steps, from --eval_samples "
+                         "one-step samples against --fid_dataset / --ref_path with --detector (0 = off; the "
+                         "original accepted the flag and ignored it)"),
+    "eval_samples": (10000, "samples of each FID during training (fid_evaluation.py's 50,000 stay the measurement)"),
     "random_init_stu": (False, None),
     "seed": (0, "seed of the training noise: the global batch of a step depends only on (seed, step)"),
     "speed": ("auto", "preset of the speed and precision options below: reference (the original's numerics), eager "
@@ -168,6 +171,8 @@ FID_FLAGS = {
                         "*.pt of --exp_dir but optimizer and trainer-state files, as the original"),
     "save_samples": (True, "write FID/{name}_samples_NxHxWx3.npz with every sample, as the original"),
 }
+TRAIN_FLAGS.update({name: FID_FLAGS[name] for name in ("detector", "detector_path", "detector_feed", "fid_dataset",
+                                                          "ref_path")})  # FID during training: the FID script's flags
 TRAINING_MODES = ("one_shot_pinn_edm_edm",)
 NETWORK_FLAG_NAMES = ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "channel_mult",
                       "class_cond", "learn_sigma")

@@ -9,13 +9,12 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import dist
 from .checkpoint import load_student, load_teacher
 from .fid import DetectorTally
 from .files import FileLock, atomic_output
-from .generate import generate, image_grid, to_uint8
+from .generate import generate, to_uint8
 from .run_folder import checkpoint_step, model_file_names
 from .samplers import SAMPLERS, check_sampler_options
 
@@ -118,19 +117,6 @@ def gather_in_order(images, labels, indices):
     label_parts = [p[1] for p in parts if p[1] is not None]  # a process without batches has none
     all_labels = torch.cat(label_parts)[order] if label_parts else None
     return all_images, all_labels
-
-
-MIN_GRID_CELL = 32
-"""Images narrower than this many pixels are enlarged (nearest neighbour) in grids, so 8×8 digits can be seen."""
-
-
-def save_grid(images_uint8, path, columns=8):
-    """A PNG grid of uint8 NHWC images (greyscale or colour)."""
-    grid = image_grid(images_uint8, columns)
-    zoom = max(1, -(-MIN_GRID_CELL // images_uint8.shape[2]))
-    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
-    with atomic_output(path) as tmp:
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
 
 
 def samples_npz_path(folder, count, image_shape, prefix=""):

@@ -14,7 +14,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from .files import atomic_output
 from .samplers import sample
 from .seeding import SAMPLE, seeded_generator
 
@@ -130,3 +132,16 @@ def image_grid(images_uint8, columns=8):
         r, c = divmod(k, columns)
         grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
     return grid
+
+
+MIN_GRID_CELL = 32
+"""Images narrower than this many pixels are enlarged (nearest neighbour) in grids, so 8×8 digits can be seen."""
+
+
+def save_grid(images_uint8, path, columns=8):
+    """A PNG grid of uint8 NHWC images (greyscale or colour)."""
+    grid = image_grid(images_uint8, columns)
+    zoom = max(1, -(-MIN_GRID_CELL // images_uint8.shape[2]))
+    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    with atomic_output(path) as tmp:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)

@@ -24,10 +24,13 @@ def prepare_log_dir(path):
     return path
 
 
+PROGRESS_FILE = "progress.csv"
+
+
 class RunLogger:
     def __init__(self, log_dir):
         self.log_dir = log_dir
-        self._csv_keys = None
+        self._csv_keys = {}  # file name → its columns
 
     def log(self, message):
         if not dist.is_main():
@@ -36,27 +39,28 @@ class RunLogger:
         with open(os.path.join(self.log_dir, "log.txt"), "a") as f:
             f.write(message + "\n")
 
-    def metrics(self, row):
-        """Append a row to progress.csv (the header is written once per file)."""
+    def metrics(self, row, name=PROGRESS_FILE):
+        """Append a row to the CSV file `name` of the run folder (its header, the first row's keys or the
+        existing file's, is written once)."""
         if not dist.is_main():
             return
-        path = os.path.join(self.log_dir, "progress.csv")
-        if self._csv_keys is None:
-            self._csv_keys = list(row)
+        path = os.path.join(self.log_dir, name)
+        if name not in self._csv_keys:
+            keys = list(row)
             if os.path.exists(path):
                 with open(path, newline="") as f:
-                    header = next(csv.reader(f), None)
-                self._csv_keys = header or self._csv_keys
+                    keys = next(csv.reader(f), None) or keys
             else:
                 with open(path, "w", newline="") as f:
-                    csv.writer(f).writerow(self._csv_keys)
+                    csv.writer(f).writerow(keys)
+            self._csv_keys[name] = keys
         with open(path, "a", newline="") as f:
-            csv.writer(f).writerow([row.get(k, "") for k in self._csv_keys])
+            csv.writer(f).writerow([row.get(k, "") for k in self._csv_keys[name]])
 
-    def truncate_metrics(self, step):
-        """Cut progress.csv back to the rows of steps ≤ `step` (a resumed run trains the later ones again);
-        returns how many rows were removed. Rank 0 only."""
-        path = os.path.join(self.log_dir, "progress.csv")
+    def truncate_metrics(self, step, name=PROGRESS_FILE):
+        """Cut the CSV file `name` back to the rows of steps ≤ `step` (a resumed run trains the later ones
+        again); returns how many rows were removed. Rank 0 only."""
+        path = os.path.join(self.log_dir, name)
         if not os.path.isfile(path):
             return 0
         with open(path, newline="") as f:

@@ -11,6 +11,7 @@ kept consistent, is pid_diffusion/run_folder.py's business.
 """
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -28,8 +29,11 @@ from .checkpoint import (build_teacher, load_strictly, network_state_dict, read_
                          student_from_teacher)
 from .download import is_url
 from .ema import EMA
+from .evaluation import ONE_SHOT_MODE, run_generation, sampler_options
+from .fid import DETECTORS, FEEDS, DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats
 from .files import UnreadableFileError
-from .log import RunLogger, prepare_log_dir
+from .generate import GenerationRequest, generate, save_grid, to_uint8
+from .log import PROGRESS_FILE, RunLogger, prepare_log_dir
 from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
 from .lpips import LPIPS
 from .run_folder import (PID_RUN, RunFolderLock, check_resumed_settings, check_run_kind, checkpoint_files,
@@ -45,6 +49,10 @@ OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
 ADAM_BETA1 = 0.9  # both optimizers run with PyTorch's default betas, as the original
 SCALE_MODES = ("fixed", "progressive")
 FP16_INITIAL_LOG2_SCALE = 20.0
+GRID_SAMPLES = 64
+"""The samples in each checkpoint's samples_{step}.png."""
+EVALUATION_FILE = "fid_during_training.csv"
+"""The FIDs measured during training (--eval_interval), a row per network and evaluation."""
 DIVERGENCE_FACTOR = 1e4
 """Weights whose loss on the next batch exceeds this many times the largest step loss of the run so
 far have diverged (huge but finite weights, which the next steps turn into NaN), and are not saved."""
@@ -153,9 +161,17 @@ class TrainConfig(LoopConfig):
     dropout: float = 0.0
     lpips_vgg_weights: str = ""
     lpips_lin_weights: str = ""
+    eval_interval: int = 0
+    eval_samples: int = 10000
+    detector: str = "inception"
+    detector_path: str = ""
+    detector_feed: str = "float"
+    fid_dataset: str = "cifar10"
+    ref_path: str = ""
 
     def choices(self):
-        return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS}
+        return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,
+                "detector": DETECTORS, "detector_feed": FEEDS}
 
     def validate(self):
         super().validate()
@@ -171,6 +187,11 @@ class TrainConfig(LoopConfig):
             if self.loss_norm == "lpips" and path and not is_url(path) and not os.path.isfile(path):
                 problem = "is a folder" if os.path.isdir(path) else "does not exist"
                 raise FileNotFoundError(f"--{flag} {path} {problem}; give the weight file (see model_zoo/README.md)")
+        if self.eval_interval < 0:
+            raise ValueError(f"--eval_interval must be 0 (no FID during training) or a number of steps, got "
+                             f"{self.eval_interval}")
+        if self.eval_interval and self.eval_samples < 2:
+            raise ValueError(f"--eval_samples must be at least 2 (FID needs a covariance), got {self.eval_samples}")
 
 
 def num_scales_at(config, step):
@@ -294,10 +315,11 @@ class TrainingLoop:
         self._resume(steps)
         self._note_process_count()
         if dist.is_main():
-            cut = self.logger.truncate_metrics(self.step)
-            if cut:
-                self.logger.log(f"progress.csv: removed {cut} row(s) after step {self.step}, logged by a run that ended "
-                                "before its next checkpoint (those steps are trained again)")
+            for table in self.logged_tables:
+                cut = self.logger.truncate_metrics(self.step, table)
+                if cut:
+                    self.logger.log(f"{table}: removed {cut} row(s) after step {self.step}, logged by a run that ended "
+                                    "before its next checkpoint (those steps are trained again)")
         dist.broadcast_tensors(list(network.state_dict().values()))
         self.config.set_global_switches(self.device.type)
         self.model = module
@@ -339,7 +361,24 @@ class TrainingLoop:
         """The first line of the log: what is trained on what."""
         raise NotImplementedError
 
+    def after_save(self):
+        """Called on every process once a checkpoint is written, before the processes meet again (what a
+        trainer adds beside a checkpoint)."""
+
+    def evaluation_due(self, step):
+        """Whether `evaluate` runs after this step."""
+        return False
+
+    def evaluate(self):
+        """Measure the networks during training (every process takes part)."""
+
+    def logged_evaluation(self):
+        """Columns of progress.csv that the evaluations fill (the same keys in every row)."""
+        return {}
+
     run_kind = PID_RUN
+    logged_tables = (PROGRESS_FILE,)
+    """The CSV files of the run folder that have a row per logged step (cut back on resume)."""
 
     def run_config(self):
         """What run_config.json records beside the loop's settings."""
@@ -470,7 +509,10 @@ class TrainingLoop:
             loss_total += loss.nan_to_num(0.0, 0.0, 0.0)
             largest_loss = torch.maximum(largest_loss, loss.detach().nan_to_num(0.0, 0.0, 0.0))
             steps_in_interval += 1
-            due_log = self.step % cfg.log_interval == 0 or self.step == cfg.total_training_steps
+            evaluated = self.evaluation_due(self.step)
+            if evaluated:  # before the log, whose row then holds the evaluation's numbers
+                self.evaluate()
+            due_log = self.step % cfg.log_interval == 0 or self.step == cfg.total_training_steps or evaluated
             due_save = cfg.save_interval > 0 and self.step % cfg.save_interval == 0
             if due_log:
                 self._check_finite(first_bad_step, last_saved)
@@ -538,6 +580,7 @@ class TrainingLoop:
                    lr=self.optimizer.param_groups[0]["lr"])
         if self.config.loss_scaling:
             row["lg_loss_scale"] = self.log2_loss_scale
+        row.update(self.logged_evaluation())
         self.logger.metrics(row)
         eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} days"
         self.logger.log(f"step {self.step:>7d}  loss {loss:.6f}  {images_per_second:8.1f} img/s  ETA {eta}")
@@ -556,7 +599,8 @@ class TrainingLoop:
                                  {rate: self.ema.state_dict(rate) for rate in self.ema.rates},
                                  self.optimizer.state_dict(), state)
                 self.logger.log(f"saved checkpoint {self.step:06d}")
-            dist.barrier()
+            self.after_save()
+            dist.barrier()  # every process leaves the save together (a launcher ends the rest when one exits)
         finally:
             self.saving = False
 
@@ -618,6 +662,8 @@ class PIDTrainer(TrainingLoop):
     """PID distillation: the student x_θ starts from the teacher's weights (random weights for an
     analytic teacher) and learns from noise and the frozen teacher alone."""
 
+    logged_tables = (PROGRESS_FILE, EVALUATION_FILE)
+
     def __init__(self, config, dist_info=None):
         super().__init__(config, dist_info)
         if config.teacher_model_path.startswith(BUILTIN_PREFIX):
@@ -641,6 +687,15 @@ class PIDTrainer(TrainingLoop):
         if config.loss_norm == "lpips":
             self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
                 self.device, memory_format=self.memory_format)
+        self.detector = self.reference = None
+        if config.eval_interval:  # refused before the run folder is touched when they cannot be loaded
+            self.detector = load_detector(config.detector, config.detector_path or None, self.device)
+            self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,
+                                             device=self.device)
+            features = DetectorTally(self.detector, self.image_shape, self.device, config.detector_feed).stats.total
+            check_stats_dimension(*self.reference, features.shape[0], reference_name(config.fid_dataset, config.ref_path))
+        self.preview = None  # an eval-mode copy of the student for sample grids and evaluations
+        self.latest_fids = {}
         self.start(self.student, self.student.net, network_config)
         if teacher_state is None:
             self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
@@ -649,6 +704,91 @@ class PIDTrainer(TrainingLoop):
 
     def describe(self):
         return f"PID distillation: teacher {self.config.teacher_model_path}"
+
+    # ------------------------------------------------------------- what a run shows while it trains
+    def _preview_with(self, state):
+        """The eval-mode copy of the student holding `state` (made once, by copying: no random draw, so
+        the training's random numbers are untouched)."""
+        if self.preview is None:
+            self.preview = copy.deepcopy(self.student).eval().requires_grad_(False)
+            for parameter in self.preview.parameters():
+                parameter.grad = None
+        self.preview.net.load_state_dict(state)
+        return self.preview
+
+    def shown_networks(self):
+        """The names of every EMA network, then of the raw one, as their checkpoint files are named."""
+        return [*(f"ema_{rate}" for rate in self.ema.rates), "model"]
+
+    def shown_state(self, name):
+        return self.network.state_dict() if name == "model" else self.ema.state_dict(float(name[len("ema_"):]))
+
+    def one_step_options(self):
+        """What image_sample.py and fid_evaluation.py sample a student checkpoint with (clamped, one step)."""
+        return sampler_options(ONE_SHOT_MODE, "oneshot", sigma_min=self.config.sigma_min,
+                               sigma_max=self.config.sigma_max, clip_denoised=True)
+
+    def after_save(self):
+        """samples_{step}.png: the first network's (an EMA's, if any) one-step samples 0 … GRID_SAMPLES − 1 of
+        --seed, the same noises and labels at every checkpoint (image_sample.py --seed draws them too)."""
+        if not dist.is_main():
+            return
+        batches = generate(self._preview_with(self.shown_state(self.shown_networks()[0])), GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape,
+                           self.label_dim, device=self.device, **self.one_step_options())
+        images = torch.cat([to_uint8(batch.images).cpu() for batch in batches])
+        path = os.path.join(self.config.log_dir, f"samples_{self.step:06d}.png")
+        try:
+            save_grid(images, path)
+        except OSError as e:  # a picture is not worth a run
+            self.logger.log(f"could not write {path} ({e}); training goes on")
+
+    def evaluation_due(self, step):
+        return bool(self.config.eval_interval) and step % self.config.eval_interval == 0
+
+    def evaluate(self):
+        """FID (and with the digits detector conditional accuracy) of every EMA network and the raw one, from
+        --eval_samples one-step samples of --seed (the same noises at every evaluation; fid_evaluation.py
+        --seed draws the same). Every process samples its share; a failure on any process is logged and
+        training goes on."""
+        started = time.time()
+        request = GenerationRequest(self.config.eval_samples, self.batch, self.config.seed)
+        tallies, problem = {}, None
+        try:
+            for name in self.shown_networks():
+                tallies[name] = run_generation(self._preview_with(self.shown_state(name)), self.image_shape, self.label_dim, request,
+                                               self.one_step_options(), self.device, detector=self.detector,
+                                               feed=self.config.detector_feed, keep_images=False, progress=False)[3]
+        except Exception as e:  # noqa: BLE001 (an evaluation never stops the training)
+            problem = f"{type(e).__name__}: {e}"
+        if int(dist.all_reduce_sum(torch.tensor(int(problem is not None), device=self.device)).item()):
+            self.logger.log(f"FID at step {self.step} failed ({problem or 'on another process'}); training goes on, "
+                            "the next evaluation tries again")
+            return
+        for tally in tallies.values():
+            tally.all_reduce()
+        if not dist.is_main():
+            return
+        seconds = time.time() - started
+        results = {name: (tally.fid(self.reference), tally.class_accuracy()) for name, tally in tallies.items()}
+        self.latest_fids = {f"fid_{name}": f"{fid:.6f}" for name, (fid, _) in results.items()}
+        for name, (fid, accuracy) in results.items():
+            checkpoint = f"model{self.step:06d}" if name == "model" else f"{name}_{self.step:06d}"  # fid_results' names
+            row = dict(step=self.step, model_name=checkpoint, FID=f"{fid:.6f}", num_samples=self.config.eval_samples,
+                       seed=self.config.seed, detector=self.config.detector, seconds=f"{seconds:.2f}")
+            if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional student
+                row["class_accuracy"] = f"{accuracy:.6f}"
+            self.logger.metrics(row, EVALUATION_FILE)
+        shown = ", ".join(f"{name} {fid:.4f}" for name, (fid, _) in results.items())
+        self.logger.log(f"FID at step {self.step} ({self.config.eval_samples} samples, {self.config.detector} "
+                        f"detector, {seconds:.1f} s): {shown}")
+
+    def logged_evaluation(self):
+        if not self.config.eval_interval:
+            return {}
+        columns = {f"fid_{name}": "" for name in self.shown_networks()}
+        columns.update(self.latest_fids)
+        self.latest_fids = {}
+        return columns
 
     def step_inputs(self, step):
         """This process's share of the step's global batch: z = σ_max·ε, t, t', one-hot labels."""

@@ -4,6 +4,8 @@
 #   bash scripts/distill_pid_diffusion.sh cifar10     # DDPM++ teacher, 8 GPUs, global batch 512
 #   bash scripts/distill_pid_diffusion.sh imagenet64  # ADM teacher, class-conditional, fp16, batch 2048
 #
+# FID of every EMA network during training (10,000 samples every 10,000 steps: fid_during_training.csv) needs
+# model_zoo/inception-2015-12-05.pt and model_zoo/stats/ (model_zoo/README.md); --eval_interval 0 turns it off.
 # Extra arguments are appended to the cm_train.py flags (later flags win), e.g.
 #   NUM_GPUS=4 bash scripts/distill_pid_diffusion.sh cifar10 --total_training_steps 1000
 # Several nodes: MPIRUN="mpirun -H host1:8,host2:8" NUM_GPUS=16 bash scripts/distill_pid_diffusion.sh cifar10
@@ -29,6 +31,7 @@ CIFAR10_FLAGS=(
   --total_training_steps 800000 --teacher_model_path ./model_zoo/edm-cifar10-32x32-uncond-vp.pkl
   --attention_resolutions 2 --class_cond False --global_batch_size 512 --microbatch -1 --image_size 32
   --lr 0.0002 --num_channels 128 --num_res_blocks 4 --use_fp16 False
+  --eval_interval 10000 --eval_samples 10000 --fid_dataset cifar10
 )
 # The original passed --attention_resolutions 2 here and its ADM ignored it (attention hard-coded at
 # 32, 16, 8); this package honours the flag, so it says what the teacher has: factors 2,4,8 of 64.
@@ -36,6 +39,7 @@ IMAGENET64_FLAGS=(
   --total_training_steps 400000 --teacher_model_path ./model_zoo/edm-imagenet-64x64-cond-adm.pkl
   --attention_resolutions 2,4,8 --class_cond True --global_batch_size 2048 --microbatch 32 --image_size 64
   --lr 0.0001 --num_channels 192 --num_res_blocks 3 --use_fp16 True
+  --eval_interval 10000 --eval_samples 10000 --fid_dataset imagenet
 )
 
 case "$DATASET" in

@@ -32,6 +32,7 @@ from pid_diffusion import cli, dist, evaluation
 from pid_diffusion.digits import DigitsUnavailableError
 from pid_diffusion.fid import DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats
 from pid_diffusion.files import digest_of_arrays
+from pid_diffusion.generate import save_grid
 from pid_diffusion.log import RunLogger
 from pid_diffusion.plots import plot_fid_vs_step
 from pid_diffusion.run_folder import incomplete_step_files
@@ -109,7 +110,7 @@ def evaluate_folder(args, given, device):
                 if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional model
                     row["class_accuracy"] = f"{accuracy:.6f}"
                 tag = f"{name}_{evaluation.samples_tag(request, sampling)}_"  # what the files measured
-                evaluation.save_grid(grid, os.path.join(sample_dir, f"{tag}samples.png"), columns=10)
+                save_grid(grid, os.path.join(sample_dir, f"{tag}samples.png"), columns=10)
                 if args.save_samples:
                     evaluation.save_samples_npz(images, labels, sample_dir, prefix=tag)
                 # the row last: a row in the results file means its samples are written too

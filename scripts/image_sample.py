@@ -18,7 +18,7 @@ import os
 import sys
 
 from pid_diffusion import cli, dist, evaluation
-from pid_diffusion.generate import check_class_label
+from pid_diffusion.generate import check_class_label, save_grid
 from pid_diffusion.log import prepare_log_dir
 
 GRID_FILE = "samples_grid.png"
@@ -53,7 +53,7 @@ def sample_to_folder(args, given, info):
     images, labels = evaluation.gather_in_order(images, labels, indices)
     if dist.is_main():
         path = evaluation.save_samples_npz(images, labels, out_dir)
-        evaluation.save_grid(images[:64], outputs[1])
+        save_grid(images[:64], outputs[1])
         print(f"wrote {path} and {GRID_FILE} ({options['sampler']}, seed {args.seed})", flush=True)
 
 

@@ -43,7 +43,8 @@ OPENAI_LOGDIR=$RUN_DIR "${LAUNCH[@]}" "$PYTHON" scripts/cm_train.py --teacher_mo
   --training_mode one_shot_pinn_edm_edm --start_scales 250 --loss_norm l2 --weight_schedule uniform \
   --optimizer radam --lr 0.001 --global_batch_size "$BATCH" --total_training_steps "$STEPS" \
   --save_interval $((STEPS / 8 > 0 ? STEPS / 8 : 1)) --log_interval $((STEPS / 10 > 0 ? STEPS / 10 : 1)) \
-  --ema_rate 0.99,0.999
+  --ema_rate 0.99,0.999 --eval_interval $((STEPS / 4 > 0 ? STEPS / 4 : 1)) --eval_samples "$SAMPLES" \
+  --detector digits --fid_dataset digits
 
 echo "== 2/4 the newest checkpoints beside the teacher's samplers: digit FID, conditional accuracy (same noises and labels)"
 "$PYTHON" scripts/demo_metrics.py --run_dir "$RUN_DIR" --num_samples "$SAMPLES"

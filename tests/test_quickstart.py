@@ -41,8 +41,12 @@ def test_shortened_quickstart_distils(run_dir):
     assert trained["fid"] < 0.2 * untrained["fid"]
     assert trained["class_accuracy"] > untrained["class_accuracy"] + 0.5
     assert rows["teacher heun_deter 18 steps"]["class_accuracy"] > 0.97
-    for name in ("fid_results_0.csv", "fid_vs_step.png", "teacher_vs_student.png"):
+    for name in ("fid_results_0.csv", "fid_vs_step.png", "teacher_vs_student.png", "samples_000200.png"):
         assert os.path.exists(os.path.join(run_dir, name)), name
+    with open(os.path.join(run_dir, "fid_during_training.csv"), newline="") as f:
+        during = list(csv.DictReader(f))  # every 50 steps: both EMA networks and the raw one
+    assert sorted({int(r["step"]) for r in during}) == [50, 100, 150, 200] and len(during) == 12
+    assert all(float(r["FID"]) > 0 and 0 <= float(r["class_accuracy"]) <= 1 for r in during)
     with open(os.path.join(run_dir, "fid_results_0.csv"), newline="") as f:
         evaluated = list(csv.DictReader(f))
     assert len(evaluated) == 3 * 8 and all(0 <= float(r["class_accuracy"]) <= 1 for r in evaluated)

@@ -198,8 +198,10 @@ def test_official_cifar10_command_parses_and_runs(teacher_path, tmp_path):
                                         attention_resolutions="2", class_cond=False)
     # The same line with a tiny teacher for a CPU: the teacher's recorded architecture replaces the flags.
     tiny = [f for f in flags]
+    assert (config.eval_interval, config.eval_samples, config.fid_dataset, config.detector) == (
+        10000, 10000, "cifar10", "inception")
     for flag, value in (("--teacher_model_path", teacher_path), ("--global_batch_size", "4"),
-                        ("--total_training_steps", "1"), ("--loss_norm", "l2")):
+                        ("--total_training_steps", "1"), ("--loss_norm", "l2"), ("--eval_interval", "0")):
         tiny[tiny.index(flag) + 1] = value
     for flag in ("--image_size", "--num_channels", "--num_res_blocks", "--attention_resolutions", "--class_cond"):
         del tiny[tiny.index(flag):tiny.index(flag) + 2]

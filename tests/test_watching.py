@@ -1,0 +1,171 @@
+"""Seeing a run while it trains: a sample grid per checkpoint and FID during training (--eval_interval), which
+equal what the sampling and FID scripts give for the same checkpoint and never change the training."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import small_run_config
+from pid_diffusion import trainer as trainer_module
+from pid_diffusion.checkpoint import load_student
+from pid_diffusion.generate import MIN_GRID_CELL, generate, save_grid, to_uint8
+from pid_diffusion.trainer import EVALUATION_FILE, GRID_SAMPLES, PIDTrainer, train
+from tolerances import between_implementations
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+PIXELS = 3 * 8 * 8  # the pixels detector's features of the tiny teacher's images
+
+
+@pytest.fixture(scope="module")
+def pixel_reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reference") / "pixels.npz"
+    np.savez(path, mu=np.full(PIXELS, 0.1), sigma=np.eye(PIXELS) * 0.02)
+    return str(path)
+
+
+def evaluated_config(teacher_path, log_dir, reference, **overrides):
+    values = dict(eval_interval=2, eval_samples=10, detector="pixels", ref_path=reference)
+    return small_run_config(teacher_path, log_dir, **{**values, **overrides})
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_each_checkpoint_has_the_grid_image_sample_would_draw(teacher_path, tmp_path):
+    train(small_run_config(teacher_path, tmp_path / "run", save_interval=1, seed=3))
+    for step in (1, 2):
+        with Image.open(tmp_path / "run" / f"samples_{step:06d}.png") as grid:
+            zoom = -(-MIN_GRID_CELL // 8)
+            assert grid.size == (8 * 8 * zoom, GRID_SAMPLES // 8 * 8 * zoom) and grid.mode == "RGB"
+            pixels = np.asarray(grid)
+    # the grid of step 2 is the EMA file's one-step samples 0–63 of --seed, as image_sample.py draws them
+    student = load_student(tmp_path / "run" / "ema_0.9_000002.pt")
+    images = torch.cat([to_uint8(b.images) for b in generate(student, GRID_SAMPLES, 16, 3, (3, 8, 8), 3,
+                                                             sampler="oneshot", clip_denoised=True)])
+    save_grid(images, tmp_path / "expected.png")
+    with Image.open(tmp_path / "expected.png") as expected:
+        assert np.array_equal(pixels, np.asarray(expected))
+    with Image.open(tmp_path / "run" / "samples_000001.png") as first:
+        assert not np.array_equal(pixels, np.asarray(first))  # another checkpoint, other samples
+
+
+def test_grids_and_evaluations_never_change_the_training(teacher_path, tmp_path, pixel_reference, monkeypatch):
+    """Dropout draws from the global generator: any random draw the grids or evaluations took would show."""
+    train(evaluated_config(teacher_path, tmp_path / "watched", pixel_reference, dropout=0.3, eval_interval=1,
+                           save_interval=1))
+    monkeypatch.setattr(PIDTrainer, "after_save", lambda self: None)
+    train(small_run_config(teacher_path, tmp_path / "plain", dropout=0.3, save_interval=1))
+    assert os.path.exists(tmp_path / "watched" / "samples_000002.png")
+    assert not os.path.exists(tmp_path / "plain" / "samples_000002.png")
+    for name in ("model000002.pt", "ema_0.9_000002.pt", "opt000002.pt"):
+        watched, plain = (torch.load(tmp_path / run / name, weights_only=True) for run in ("watched", "plain"))
+        flat = lambda state: torch.cat([v.flatten().float() for v in _tensors(state)])
+        assert torch.equal(flat(watched), flat(plain)), name
+
+
+def _tensors(state):
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from _tensors(value)
+
+
+def _fid_bound(fid, reference_trace):
+    """Two float64 computations of one FID (other batch sizes or process counts: other summation orders), each
+    printed to six decimals: FID's terms are at most 2·((√FID + √tr Σr)² + tr Σr) (test_sampling_fid.py)."""
+    size = 2 * ((fid ** 0.5 + reference_trace ** 0.5) ** 2 + reference_trace)
+    return between_implementations(PIXELS ** 2, torch.float64) * size + 2 * 0.5e-6
+
+
+def test_fid_during_training_equals_the_fid_walk(teacher_path, tmp_path, pixel_reference):
+    trainer = train(evaluated_config(teacher_path, tmp_path / "run", pixel_reference))
+    measured = {row["model_name"]: float(row["FID"]) for row in rows(tmp_path / "run" / EVALUATION_FILE)}
+    assert set(measured) == {"ema_0.9_000002", "model000002"}
+    assert measured["ema_0.9_000002"] != measured["model000002"]
+    progress = [row for row in rows(tmp_path / "run" / "progress.csv") if row["step"] == "2"]
+    assert float(progress[0]["fid_ema_0.9"]) == measured["ema_0.9_000002"]
+    assert "FID at step 2 (10 samples, pixels detector" in (tmp_path / "run" / "log.txt").read_text()
+    for name, fid in fid_walk(tmp_path / "run", pixel_reference, 10).items():
+        assert abs(measured[name] - fid) <= _fid_bound(fid, 0.02 * PIXELS), name
+    assert trainer.step == 2
+
+
+def fid_walk(folder, reference, num_samples):
+    """fid_evaluation.py on a run's step-2 checkpoints with the training's seed: {checkpoint: FID}."""
+    walk = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fid_evaluation.py"), "--exp_dir", str(folder),
+                           "--checkpoints", "ema_0.9_000002.pt,model000002.pt", "--seed", "0", "--num_samples",
+                           str(num_samples), "--batch_size", "3", "--detector", "pixels", "--ref_path", reference],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert walk.returncode == 0, walk.stderr
+    return {row["model_name"]: float(row["FID"]) for row in rows(os.path.join(folder, "fid_results_0.csv"))}
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="no mpirun: install the mpich extra (pip install -e '.[mpich]')")
+def test_fid_during_training_on_two_processes_equals_the_fid_walk(teacher_path, tmp_path, pixel_reference):
+    """Each process samples its share (11 samples: 6 and 5); the features are summed over processes."""
+    args = ["--teacher_model_path", teacher_path, "--global_batch_size", "4", "--loss_norm", "l2", "--ema_rate", "0.9",
+            "--total_training_steps", "2", "--save_interval", "2", "--lr", "0.001", "--eval_interval", "2",
+            "--eval_samples", "11", "--detector", "pixels", "--ref_path", pixel_reference]
+    done = subprocess.run([MPIRUN, "-np", "2", sys.executable, os.path.join(REPO, "scripts", "cm_train.py"), *args],
+                          cwd=REPO, env={**os.environ, "OPENAI_LOGDIR": str(tmp_path / "run")}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = {row["model_name"]: float(row["FID"]) for row in rows(tmp_path / "run" / EVALUATION_FILE)}
+    walked = fid_walk(tmp_path / "run", pixel_reference, 11)
+    assert set(walked) == set(measured) == {"ema_0.9_000002", "model000002"}
+    for name, fid in walked.items():
+        assert abs(measured[name] - fid) <= _fid_bound(fid, 0.02 * PIXELS), name
+
+
+def test_fid_during_training_refuses_what_it_cannot_measure(teacher_path, tmp_path, pixel_reference):
+    cases = [(dict(detector="inception", detector_path=str(tmp_path / "missing.pt"), ref_path=pixel_reference),
+              FileNotFoundError, "inception-2015-12-05.pt"),
+             (dict(ref_path=str(tmp_path / "missing.npz")), FileNotFoundError, "missing.npz"),
+             (dict(eval_samples=1), ValueError, "--eval_samples must be at least 2"),
+             (dict(eval_interval=-1), ValueError, "--eval_interval must be 0")]
+    np.savez(tmp_path / "other.npz", mu=np.zeros(5), sigma=np.eye(5))
+    cases.append((dict(ref_path=str(tmp_path / "other.npz")), ValueError, "do not match the detector's 192"))
+    for number, (overrides, error, message) in enumerate(cases):
+        folder = tmp_path / f"run{number}"
+        config = small_run_config(teacher_path, folder, **{**dict(eval_interval=2, detector="pixels"), **overrides})
+        with pytest.raises(error, match=message):
+            PIDTrainer(config)
+        assert not folder.exists()  # refused before the run folder is made
+
+
+def test_a_failed_evaluation_is_logged_and_training_goes_on(teacher_path, tmp_path, pixel_reference, monkeypatch):
+    real, calls = trainer_module.run_generation, []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory (test)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_generation", failing_once)
+    trainer = train(evaluated_config(teacher_path, tmp_path / "run", pixel_reference, eval_interval=1))
+    assert trainer.step == 2
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "FID at step 1 failed (RuntimeError: out of memory (test)); training goes on" in log
+    assert {row["step"] for row in rows(tmp_path / "run" / EVALUATION_FILE)} == {"2"}
+
+
+def test_a_resumed_run_cuts_its_fids_back_to_the_checkpoint(teacher_path, tmp_path, pixel_reference):
+    config = lambda: evaluated_config(teacher_path, tmp_path / "run", pixel_reference, eval_interval=1, save_interval=1)
+    train(config())
+    for name in ("model000002.pt", "ema_0.9_000002.pt", "opt000002.pt", "trainer_state000002.pt"):
+        os.remove(tmp_path / "run" / name)  # as if the run had ended after the evaluation of step 2, before its save
+    train(config())
+    assert [row["step"] for row in rows(tmp_path / "run" / EVALUATION_FILE)] == ["1", "1", "2", "2"]
+    assert f"{EVALUATION_FILE}: removed 2 row(s) after step 1" in (tmp_path / "run" / "log.txt").read_text()
