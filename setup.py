@@ -23,7 +23,10 @@ setup(
         "mpich": ["mpich"],
         # The real-data demo: scikit-learn ships the 1,797 handwritten digits inside its wheel.
         "digits": ["scikit-learn>=1.0"],
-        # piq is only the reference for the LPIPS parity test, scipy's sqrtm the one for the Fréchet distance.
-        "test": ["pytest>=7", "piq>=0.7", "scipy>=1.9"],
+        # TensorBoard event files (--log_format tensorboard).
+        "tensorboard": ["tensorboard>=2.10"],
+        # piq is only the reference for the LPIPS parity test, scipy's sqrtm the one for the Fréchet distance;
+        # tensorboard's own reader checks the event files.
+        "test": ["pytest>=7", "piq>=0.7", "scipy>=1.9", "tensorboard>=2.10"],
     },
 )

@@ -102,6 +102,9 @@ TRAIN_FLAGS = {
                           f"original's {ORIGINAL_DDP_BUCKET_MB}); {ONE_BUCKET} = one bucket, so a compiled student "
                           "stays one graph and the all-reduce follows the whole backward (best on NVLink; on slower "
                           "links a bucket size lets it overlap the backward)"),
+    "log_format": ("", "what the run logs to, comma-separated: stdout, log (log.txt), csv (progress.csv), tensorboard "
+                       "(event files in the run folder, with the sample grids; pip install -e '.[tensorboard]'); "
+                       "default: $OPENAI_LOG_FORMAT, else stdout,log,csv, as the original's logger"),
     "allow_changed_settings": (False, "resume a run folder although settings that define the run (teacher, network, "
                                       "loss, N, seed, lr, EMA rates, batch) differ; the change is recorded in "
                                       "run_config.json"),
@@ -110,7 +113,8 @@ TRAIN_FLAGS = {
 LOOP_FLAG_NAMES = ("global_batch_size", "batch_size", "microbatch", "lr", "weight_decay", "lr_anneal_steps", "optimizer",
                    "opt_eps", "ema_rate", "log_interval", "save_interval", "total_training_steps", "resume_checkpoint",
                    "fp16_scale_growth", "seed", "mixed_precision", "channels_last", "attention", "compile",
-                   "compile_mode", "fused_optimizer", "cudnn_benchmark", "ddp_bucket_cap_mb", "allow_changed_settings")
+                   "compile_mode", "fused_optimizer", "cudnn_benchmark", "ddp_bucket_cap_mb", "allow_changed_settings",
+                   "log_format")
 """The flags of the training loop that PID distillation and teacher training share."""
 
 TEACHER_FLAGS = {

@@ -139,9 +139,10 @@ MIN_GRID_CELL = 32
 
 
 def save_grid(images_uint8, path, columns=8):
-    """A PNG grid of uint8 NHWC images (greyscale or colour)."""
+    """A PNG grid of uint8 NHWC images (greyscale or colour); returns the grid (HWC uint8) as saved."""
     grid = image_grid(images_uint8, columns)
     zoom = max(1, -(-MIN_GRID_CELL // images_uint8.shape[2]))
     grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
     with atomic_output(path) as tmp:
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
+    return grid

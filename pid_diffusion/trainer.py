@@ -33,7 +33,7 @@ from .evaluation import ONE_SHOT_MODE, run_generation, sampler_options
 from .fid import DETECTORS, FEEDS, DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats
 from .files import UnreadableFileError
 from .generate import GenerationRequest, generate, save_grid, to_uint8
-from .log import PROGRESS_FILE, RunLogger, prepare_log_dir
+from .log import PROGRESS_FILE, RunLogger, log_formats, prepare_log_dir
 from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
 from .lpips import LPIPS
 from .run_folder import (PID_RUN, RunFolderLock, check_resumed_settings, check_run_kind, checkpoint_files,
@@ -95,6 +95,7 @@ class LoopConfig(SpeedSettings):
     fp16_scale_growth: float = 1e-3
     seed: int = 0
     allow_changed_settings: bool = False
+    log_format: str = ""
 
     def choices(self):
         return dict(optimizer=OPTIMIZERS)
@@ -124,6 +125,7 @@ class LoopConfig(SpeedSettings):
         if self.lr_anneal_steps < 0:
             raise ValueError(f"--lr_anneal_steps must be 0 (constant) or positive, got {self.lr_anneal_steps}")
         ema_rates(self.ema_rate)
+        log_formats(self.log_format)
 
     @property
     def ema_rates(self):
@@ -248,7 +250,7 @@ class TrainingLoop:
             divisors = [d for d in range(1, self.batch + 1) if self.batch % d == 0]
             raise ValueError(f"--microbatch {self.microbatch} does not divide the {self.batch} images per process "
                              f"(uneven chunks would weight samples unequally); choose one of {divisors[:12]}")
-        self.logger = RunLogger(config.log_dir)
+        self.logger = RunLogger(config.log_dir, log_formats(config.log_format))
         self.saving = False  # a checkpoint is being written: stop signals wait for it
         self.notes = []  # what the run folder's log should say once the folder is taken
         if config.global_batch_size != self.global_batch:  # --batch_size per process decides; record what runs
@@ -655,6 +657,7 @@ class TrainingLoop:
         """Release the DDP wrapper and optimizer before the process group ends (see dist.shutdown), and
         the run folder."""
         self.model = self.optimizer = self.ema = None
+        self.logger.close()
         self.lock.release()
 
 
@@ -738,7 +741,7 @@ class PIDTrainer(TrainingLoop):
         images = torch.cat([to_uint8(batch.images).cpu() for batch in batches])
         path = os.path.join(self.config.log_dir, f"samples_{self.step:06d}.png")
         try:
-            save_grid(images, path)
+            self.logger.image("samples", save_grid(images, path), self.step)
         except OSError as e:  # a picture is not worth a run
             self.logger.log(f"could not write {path} ({e}); training goes on")
 

@@ -40,6 +40,7 @@ OPTIONS = "tests/test_options.py"
 EDM_LOSS = "tests/test_digits.py::test_edm_loss_against_a_hand_computation"
 FID_QUESTIONS = "tests/test_sampling_fid.py::test_a_results_row_answers_only_the_question_it_measured"
 LAUNCHERS = "tests/test_launchers.py"
+WATCHING = "tests/test_watching.py"
 MUTATIONS = (
     # --- the table of the tests issue, row by row
     M("ema_rate", "pid_diffusion/ema.py", "torch._foreach_lerp_(averages, params, 1.0 - rate)",
@@ -144,6 +145,18 @@ MUTATIONS = (
     M("slurm_port_ignores_step", "pid_diffusion/dist.py", "SLURM_PORT_BASE + (job + step) % SLURM_PORT_RANGE",
       "SLURM_PORT_BASE + job % SLURM_PORT_RANGE", (LAUNCHERS,)),
     M("srun_tasks_apart_unchecked", "pid_diffusion/dist.py", "        check_one_group(world)\n", "", (LAUNCHERS,)),
+    M("evaluation_noise_of_another_seed", "pid_diffusion/trainer.py",
+      "GenerationRequest(self.config.eval_samples, self.batch, self.config.seed)",
+      "GenerationRequest(self.config.eval_samples, self.batch, self.config.seed + 1)", (WATCHING,)),
+    M("evaluation_without_the_raw_network", "pid_diffusion/trainer.py", "for rate in self.ema.rates), \"model\"]",
+      "for rate in self.ema.rates)]", (WATCHING,)),
+    M("evaluation_features_not_gathered", "pid_diffusion/trainer.py", "            tally.all_reduce()\n", "",
+      (WATCHING,)),
+    M("grid_of_the_raw_network", "pid_diffusion/trainer.py", "self.shown_state(self.shown_networks()[0])",
+      "self.shown_state(self.shown_networks()[-1])", (WATCHING,)),
+    M("tensorboard_without_the_numbers", "pid_diffusion/log.py",
+      "            self.scalars({k: v for k, v in row.items() if k != \"step\"}, row[\"step\"])\n", "",
+      (WATCHING,)),
     M("fid_reference_ignored", "scripts/fid_evaluation.py", "reference_stats(args.fid_dataset, args.ref_path or None,",
       "reference_stats(args.fid_dataset, None,", (FID_QUESTIONS,)),
     M("fid_sample_count_ignored", "scripts/fid_evaluation.py", "measurement = dict(num_samples=request.num_samples,",

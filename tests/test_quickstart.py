@@ -10,8 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from pid_diffusion.fid import digits_reference_stats, load_detector
+from tolerances import between_implementations, network_roundings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSIFIER = os.path.join(REPO, "model_zoo", "digits-classifier.pt")
 
 
 @pytest.fixture
@@ -43,13 +46,24 @@ def test_shortened_quickstart_distils(run_dir):
     assert rows["teacher heun_deter 18 steps"]["class_accuracy"] > 0.97
     for name in ("fid_results_0.csv", "fid_vs_step.png", "teacher_vs_student.png", "samples_000200.png"):
         assert os.path.exists(os.path.join(run_dir, name)), name
+    with open(os.path.join(run_dir, "fid_results_0.csv"), newline="") as f:
+        evaluated = list(csv.DictReader(f))
+    assert len(evaluated) == 3 * 8 and all(0 <= float(r["class_accuracy"]) <= 1 for r in evaluated)
     with open(os.path.join(run_dir, "fid_during_training.csv"), newline="") as f:
         during = list(csv.DictReader(f))  # every 50 steps: both EMA networks and the raw one
     assert sorted({int(r["step"]) for r in during}) == [50, 100, 150, 200] and len(during) == 12
     assert all(float(r["FID"]) > 0 and 0 <= float(r["class_accuracy"]) <= 1 for r in during)
-    with open(os.path.join(run_dir, "fid_results_0.csv"), newline="") as f:
-        evaluated = list(csv.DictReader(f))
-    assert len(evaluated) == 3 * 8 and all(0 <= float(r["class_accuracy"]) <= 1 for r in evaluated)
+    # The same question as the walk's (digits detector, 500 samples, seed 0): the same answer, up to the
+    # detector's float32 rounding (the walk's batches of 500 and training's of 32 may round the features
+    # differently), which FID's terms, at most 2·((√FID + √tr Σr)² + tr Σr), carry twice, and the printing.
+    detector = load_detector("digits", CLASSIFIER)
+    reference_trace = float(np.trace(digits_reference_stats(detector)[1]))
+    feature_error = between_implementations(network_roundings(detector.classifier, 8))
+    walked = {r["model_name"]: float(r["FID"]) for r in evaluated}
+    for row in (r for r in during if r["step"] == "200"):
+        fid = float(row["FID"])
+        size = 2 * ((fid ** 0.5 + reference_trace ** 0.5) ** 2 + reference_trace)
+        assert abs(walked[row["model_name"]] - fid) <= 2 * feature_error * size + 1e-6, row["model_name"]
     for who in ("teacher", "student"):
         with np.load(os.path.join(run_dir, f"samples_{who}", "samples_100x8x8x1.npz")) as samples:
             assert samples["arr_0"].dtype == np.uint8 and samples["arr_0"].shape == (100, 8, 8, 1)

@@ -169,3 +169,43 @@ def test_a_resumed_run_cuts_its_fids_back_to_the_checkpoint(teacher_path, tmp_pa
     train(config())
     assert [row["step"] for row in rows(tmp_path / "run" / EVALUATION_FILE)] == ["1", "1", "2", "2"]
     assert f"{EVALUATION_FILE}: removed 2 row(s) after step 1" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_tensorboard_holds_every_logged_number_and_the_grids(teacher_path, tmp_path, pixel_reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(evaluated_config(teacher_path, tmp_path / "run", pixel_reference, save_interval=1,
+                           log_format="stdout,log,csv,tensorboard"))
+    assert [n for n in os.listdir(tmp_path / "run") if n.startswith("events.out.tfevents.")]
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    progress = rows(tmp_path / "run" / "progress.csv")
+    for column in ("loss", "grad_norm", "param_norm", "images_per_second", "lr", "fid_ema_0.9", "fid_model"):
+        logged = {int(row["step"]): float(row[column]) for row in progress if row[column]}
+        recorded = {event.step: event.value for event in events.Scalars(column)}
+        assert recorded.keys() == logged.keys(), column  # fid_* at the evaluation's step only
+        # TensorBoard keeps float32: one rounding of the logged number
+        assert all(abs(recorded[s] - v) <= torch.finfo(torch.float32).eps / 2 * abs(v) for s, v in logged.items())
+    grids = events.Images("samples")
+    assert [image.step for image in grids] == [1, 2]
+    with Image.open(tmp_path / "run" / "samples_000002.png") as png:
+        assert (grids[1].width, grids[1].height) == png.size
+
+
+def test_log_format_chooses_what_is_written(teacher_path, tmp_path, capsys, monkeypatch):
+    train(small_run_config(teacher_path, tmp_path / "log-only", log_format="log"))
+    assert not capsys.readouterr().out and (tmp_path / "log-only" / "log.txt").exists()
+    assert not (tmp_path / "log-only" / "progress.csv").exists()
+    monkeypatch.setenv("OPENAI_LOG_FORMAT", "stdout,csv")  # the original logger's variable
+    train(small_run_config(teacher_path, tmp_path / "from-environment"))
+    assert "step       2" in capsys.readouterr().out and (tmp_path / "from-environment" / "progress.csv").exists()
+    assert not (tmp_path / "from-environment" / "log.txt").exists()
+    with pytest.raises(ValueError, match="unknown format 'json'; valid: stdout, log, csv, tensorboard"):
+        PIDTrainer(small_run_config(teacher_path, tmp_path / "bad", log_format="stdout,json"))
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else
+                        real_find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"needs the tensorboard package: pip install -e '\.\[tensorboard\]'"):
+        PIDTrainer(small_run_config(teacher_path, tmp_path / "no-tensorboard", log_format="tensorboard"))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "no-tensorboard").exists()
