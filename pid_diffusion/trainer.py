@@ -720,11 +720,12 @@ class PIDTrainer(TrainingLoop):
         return self.preview
 
     def shown_networks(self):
-        """The names of every EMA network, then of the raw one, as their checkpoint files are named."""
-        return [*(f"ema_{rate}" for rate in self.ema.rates), "model"]
+        """(name, EMA rate or None for the raw network) of every EMA network, then the raw one, named as their
+        checkpoint files are."""
+        return [*((f"ema_{rate}", rate) for rate in self.ema.rates), ("model", None)]
 
-    def shown_state(self, name):
-        return self.network.state_dict() if name == "model" else self.ema.state_dict(float(name[len("ema_"):]))
+    def shown_state(self, rate):
+        return self.network.state_dict() if rate is None else self.ema.state_dict(rate)
 
     def one_step_options(self):
         """What image_sample.py and fid_evaluation.py sample a student checkpoint with (clamped, one step)."""
@@ -736,7 +737,7 @@ class PIDTrainer(TrainingLoop):
         --seed, the same noises and labels at every checkpoint (image_sample.py --seed draws them too)."""
         if not dist.is_main():
             return
-        batches = generate(self._preview_with(self.shown_state(self.shown_networks()[0])), GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape,
+        batches = generate(self._preview_with(self.shown_state(self.shown_networks()[0][1])), GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape,
                            self.label_dim, device=self.device, **self.one_step_options())
         images = torch.cat([to_uint8(batch.images).cpu() for batch in batches])
         path = os.path.join(self.config.log_dir, f"samples_{self.step:06d}.png")
@@ -757,8 +758,8 @@ class PIDTrainer(TrainingLoop):
         request = GenerationRequest(self.config.eval_samples, self.batch, self.config.seed)
         tallies, problem = {}, None
         try:
-            for name in self.shown_networks():
-                tallies[name] = run_generation(self._preview_with(self.shown_state(name)), self.image_shape, self.label_dim, request,
+            for name, rate in self.shown_networks():
+                tallies[name] = run_generation(self._preview_with(self.shown_state(rate)), self.image_shape, self.label_dim, request,
                                                self.one_step_options(), self.device, detector=self.detector,
                                                feed=self.config.detector_feed, keep_images=False, progress=False)[3]
         except Exception as e:  # noqa: BLE001 (an evaluation never stops the training)
@@ -788,7 +789,7 @@ class PIDTrainer(TrainingLoop):
     def logged_evaluation(self):
         if not self.config.eval_interval:
             return {}
-        columns = {f"fid_{name}": "" for name in self.shown_networks()}
+        columns = {f"fid_{name}": "" for name, _ in self.shown_networks()}
         columns.update(self.latest_fids)
         self.latest_fids = {}
         return columns
