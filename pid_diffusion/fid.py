@@ -139,6 +139,11 @@ class DetectorTally:
             self.hits += (predicted == labels.to(predicted.device)).sum()
             self.labelled += len(labels)
 
+    @property
+    def dimension(self):
+        """The detector's feature size."""
+        return self.stats.total.shape[0]
+
     def all_reduce(self):
         self.stats.all_reduce()
         for tensor in (self.hits, self.labelled):

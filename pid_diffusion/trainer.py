@@ -695,8 +695,8 @@ class PIDTrainer(TrainingLoop):
             self.detector = load_detector(config.detector, config.detector_path or None, self.device)
             self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,
                                              device=self.device)
-            features = DetectorTally(self.detector, self.image_shape, self.device, config.detector_feed).stats.total
-            check_stats_dimension(*self.reference, features.shape[0], reference_name(config.fid_dataset, config.ref_path))
+            dimension = DetectorTally(self.detector, self.image_shape, self.device, config.detector_feed).dimension
+            check_stats_dimension(*self.reference, dimension, reference_name(config.fid_dataset, config.ref_path))
         self.preview = None  # an eval-mode copy of the student for sample grids and evaluations
         self.latest_fids = {}
         self.start(self.student, self.student.net, network_config)
@@ -737,8 +737,9 @@ class PIDTrainer(TrainingLoop):
         --seed, the same noises and labels at every checkpoint (image_sample.py --seed draws them too)."""
         if not dist.is_main():
             return
-        batches = generate(self._preview_with(self.shown_state(self.shown_networks()[0][1])), GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape,
-                           self.label_dim, device=self.device, **self.one_step_options())
+        shown = self._preview_with(self.shown_state(self.shown_networks()[0][1]))
+        batches = generate(shown, GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape, self.label_dim,
+                           device=self.device, **self.one_step_options())
         images = torch.cat([to_uint8(batch.images).cpu() for batch in batches])
         path = os.path.join(self.config.log_dir, f"samples_{self.step:06d}.png")
         try:
@@ -759,9 +760,10 @@ class PIDTrainer(TrainingLoop):
         tallies, problem = {}, None
         try:
             for name, rate in self.shown_networks():
-                tallies[name] = run_generation(self._preview_with(self.shown_state(rate)), self.image_shape, self.label_dim, request,
-                                               self.one_step_options(), self.device, detector=self.detector,
-                                               feed=self.config.detector_feed, keep_images=False, progress=False)[3]
+                tallies[name] = run_generation(self._preview_with(self.shown_state(rate)), self.image_shape,
+                                               self.label_dim, request, self.one_step_options(), self.device,
+                                               detector=self.detector, feed=self.config.detector_feed,
+                                               keep_images=False, progress=False)[3]
         except Exception as e:  # noqa: BLE001 (an evaluation never stops the training)
             problem = f"{type(e).__name__}: {e}"
         if int(dist.all_reduce_sum(torch.tensor(int(problem is not None), device=self.device)).item()):
@@ -775,8 +777,9 @@ class PIDTrainer(TrainingLoop):
         seconds = time.time() - started
         results = {name: (tally.fid(self.reference), tally.class_accuracy()) for name, tally in tallies.items()}
         self.latest_fids = {f"fid_{name}": f"{fid:.6f}" for name, (fid, _) in results.items()}
+        files = checkpoint_files("", self.step, self.ema.rates)  # file names by network: model, ema_{rate}
         for name, (fid, accuracy) in results.items():
-            checkpoint = f"model{self.step:06d}" if name == "model" else f"{name}_{self.step:06d}"  # fid_results' names
+            checkpoint = os.path.splitext(files[name])[0]  # the checkpoint of this step, as fid_results names it
             row = dict(step=self.step, model_name=checkpoint, FID=f"{fid:.6f}", num_samples=self.config.eval_samples,
                        seed=self.config.seed, detector=self.config.detector, seconds=f"{seconds:.2f}")
             if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional student

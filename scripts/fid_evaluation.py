@@ -89,7 +89,7 @@ def evaluate_folder(args, given, device):
             log(f"{name}: already evaluated (FID {known['FID']}, {request.num_samples} samples, seed {request.seed})")
             continue
         if not checked_dimension:  # before the first sampling, against the detector's feature size
-            dimension = DetectorTally(detector, shape, device, args.detector_feed).stats.total.shape[0]
+            dimension = DetectorTally(detector, shape, device, args.detector_feed).dimension
             check_stats_dimension(*reference, dimension, measurement["reference"])
             checked_dimension = True
         images, labels, indices, tally = evaluation.run_generation(

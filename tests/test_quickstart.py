@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 from pid_diffusion.fid import digits_reference_stats, load_detector
-from tolerances import between_implementations, network_roundings
+from tolerances import between_implementations, fid_terms_size, network_roundings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFIER = os.path.join(REPO, "model_zoo", "digits-classifier.pt")
@@ -55,14 +55,14 @@ def test_shortened_quickstart_distils(run_dir):
     assert all(float(r["FID"]) > 0 and 0 <= float(r["class_accuracy"]) <= 1 for r in during)
     # The same question as the walk's (digits detector, 500 samples, seed 0): the same answer, up to the
     # detector's float32 rounding (the walk's batches of 500 and training's of 32 may round the features
-    # differently), which FID's terms, at most 2·((√FID + √tr Σr)² + tr Σr), carry twice, and the printing.
+    # differently), which FID's terms (tolerances.fid_terms_size) carry twice, and the printing.
     detector = load_detector("digits", CLASSIFIER)
     reference_trace = float(np.trace(digits_reference_stats(detector)[1]))
     feature_error = between_implementations(network_roundings(detector.classifier, 8))
     walked = {r["model_name"]: float(r["FID"]) for r in evaluated}
     for row in (r for r in during if r["step"] == "200"):
         fid = float(row["FID"])
-        size = 2 * ((fid ** 0.5 + reference_trace ** 0.5) ** 2 + reference_trace)
+        size = fid_terms_size(fid, reference_trace)
         assert abs(walked[row["model_name"]] - fid) <= 2 * feature_error * size + 1e-6, row["model_name"]
     for who in ("teacher", "student"):
         with np.load(os.path.join(run_dir, f"samples_{who}", "samples_100x8x8x1.npz")) as samples:

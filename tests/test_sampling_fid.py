@@ -17,7 +17,7 @@ from pid_diffusion.fid import FeatureStats, detector_input, frechet_distance, lo
 from pid_diffusion.generate import seeded_inputs, shard_batches
 from pid_diffusion.networks import EDMPrecond, network_from_config
 from pid_diffusion.trainer import TrainConfig, train
-from tolerances import between_implementations, rounding_bound
+from tolerances import between_implementations, fid_terms_size, rounding_bound
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -186,10 +186,8 @@ def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path, num_samp
         assert done.returncode == 0, done.stderr
         results.append(float((folder / "fid_results_42.csv").read_text().splitlines()[1].split(",")[1]))
     # the same images (the same batches on either process count); only the float64 sums and the
-    # all-reduce run in other orders. FID = ‖Δμ‖² + tr Σ + tr Σr − 2·tr √(Σ Σr) cancels; its terms are
-    # at most 2·((√FID + √tr Σr)² + tr Σr) (tr Σ ≤ (√FID + √tr Σr)², ‖Δμ‖² ≤ FID), tr Σr = 0.01·d.
-    fid, reference_trace = results[0], 0.01 * STAND_IN_FEATURES
-    size = 2 * ((fid ** 0.5 + reference_trace ** 0.5) ** 2 + reference_trace)
+    # all-reduce run in other orders, on FID's cancelling terms (tolerances.fid_terms_size; tr Σr = 0.01·d)
+    size = fid_terms_size(results[0], 0.01 * STAND_IN_FEATURES)
     printing = 2 * 0.5e-6  # the CSV holds each FID to six decimals
     assert abs(results[0] - results[1]) <= between_implementations(STAND_IN_FEATURES ** 2, torch.float64) * size + printing
 

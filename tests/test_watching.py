@@ -17,7 +17,7 @@ from pid_diffusion import trainer as trainer_module
 from pid_diffusion.checkpoint import load_student
 from pid_diffusion.generate import MIN_GRID_CELL, generate, save_grid, to_uint8
 from pid_diffusion.trainer import EVALUATION_FILE, GRID_SAMPLES, PIDTrainer, train
-from tolerances import between_implementations
+from tolerances import between_implementations, fid_terms_size
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -83,9 +83,8 @@ def _tensors(state):
 
 def _fid_bound(fid, reference_trace):
     """Two float64 computations of one FID (other batch sizes or process counts: other summation orders), each
-    printed to six decimals: FID's terms are at most 2·((√FID + √tr Σr)² + tr Σr) (test_sampling_fid.py)."""
-    size = 2 * ((fid ** 0.5 + reference_trace ** 0.5) ** 2 + reference_trace)
-    return between_implementations(PIXELS ** 2, torch.float64) * size + 2 * 0.5e-6
+    printed to six decimals."""
+    return between_implementations(PIXELS ** 2, torch.float64) * fid_terms_size(fid, reference_trace) + 2 * 0.5e-6
 
 
 def test_fid_during_training_equals_the_fid_walk(teacher_path, tmp_path, pixel_reference):
