@@ -3,7 +3,7 @@ and steps) once per configuration, scored by digit FID and conditional accuracy 
 
     python benchmarks/precision_study.py --modes reference,reference+seed=1,default,default+mixed_precision=fp16,default+mixed_precision=bf16,fast --json precision.json
 
-Modes are those of benchmarks/train_step.py (reference, default, fast, fast-no<option>,
+Modes are those of pid_diffusion/benchmark_modes.py (reference, default, fast, fast-no<option>,
 <mode>+<option>=<value>). Every run: the digits teacher (model_zoo/digits-ddpmpp.pt), the
 quickstart's settings (l2, N = 250, RAdam 1e-3, batch 64, EMA 0.99 and 0.999), one process. Every
 `--eval_every` steps, each checkpoint (model and EMA) makes `--num_samples` one-step samples from the
@@ -24,30 +24,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import mode_options  # noqa: E402
-
-from pid_diffusion import dist  # noqa: E402
-from pid_diffusion.checkpoint import load_student  # noqa: E402
-from pid_diffusion.demo import CLIP_DENOISED, DIGITS_SHAPE  # noqa: E402
-from pid_diffusion.digits import NUM_CLASSES  # noqa: E402
-from pid_diffusion.evaluation import checkpoints_in  # noqa: E402
-from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector  # noqa: E402
-from pid_diffusion.generate import generate  # noqa: E402
-from pid_diffusion.losses import implied_denoised  # noqa: E402
-from pid_diffusion.schedules import index_to_sigma, pid_partner_index  # noqa: E402
-from pid_diffusion.trainer import PIDTrainer, TrainConfig, float32_call, train  # noqa: E402
-
-STUDY_SETTINGS = dict(loss_norm="l2", weight_schedule="uniform", start_scales=250, lr=1e-3, optimizer="radam",
-                      global_batch_size=64, ema_rate="0.99,0.999")
-LOG_INTERVAL = 50
-
-
-def study_config(teacher, folder, steps, eval_every, options):
-    """The trainer configuration of one study run: the quickstart's settings, `options` on top."""
-    return TrainConfig(teacher_model_path=teacher, log_dir=folder, total_training_steps=steps,
-                       save_interval=eval_every, log_interval=min(LOG_INTERVAL, eval_every),
-                       **{**STUDY_SETTINGS, **options})
+from pid_diffusion import dist
+from pid_diffusion.benchmark_modes import STUDY_SETTINGS, mode_options, study_config
+from pid_diffusion.checkpoint import load_student
+from pid_diffusion.demo import CLIP_DENOISED, DIGITS_SHAPE
+from pid_diffusion.digits import NUM_CLASSES
+from pid_diffusion.evaluation import checkpoints_in
+from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
+from pid_diffusion.generate import generate
+from pid_diffusion.losses import implied_denoised
+from pid_diffusion.schedules import index_to_sigma, pid_partner_index
+from pid_diffusion.trainer import PIDTrainer, float32_call, train
 
 
 PROBE_INDICES = (5, 25, 60, 125, 200, 249)

@@ -14,8 +14,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pid_diffusion import dist
-from train_step import OFFICIAL_FLAGS, benchmark_config, mode_options
+from pid_diffusion.benchmark_modes import mode_options
 from pid_diffusion.trainer import PIDTrainer
+from train_step import OFFICIAL_FLAGS, benchmark_config
 
 
 def main():

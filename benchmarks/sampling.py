@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from pid_diffusion import arch, dist, evaluation
+from pid_diffusion import dist, evaluation
+from pid_diffusion.families import edm
 from pid_diffusion.generate import GenerationRequest, seeded_inputs
 from pid_diffusion.networks import network_from_config
 from pid_diffusion.precond import PIDStudent
@@ -55,7 +56,7 @@ def main():
     args = parser.parse_args()
     info = dist.init()
     device = info.device
-    student = PIDStudent(network_from_config(arch.config_from_flags(**CIFAR10_FLAGS))).to(device).eval()
+    student = PIDStudent(network_from_config(edm.config_from_flags(**CIFAR10_FLAGS))).to(device).eval()
     student.to(memory_format=torch.channels_last)
     detector = InceptionStandIn().to(device).eval()
     shape = (3, 32, 32)

@@ -5,27 +5,16 @@
 
 Random weights (timing does not depend on them): the teacher is the official architecture with
 EDM's initialisation, saved to a temporary file and loaded through the trainer like a real one;
-LPIPS gets a random VGG16 and random linear weights. Modes:
-  default    the trainer's defaults (what scripts/cm_train.py runs when no speed flag is given)
-  reference  the original's numerics and structure: fp32, two separate student calls, explicit
-             float32-softmax attention, per-parameter optimizer loop, NCHW, no compilation
-  fast       the --speed fast preset: bf16 autocast for teacher and LPIPS with the student in float32,
-             one batched student call, fused attention (SDPA), multi-tensor optimizer, channels-last,
-             cuDNN autotuning, torch.compile, one DDP gradient bucket under several processes (before
-             2026-11-29 the student ran in bf16 too: that is fast+student_precision=autocast; before
-             2026-11-30 DDP used PyTorch's 25-MiB buckets: fast+ddp_bucket_cap_mb=25)
-  ablation   reference plus one option at a time, cumulatively, in the order listed in ABLATION
-  fast-no<option>  fast with one option as in reference, e.g. fast-nocompile, fast-nochannels_last
-  <mode>+<option>=<value>  a mode with trainer options changed, e.g. fast+compile_mode=reduce-overhead,
-             fast-nocompile+cudnn_benchmark=false (several may follow one another)
-PyTorch's default precision settings stay as they are (cuDNN convolutions may use TF32, matrix
+LPIPS gets a random VGG16 and random linear weights. Modes (reference, fast, ablation,
+fast-no<option>, <mode>+<option>=<value>, ...): pid_diffusion/benchmark_modes.py. Before 2026-11-29
+`fast` ran the student in bf16 too: that is fast+student_precision=autocast; before 2026-11-30 DDP
+used PyTorch's 25-MiB buckets: fast+ddp_bucket_cap_mb=25. PyTorch's default precision settings stay as they are (cuDNN convolutions may use TF32, matrix
 products do not), as when the original runs. Prints a table (per-GPU images/s, peak memory) and
 writes --json. Under mpirun/torchrun each process drives one GPU; the table shows rank 0's figures
 and the images/s summed over processes.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -34,11 +23,11 @@ import time
 import torch
 import torchvision
 
-from pid_diffusion import arch, dist
+from pid_diffusion import dist
+from pid_diffusion.benchmark_modes import mode_options
 from pid_diffusion.checkpoint import save_teacher
-from pid_diffusion.cli import str2bool
+from pid_diffusion.families import edm
 from pid_diffusion.networks import EDMPrecond
-from pid_diffusion.speed import SPEED_PRESETS
 from pid_diffusion.trainer import PIDTrainer, TrainConfig
 
 OFFICIAL_FLAGS = {
@@ -46,55 +35,10 @@ OFFICIAL_FLAGS = {
     "imagenet64": dict(image_size=64, num_channels=192, num_res_blocks=3, attention_resolutions="2,4,8",
                        class_cond=True),
 }
-REFERENCE = SPEED_PRESETS["reference"]
-ABLATION = [("attention", "sdpa"), ("batched_student", True), ("fused_optimizer", True), ("channels_last", True),
-            ("mixed_precision", "bf16"), ("student_precision", "fp32"), ("cudnn_benchmark", True), ("compile", True),
-            ("ddp_bucket_cap_mb", 0)]
-FAST = SPEED_PRESETS["fast"]
-
-
-def option_value(name, text):
-    """A `+name=value` override, typed like the trainer's default for that option."""
-    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-    if name not in defaults:
-        raise ValueError(f"unknown trainer option {name!r} in a benchmark mode")
-    default = defaults[name]
-    return str2bool(text) if isinstance(default, bool) else type(default)(text)
-
-
-def mode_options(modes):
-    """[(label, trainer options)] for the requested modes."""
-    out = []
-    for mode in modes:
-        base, *overrides = mode.split("+")
-        if base == "default":
-            options = {}
-        elif base == "reference":
-            options = dict(REFERENCE)
-        elif base == "fast":
-            options = dict(FAST)
-        elif base.startswith("fast-no") and base[len("fast-no"):] in FAST:
-            name = base[len("fast-no"):]
-            options = {**FAST, name: REFERENCE[name]}
-        elif base == "ablation" and not overrides:
-            options = dict(REFERENCE)
-            for name, value in ABLATION:
-                options = {**options, name: value}
-                out.append((f"+{name}={value}", dict(options)))
-            continue
-        else:
-            raise ValueError(f"unknown mode {mode!r}; valid: default, reference, fast, ablation, fast-no<option> with "
-                             f"<option> one of {', '.join(FAST)}, each but ablation with +<option>=<value> "
-                             "overrides")
-        for override in overrides:
-            name, _, text = override.partition("=")
-            options[name] = option_value(name, text)
-        out.append((mode, options))
-    return out
 
 
 def random_files(folder, config_name):
-    config = arch.config_from_flags(**OFFICIAL_FLAGS[config_name])
+    config = edm.config_from_flags(**OFFICIAL_FLAGS[config_name])
     teacher_path = os.path.join(folder, f"{config_name}-teacher.pt")
     if dist.is_main() and not os.path.exists(teacher_path):
         save_teacher(EDMPrecond(**config), teacher_path, config)

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from pid_diffusion import arch
+from pid_diffusion.families import edm
 from pid_diffusion.ema import EMA
 from pid_diffusion.networks import EDMPrecond
 from train_step import OFFICIAL_FLAGS
@@ -36,7 +36,7 @@ def timed(function):
 def main():
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/update_cost.py needs a CUDA GPU")
-    network = EDMPrecond(**arch.config_from_flags(**OFFICIAL_FLAGS["cifar10"])).cuda()
+    network = EDMPrecond(**edm.config_from_flags(**OFFICIAL_FLAGS["cifar10"])).cuda()
     params = list(network.parameters())
     for p in params:
         p.grad = torch.randn_like(p)

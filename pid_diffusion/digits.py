@@ -15,8 +15,7 @@ generator: the share of samples classified as the label they were generated for.
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import TeacherLoadError
-from .files import atomic_torch_save, read_torch_file
+from .files import ModelFileError, atomic_torch_save, read_torch_file
 
 NUM_CLASSES = 10
 RESOLUTION = 8
@@ -140,7 +139,7 @@ def save_classifier(model, path):
 def load_classifier(path):
     data = read_torch_file(path)
     if not (isinstance(data, dict) and data.get("kind") == "digits-classifier"):
-        raise TeacherLoadError(f"{path}: not a digits classifier (make one with scripts/train_digits_classifier.py)")
+        raise ModelFileError(f"{path}: not a digits classifier (make one with scripts/train_digits_classifier.py)")
     model = DigitsClassifier()
     model.load_state_dict(data["state_dict"])
     return model.eval()

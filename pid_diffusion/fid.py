@@ -16,6 +16,7 @@ its reference statistics are those of the real digits, computed here, and it als
 gives conditional accuracy) and "pixels" (raw pixels, for toy data).
 """
 
+import dataclasses
 import os
 import zipfile
 
@@ -27,6 +28,7 @@ from .download import local_file
 from .digits import DigitsDetector, load_classifier, load_digits
 from .files import atomic_output, find_weight_file, is_zip_archive, weight_search_dirs
 from .generate import to_uint8
+from .settings import option
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -38,6 +40,21 @@ FEEDS = ("float", "uint8")
 DETECTORS = ("inception", "digits", "pixels")
 DIGITS_CLASSIFIER_FILE = "digits-classifier.pt"
 DIGITS_DATASET = "digits"
+
+
+@dataclasses.dataclass(kw_only=True)
+class DetectorOptions:
+    """What an FID is measured with: the FID walk's options, and those of FID during training."""
+    fid_dataset: str = option("cifar10", "reference statistics: cifar10 or imagenet (model_zoo/stats/{cifar10-32x32,"
+                                         "imagenet-64x64}.npz), or digits (computed from the real digits; --detector "
+                                         "digits)")
+    ref_path: str = option("", "reference statistics .npz (mu, sigma) instead of --fid_dataset's; a path or an http(s) "
+                               "URL")
+    detector: str = option("inception", "feature detector: inception (TF-Inception TorchScript), digits (the digits "
+                                        "classifier's features; also gives class accuracy) or pixels (raw pixels)")
+    detector_path: str = option("", "path or http(s) URL of inception-2015-12-05.pt or digits-classifier.pt (default: "
+                                    "model_zoo/, torch hub cache)")
+    detector_feed: str = option("float", "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM")
 
 
 class PixelDetector(torch.nn.Module):

@@ -24,6 +24,18 @@ class UnreadableFileError(ValueError):
     """A file that cannot be read as what it should hold; the message says which and why."""
 
 
+class ModelFileError(UnreadableFileError):
+    """A file that cannot be turned into the network asked for (a teacher, a student, a detector)."""
+
+
+class TeacherLoadError(ModelFileError):
+    """A teacher file that cannot be turned into a teacher."""
+
+
+class StudentLoadError(ModelFileError):
+    """A student checkpoint that cannot be turned into a PID student."""
+
+
 def weight_search_dirs():
     """Folders searched for downloaded weights when no path is given: ./model_zoo, then torch's hub cache."""
     return [os.path.join(os.getcwd(), "model_zoo"), os.path.join(torch.hub.get_dir(), "checkpoints")]

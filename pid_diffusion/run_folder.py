@@ -37,10 +37,6 @@ RUN_CONFIG_VERSION = 1
 PID_RUN, TEACHER_RUN = "pid", "edm_teacher"
 RUN_KINDS = {PID_RUN: "PID distillation (scripts/cm_train.py)", TEACHER_RUN: "teacher training (scripts/train_teacher.py)"}
 """`run_kind` in run_config.json: a folder of PID students, or of EDM teachers."""
-RUN_DEFINING_SETTINGS = ("teacher_model_path", "network_config", "loss_norm", "weight_schedule", "start_scales",
-                         "end_scales", "scale_mode", "sigma_min", "sigma_max", "rho", "seed", "lr", "optimizer",
-                         "ema_rate", "global_batch_size", "dataset", "p_mean", "p_std", "sigma_data")
-"""Settings that define what a run learns: a resumed run must keep them (or say it changes them)."""
 
 
 class RunFolderInUse(RuntimeError):
@@ -222,9 +218,10 @@ def check_run_kind(log_dir, recorded, kind):
                                 "--allow_changed_settings says. Give this run another folder (OPENAI_LOGDIR)")
 
 
-def changed_settings(recorded, current):
-    """[(name, recorded value, new value)] of the run-defining settings that differ."""
-    return [(name, recorded[name], current[name]) for name in RUN_DEFINING_SETTINGS
+def changed_settings(recorded, current, defining):
+    """[(name, recorded value, new value)] of the settings named in `defining` (those that define what a
+    run learns) that differ."""
+    return [(name, recorded[name], current[name]) for name in defining
             if name in recorded and name in current and _comparable(recorded[name], name) != _comparable(current[name], name)]
 
 
@@ -234,10 +231,10 @@ def _comparable(value, name=None):
     return json.loads(json.dumps(value, default=str))  # what run_config.json holds
 
 
-def check_resumed_settings(log_dir, recorded, current, allow_changes, step):
-    """Refuse a resumed run whose settings differ from the folder's, or, when changes are allowed,
-    return the changes to record: [{step, setting, from, to}]."""
-    changes = changed_settings(recorded, current)
+def check_resumed_settings(log_dir, recorded, current, defining, allow_changes, step):
+    """Refuse a resumed run whose run-defining settings (`defining`) differ from the folder's, or, when
+    changes are allowed, return the changes to record: [{step, setting, from, to}]."""
+    changes = changed_settings(recorded, current, defining)
     if not changes:
         return []
     listed = "; ".join(f"{name}: {old!r} → {new!r}" for name, old, new in changes)

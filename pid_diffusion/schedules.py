@@ -4,14 +4,27 @@ The ρ-grid has `num_scales` points from σ_max (index 0) down to σ_min (index 
     σ(i) = (σ_max^(1/ρ) + i/(N−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ.
 """
 
+import dataclasses
 import math
 
 import torch
+
+from .settings import option
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 RHO = 7.0
 SIGMA_DATA = 0.5
+
+
+@dataclasses.dataclass(kw_only=True)
+class NoiseLevels:
+    """The noise-level options of training and sampling."""
+    sigma_min: float = option(SIGMA_MIN, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)",
+                              defines_run=True)
+    sigma_max: float = option(SIGMA_MAX, "largest noise level σ_max; the noise z = σ_max·ε", defines_run=True)
+    rho: float = option(RHO, "curvature ρ of the noise-level grid σ_max … σ_min (PID's training grid, the teacher "
+                             "samplers' steps); the original fixes it at EDM's 7", defines_run=True)
 
 
 def check_noise_levels(sigma_min, sigma_max, rho=None):

@@ -1,5 +1,5 @@
 """Speed and precision of a training run: one typed object, resolved once from a preset and the
-options given (`resolve_speed`), asked by the trainer what to do (`autocast`, `loss_scaling`,
+options given (`preset_values`), asked by the trainer what to do (`autocast`, `loss_scaling`,
 `memory_format`), and applied to PyTorch's process-wide switches in one place (`set_global_switches`).
 
 Why the student keeps float32 in the `fast` preset: PID's target is a finite difference of two
@@ -14,6 +14,7 @@ import math
 import torch
 
 from .networks.layers import ATTENTION_IMPLEMENTATIONS
+from .settings import option, preset_options
 
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
 STUDENT_PRECISION = ("autocast", "fp32_output", "fp32")
@@ -27,20 +28,16 @@ ORIGINAL_DDP_BUCKET_MB = 128
 ONE_BUCKET = 0
 """--ddp_bucket_cap_mb 0: every gradient in one DDP bucket."""
 
-SPEED_PRESETS = {
-    "reference": dict(mixed_precision="fp32", student_precision="autocast", batched_student=False,
-                      attention="reference", fused_optimizer=False, channels_last=False, compile=False,
-                      cudnn_benchmark=False, ddp_bucket_cap_mb=ORIGINAL_DDP_BUCKET_MB),
-    "eager": dict(mixed_precision="fp32", student_precision="autocast", batched_student=True, attention="sdpa",
-                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True,
-                  ddp_bucket_cap_mb=ORIGINAL_DDP_BUCKET_MB),
-    "fast": dict(mixed_precision="bf16", student_precision="fp32", batched_student=True, attention="sdpa",
-                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True,
+PRESET_CHANGES = {
+    "reference": dict(batched_student=False, attention="reference", fused_optimizer=False, cudnn_benchmark=False),
+    "eager": {},
+    "fast": dict(mixed_precision="bf16", student_precision="fp32", channels_last=True, compile=True,
                  ddp_bucket_cap_mb=ONE_BUCKET),
 }
-"""--speed: reference = the original's numerics and structure (fp32, two student calls, explicit-softmax
-attention, per-parameter optimizer loop); eager = the same numbers computed faster, no compilation
-(the default on CPU); fast = the fastest configuration measured quality-neutral on a real teacher
+"""--speed, as changes to the options' declared defaults (which are `eager`'s): reference = the
+original's numerics and structure (fp32, two student calls, explicit-softmax attention,
+per-parameter optimizer loop); eager = the same numbers computed faster, no compilation (the
+default on CPU); fast = the fastest configuration measured quality-neutral on a real teacher
 (docs/precision.md): teacher and LPIPS in bf16, the student in float32 (its finite difference
 amplifies bf16 rounding up to 46×), compiled, channels-last, and under several processes one DDP
 bucket, since DDP cuts a compiled graph at its bucket boundaries (docs/benchmarks.md); the default on CUDA."""
@@ -49,23 +46,30 @@ DEFAULT_SPEED = {"cuda": "fast", "cpu": "eager"}
 
 @dataclasses.dataclass(kw_only=True)
 class SpeedSettings:
-    """The speed and precision options of a run. The trainers' configurations are SpeedSettings with
-    more fields (trainer.LoopConfig), so run_config.json records these options beside the others."""
+    """The speed and precision options of every training loop; the trainers' configurations are
+    SpeedSettings with more fields (loop.LoopConfig), so run_config.json records them beside the others."""
 
-    mixed_precision: str = "fp32"
-    student_precision: str = "autocast"
-    batched_student: bool = True
-    attention: str = "sdpa"
-    fused_optimizer: bool = True
-    channels_last: bool = False
-    compile: bool = False
-    compile_mode: str = "default"
-    cudnn_benchmark: bool = True
-    ddp_bucket_cap_mb: int = ORIGINAL_DDP_BUCKET_MB
+    mixed_precision: str = option("fp32", "fp32, fp16 or bf16 autocast", preset=True)
+    channels_last: bool = option(False, "speed: channels-last memory layout on CUDA (slower without --compile: "
+                                        "GroupNorm copies)", preset=True)
+    attention: str = option("sdpa", "speed: sdpa (fused attention) or reference (the original's explicit softmax)",
+                            preset=True)
+    compile: bool = option(False, "speed: torch.compile the student, teacher and LPIPS (minutes of compilation first)",
+                           preset=True)
+    compile_mode: str = option("default", "speed: torch.compile mode: default, or reduce-overhead (CUDA graphs)")
+    fused_optimizer: bool = option(True, "speed: multi-tensor / fused optimizer kernels", preset=True)
+    cudnn_benchmark: bool = option(True, "speed: cuDNN times its convolution algorithms once and keeps the fastest",
+                                   preset=True)
+    ddp_bucket_cap_mb: int = option(
+        ORIGINAL_DDP_BUCKET_MB,
+        f"speed: several processes all-reduce gradients in DDP buckets of this many MiB (the original's "
+        f"{ORIGINAL_DDP_BUCKET_MB}); {ONE_BUCKET} = one bucket, so a compiled student stays one graph and the all-reduce "
+        "follows the whole backward (best on NVLink; on slower links a bucket size lets it overlap the backward)",
+        preset=True)
 
     def check_speed(self):
-        for name, valid in (("mixed_precision", MIXED_PRECISION), ("student_precision", STUDENT_PRECISION),
-                            ("attention", ATTENTION_IMPLEMENTATIONS), ("compile_mode", COMPILE_MODES)):
+        for name, valid in (("mixed_precision", MIXED_PRECISION), ("attention", ATTENTION_IMPLEMENTATIONS),
+                            ("compile_mode", COMPILE_MODES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
         if not isinstance(self.ddp_bucket_cap_mb, int) or self.ddp_bucket_cap_mb < 0:
@@ -108,19 +112,17 @@ class SpeedSettings:
             keep_compiled_convolutions_channels_last(self.memory_format(device_type) is torch.channels_last)
 
 
-def resolve_speed(preset, device_type, use_fp16=False, **given):
-    """The settings of a run: the preset ('auto': by device), then --use_fp16 (the original's fp16
-    path: everything, the student too, in float16 autocast with loss scaling), then the options given."""
+def preset_values(config_class, preset, device_type, use_fp16=False):
+    """The values a --speed preset gives the preset options of `config_class` ('auto': by device), then
+    --use_fp16 (the original's fp16 path: everything, the student too, in float16 autocast with loss
+    scaling)."""
     name = DEFAULT_SPEED.get(device_type, "eager") if preset == "auto" else preset
-    if name not in SPEED_PRESETS:
-        raise ValueError(f"--speed {preset!r} is not supported; valid: auto, {', '.join(SPEED_PRESETS)}")
-    options = dict(SPEED_PRESETS[name])
+    if name not in PRESET_CHANGES:
+        raise ValueError(f"--speed {preset!r} is not supported; valid: auto, {', '.join(PRESET_CHANGES)}")
+    values = {**preset_options(config_class), **PRESET_CHANGES[name]}
     if use_fp16:
-        options.update(mixed_precision="fp16", student_precision="autocast")
-    options.update(given)
-    settings = SpeedSettings(**options)
-    settings.check_speed()
-    return settings
+        values.update(mixed_precision="fp16", student_precision="autocast")
+    return values
 
 
 def keep_compiled_convolutions_channels_last(enabled):

@@ -1,9 +1,9 @@
 """Teacher training: EDM's denoising objective on a data set, on the same loop as PID distillation
-(launchers, micro-batches, precision, EMA, logs, checkpoints, resume: `trainer.TrainingLoop`).
+(launchers, micro-batches, precision, EMA, logs, checkpoints, resume: `loop.TrainingLoop`).
 
 It exists to make real teachers for the project's own tests and demo (the digits teacher); EDM's
 released teachers are trained with EDM's code. Checkpoints are bare network state dicts, as the
-student's; `export_teacher` writes an EMA as a teacher file that `load_teacher` reads.
+student's; `TeacherTrainer.export` writes an EMA as a teacher file that `load_teacher` reads.
 """
 
 import dataclasses
@@ -16,9 +16,10 @@ from .checkpoint import save_teacher
 from .digits import DIGITS_NETWORK_CONFIG, load_digits
 from .losses import EDM_P_MEAN, EDM_P_STD, edm_denoising_loss, edm_training_sigmas
 from .networks import EDMPrecond
+from .loop import LoopConfig, TrainingLoop
 from .run_folder import TEACHER_RUN
 from .schedules import SIGMA_DATA
-from .trainer import LoopConfig, TrainingLoop
+from .settings import option, redefault, setting
 
 DATASETS = {"digits": (lambda: load_digits("train"), DIGITS_NETWORK_CONFIG)}
 """name → (loader of (images in [−1, 1], int labels), default EDMPrecond keywords)."""
@@ -26,11 +27,21 @@ DATASETS = {"digits": (lambda: load_digits("train"), DIGITS_NETWORK_CONFIG)}
 
 @dataclasses.dataclass(kw_only=True)
 class TeacherTrainConfig(LoopConfig):
-    dataset: str = "digits"
-    network_config: dict = dataclasses.field(default_factory=lambda: dict(DIGITS_NETWORK_CONFIG))
-    p_mean: float = EDM_P_MEAN
-    p_std: float = EDM_P_STD
-    sigma_data: float = SIGMA_DATA
+    """The loop's settings with the digits teacher's defaults, the data set, the network and EDM's loss."""
+    global_batch_size: int = redefault(LoopConfig, "global_batch_size", 128)
+    lr: float = redefault(LoopConfig, "lr", 2e-3)
+    lr_anneal_steps: int = redefault(LoopConfig, "lr_anneal_steps", 8000)
+    optimizer: str = redefault(LoopConfig, "optimizer", "adam")
+    ema_rate: str = redefault(LoopConfig, "ema_rate", "0.999")
+    log_interval: int = redefault(LoopConfig, "log_interval", 500)
+    save_interval: int = redefault(LoopConfig, "save_interval", 2000)
+    total_training_steps: int = redefault(LoopConfig, "total_training_steps", 8000)
+    dataset: str = option("digits", "training data: digits (scikit-learn's 8×8 handwritten digits, training split)",
+                          defines_run=True)
+    network_config: dict = setting(default_factory=lambda: dict(DIGITS_NETWORK_CONFIG), defines_run=True)
+    p_mean: float = setting(EDM_P_MEAN, defines_run=True)
+    p_std: float = setting(EDM_P_STD, defines_run=True)
+    sigma_data: float = setting(SIGMA_DATA, defines_run=True)
 
     def choices(self):
         return {**super().choices(), "dataset": DATASETS}

@@ -1,179 +1,77 @@
-"""The training loop shared by PID distillation and teacher training, and the PID trainer on it
-(with its bugs fixed: docs/differences.md).
-
-One process per device. Each step draws the *global* batch of its random inputs (noise, noise
-levels, labels; for a teacher also the data indices) from a generator seeded by (seed, step) and
-takes this process's slice, so a run is reproducible, survives resume bit for bit, and computes the
-same step on 1 or 8 GPUs. Gradients of micro-batches are summed (the original's definition)
-and averaged over processes by DDP. A trainer defines what it trains, `step_inputs(step)` and
-`batch_losses(model, inputs)`; `TrainingLoop` does the rest. What the run folder holds, and how it is
-kept consistent, is pid_diffusion/run_folder.py's business.
+"""PID distillation on the training loop (pid_diffusion/loop.py), with the original's bugs fixed
+(docs/differences.md): its configuration, and the trainer that builds the teacher and the student,
+draws each step's noise and levels, and computes the PID loss (pid_diffusion/losses.py). While it
+trains it writes a sample grid beside every checkpoint and, with --eval_interval, measures FID.
 """
 
-import contextlib
 import copy
 import dataclasses
 import math
 import os
-import signal
-import threading
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from . import dist
-from .checkpoint import (build_teacher, load_strictly, network_state_dict, read_teacher_file,
-                         student_from_teacher)
+from .checkpoint import read_teacher_file, student_from_teacher
 from .download import is_url
-from .ema import EMA
 from .evaluation import ONE_SHOT_MODE, run_generation, sampler_options
-from .fid import DETECTORS, FEEDS, DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats
-from .files import UnreadableFileError
+from .families import family_of
+from .fid import (DETECTORS, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension, load_detector,
+                  reference_name, reference_stats)
 from .generate import GenerationRequest, generate, save_grid, to_uint8
-from .log import PROGRESS_FILE, RunLogger, log_formats, prepare_log_dir
+from .log import PROGRESS_FILE
+from .loop import LoopConfig, TrainingLoop
 from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
 from .lpips import LPIPS
-from .run_folder import (PID_RUN, RunFolderLock, check_resumed_settings, check_run_kind, checkpoint_files,
-                         checkpoint_steps, missing_checkpoint_files, read_checkpoint, read_run_config,
-                         remove_incomplete_steps, remove_temporary_files, resume_step, write_checkpoint,
-                         write_run_config)
-from .schedules import RHO, SIGMA_MAX, SIGMA_MIN, check_noise_levels, sample_pid_times
-from .seeding import PROCESS, STEP, derived_seed, seeded_generator
-from .speed import ONE_BUCKET, SpeedSettings
+from .run_folder import PID_RUN, checkpoint_files
+from .schedules import NoiseLevels, check_noise_levels, sample_pid_times
+from .settings import option, setting
+from .speed import STUDENT_PRECISION
 from .teachers import BUILTIN_PREFIX, builtin_teacher
 
-OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
-ADAM_BETA1 = 0.9  # both optimizers run with PyTorch's default betas, as the original
 SCALE_MODES = ("fixed", "progressive")
-FP16_INITIAL_LOG2_SCALE = 20.0
 GRID_SAMPLES = 64
 """The samples in each checkpoint's samples_{step}.png."""
 EVALUATION_FILE = "fid_during_training.csv"
 """The FIDs measured during training (--eval_interval), a row per network and evaluation."""
-DIVERGENCE_FACTOR = 1e4
-"""Weights whose loss on the next batch exceeds this many times the largest step loss of the run so
-far have diverged (huge but finite weights, which the next steps turn into NaN), and are not saved."""
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGTERM or SIGINT stopped the run after a checkpoint was written; `exit_code` is 128 + signal."""
-
-    def __init__(self, message, signal_number):
-        super().__init__(message)
-        self.exit_code = 128 + signal_number
-
-
-class RunFolderError(RuntimeError):
-    """The run folder cannot be used: another run holds it, or it cannot be written."""
 
 
 @dataclasses.dataclass(kw_only=True)
-class LoopConfig(SpeedSettings):
-    """What every training loop takes: batch, optimizer, EMA, schedule of logs and checkpoints,
-    precision and speed options."""
-    log_dir: str
-    global_batch_size: int = 2048
-    batch_size: int = -1
-    microbatch: int = -1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    lr_anneal_steps: int = 0
-    optimizer: str = "radam"
-    opt_eps: float = 1e-8
-    ema_rate: str = "0.9999"
-    log_interval: int = 10
-    save_interval: int = 10000
-    total_training_steps: int = 600000
-    resume_checkpoint: str = ""
-    fp16_scale_growth: float = 1e-3
-    seed: int = 0
-    allow_changed_settings: bool = False
-    log_format: str = ""
-
-    def choices(self):
-        return dict(optimizer=OPTIMIZERS)
-
-    def validate(self):
-        for name, valid in self.choices().items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; valid: {', '.join(valid)}")
-        self.check_speed()
-        for name in ("global_batch_size", "log_interval", "total_training_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("batch_size", "microbatch"):
-            if getattr(self, name) < 1 and getattr(self, name) != -1:
-                raise ValueError(f"--{name} must be positive, or -1 for the default, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"--lr must be a finite non-negative number, got {self.lr}")
-        if self.lr / (1 - ADAM_BETA1) > torch.finfo(torch.float32).max:  # Adam's first step size: lr / (1 − β₁)
-            raise ValueError(f"--lr must be below {torch.finfo(torch.float32).max * (1 - ADAM_BETA1):.3g} (the "
-                             f"optimizer's first step overflows float32), got {self.lr}")
-        if self.save_interval == 0 or self.save_interval < -1:
-            raise ValueError("--save_interval must be positive, or -1 to save only at the end")
-        if not (math.isfinite(self.opt_eps) and self.opt_eps > 0):
-            raise ValueError(f"--opt_eps must be a positive number (the optimizer divides by it), got {self.opt_eps}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"--weight_decay must be a finite non-negative number, got {self.weight_decay}")
-        if self.lr_anneal_steps < 0:
-            raise ValueError(f"--lr_anneal_steps must be 0 (constant) or positive, got {self.lr_anneal_steps}")
-        ema_rates(self.ema_rate)
-        log_formats(self.log_format)
-
-    @property
-    def ema_rates(self):
-        return ema_rates(self.ema_rate)
-
-
-def ema_rates(text):
-    """The rates of an --ema_rate value, each in [0, 1) and listed once ("0.990" and "0.99" are one rate)."""
-    try:
-        rates = tuple(float(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"--ema_rate must be comma-separated numbers, got {text!r}") from None
-    outside = [rate for rate in rates if not 0.0 <= rate < 1.0]
-    if outside:
-        raise ValueError(f"--ema_rate {text!r}: every rate must lie in [0, 1), got {outside[0]}")
-    if len(set(rates)) != len(rates):
-        twice = next(rate for rate in rates if rates.count(rate) > 1)
-        raise ValueError(f"--ema_rate {text!r} lists the rate {twice} twice; give each rate once")
-    return rates
-
-
-@dataclasses.dataclass(kw_only=True)
-class TrainConfig(LoopConfig):
-    """PID distillation: the loop's settings, the teacher, the ρ-grid and the loss."""
-    teacher_model_path: str = ""
-    network_flags: dict = dataclasses.field(default_factory=dict)
-    start_scales: int = 40
-    end_scales: int = 40
-    scale_mode: str = "fixed"
-    sigma_min: float = SIGMA_MIN
-    sigma_max: float = SIGMA_MAX
-    rho: float = RHO
-    loss_norm: str = "lpips"
-    weight_schedule: str = "karras"
-    dropout: float = 0.0
-    lpips_vgg_weights: str = ""
-    lpips_lin_weights: str = ""
-    eval_interval: int = 0
-    eval_samples: int = 10000
-    detector: str = "inception"
-    detector_path: str = ""
-    detector_feed: str = "float"
-    fid_dataset: str = "cifar10"
-    ref_path: str = ""
+class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions):
+    """PID distillation: the loop's settings, the teacher, the ρ-grid, the loss, FID during training."""
+    teacher_model_path: str = option("", "teacher file: an EDM .pkl, our .pt, or an extracted EDM state dict (.ckpt); "
+                                         "a path or an http(s) URL (fetched once into torch hub's cache)",
+                                     defines_run=True)
+    network_flags: dict = setting(default_factory=dict)
+    """The architecture flags given (for teacher files that do not record their architecture)."""
+    start_scales: int = option(40, "N, the number of ρ-grid noise levels (the scripts use 250)", defines_run=True)
+    end_scales: int = option(40, "final N with --scale_mode progressive", defines_run=True)
+    scale_mode: str = option("fixed", "N schedule: fixed (N = start_scales) or progressive (grows to end_scales)",
+                             defines_run=True)
+    loss_norm: str = option("lpips", f"distance between implied and teacher denoised images: {', '.join(LOSS_NORMS)}",
+                            defines_run=True)
+    weight_schedule: str = option("karras", f"loss weighting λ(t): {', '.join(WEIGHTINGS)}", defines_run=True)
+    dropout: float = option(0.0, "student dropout (the teacher runs in eval mode)")
+    lpips_vgg_weights: str = option("", "path or http(s) URL of torchvision's vgg16-397923af.pth (default: model_zoo/, "
+                                        "torch hub cache)")
+    lpips_lin_weights: str = option("", "path or http(s) URL of piq's lpips_weights.pt or lpips' vgg.pth (default: "
+                                        "model_zoo/, hub cache)")
+    student_precision: str = option("autocast", "with --mixed_precision fp16/bf16: autocast (the student in that "
+                                                "precision too), fp32_output (its output layers in float32), fp32 (all "
+                                                "of it in float32)", preset=True)
+    batched_student: bool = option(True, "speed: both student evaluations of the PID residual in one call on a "
+                                         "doubled batch", preset=True)
+    eval_interval: int = option(0, "FID of every EMA network and the raw one every this many steps, from "
+                                   "--eval_samples one-step samples against --fid_dataset / --ref_path with --detector "
+                                   "(0 = off; the original accepted the flag and ignored it)")
+    eval_samples: int = option(10000, "samples of each FID during training (fid_evaluation.py's 50,000 stay the "
+                                      "measurement)")
 
     def choices(self):
         return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,
-                "detector": DETECTORS, "detector_feed": FEEDS}
+                "student_precision": STUDENT_PRECISION, "detector": DETECTORS, "detector_feed": FEEDS}
 
     def validate(self):
         super().validate()
@@ -207,464 +105,11 @@ def num_scales_at(config, step):
     return max(grown, 1) + 1
 
 
-def make_optimizer(config, parameters, device):
-    """RAdam/Adam; with `fused_optimizer` the multi-tensor (foreach) or fused CUDA kernels, which
-    compute the same update as the per-parameter loop of the original."""
-    options = dict(lr=config.lr, weight_decay=config.weight_decay, eps=config.opt_eps)
-    if config.fused_optimizer and device.type == "cuda" and config.optimizer == "adam":
-        options["fused"] = True
-    else:
-        options["foreach"] = bool(config.fused_optimizer)
-    return OPTIMIZERS[config.optimizer](parameters, **options)
-
-
-def per_process_batch(config, world_size):
-    """(per-process batch, global batch); an error, not a warning, when it does not divide."""
-    if config.batch_size > 0:
-        return config.batch_size, config.batch_size * world_size
-    if config.global_batch_size % world_size:
-        raise ValueError(f"--global_batch_size {config.global_batch_size} does not divide over {world_size} "
-                         f"processes; choose a multiple of {world_size} or set --batch_size per process")
-    return config.global_batch_size // world_size, config.global_batch_size
-
-
-def student_network_config(teacher_config, dropout):
-    """The student has the teacher's architecture without the augmentation input, with its own dropout."""
-    return {**teacher_config, "augment_dim": 0, "dropout": dropout, "use_fp16": False}
-
-
-class TrainingLoop:
-    """Optimizer, EMA, micro-batches, mixed precision, DDP, compilation, logging, checkpoints and
-    resume for any network trained by per-sample losses. A subclass builds its model and calls
-    `start(model, network, network_config)`; it defines `step_inputs(step)` (this process's tensors,
-    batch first, None allowed) and `batch_losses(model, inputs)` (per-sample losses)."""
-
-    def __init__(self, config, dist_info=None):
-        config.validate()
-        self.config = config
-        self.info = dist_info or dist.info()
-        self.device = self.info.device
-        self.batch, self.global_batch = per_process_batch(config, self.info.world_size)
-        self.microbatch = config.microbatch if config.microbatch > 0 else self.batch
-        if self.batch % self.microbatch:
-            divisors = [d for d in range(1, self.batch + 1) if self.batch % d == 0]
-            raise ValueError(f"--microbatch {self.microbatch} does not divide the {self.batch} images per process "
-                             f"(uneven chunks would weight samples unequally); choose one of {divisors[:12]}")
-        self.logger = RunLogger(config.log_dir, log_formats(config.log_format))
-        self.saving = False  # a checkpoint is being written: stop signals wait for it
-        self.notes = []  # what the run folder's log should say once the folder is taken
-        if config.global_batch_size != self.global_batch:  # --batch_size per process decides; record what runs
-            self.notes.append(f"--batch_size {config.batch_size} per process on {self.info.world_size} process(es) makes "
-                              f"the global batch {self.global_batch} (not --global_batch_size {config.global_batch_size})")
-            config.global_batch_size = self.global_batch
-        if not config.ema_rates:
-            self.notes.append("no EMA: --ema_rate is empty, so only the raw weights (model*.pt) are saved")
-        self.lock = RunFolderLock(config.log_dir)
-        # every random draw outside the step generator (initial weights, dropout) follows --seed and the rank
-        torch.manual_seed(derived_seed(PROCESS, config.seed, self.info.rank))
-        self.memory_format = config.memory_format(self.device.type)
-
-    def start(self, module, network, network_config):
-        """Train `network` (the weights saved in checkpoints) inside `module` (what the loss calls)."""
-        try:
-            self._take_run_folder()
-            self._start(module, network, network_config)
-        except BaseException:
-            self.lock.release()
-            raise
-
-    def _take_run_folder(self):
-        """Lock the run folder (rank 0; every process stops with its reason if that fails) and remove
-        the debris of saves a crash interrupted."""
-        problem, removed, incomplete = None, [], []
-        if dist.is_main():
-            try:
-                prepare_log_dir(self.config.log_dir)
-                self.lock.acquire()
-                check_run_kind(self.config.log_dir, read_run_config(self.config.log_dir), self.run_kind)
-                removed = remove_temporary_files(self.config.log_dir)
-                incomplete = remove_incomplete_steps(self.config.log_dir)
-            except (OSError, RuntimeError) as e:
-                problem = str(e)
-        problem = dist.broadcast_object(problem)
-        if problem:
-            raise RunFolderError(problem)
-        if self.lock.previous_holder:
-            self.logger.log(f"took over the lock of a run that ended without releasing it ({self.lock.previous_holder})")
-        if removed:
-            self.logger.log(f"removed {len(removed)} temporary file(s) of an interrupted save: {', '.join(removed)}")
-        if incomplete:
-            self.logger.log(f"removed {len(incomplete)} file(s) of checkpoints whose save was interrupted before their "
-                            f"model file was written (not resumable, not evaluable): {', '.join(incomplete)}")
-        for note in self.notes:
-            self.logger.log(note)
-
-    def _start(self, module, network, network_config):
-        config = self.config
-        self.module, self.network, self.network_config = module, network, network_config
-        module.to(self.device, memory_format=self.memory_format).train()
-        self.optimizer = make_optimizer(config, network.parameters(), self.device)
-        self.step = 0
-        self.log2_loss_scale = FP16_INITIAL_LOG2_SCALE
-        self.norm_totals = torch.zeros(2, device=self.device)  # gradient and weight norms since the last log
-        self.recorded = read_run_config(config.log_dir) or {}
-        self.changes = list(self.recorded.get("changes", []))
-        steps = checkpoint_steps(config.log_dir)
-        if self.recorded and steps and not config.resume_checkpoint:
-            self.changes += check_resumed_settings(config.log_dir, self.recorded, self.run_config(),
-                                                   config.allow_changed_settings, steps[0])
-        self.ema = EMA(network, config.ema_rates)
-        self._resume(steps)
-        self._note_process_count()
-        if dist.is_main():
-            for table in self.logged_tables:
-                cut = self.logger.truncate_metrics(self.step, table)
-                if cut:
-                    self.logger.log(f"{table}: removed {cut} row(s) after step {self.step}, logged by a run that ended "
-                                    "before its next checkpoint (those steps are trained again)")
-        dist.broadcast_tensors(list(network.state_dict().values()))
-        self.config.set_global_switches(self.device.type)
-        self.model = module
-        if self.info.world_size > 1:
-            if self.device.type == "cpu":
-                # CPU convolutions give a 1×1 kernel's gradient other strides on its size-1 dimensions: the
-                # same memory layout as DDP's bucket view, yet every process would print a warning about it.
-                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            self.model = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                                 gradient_as_bucket_view=True,
-                                                 bucket_cap_mb=self.config.ddp_bucket_mib(module))
-        self.model = self.config.compiled(self.model)
-
-    def _note_process_count(self):
-        """A run resumed on another number of processes continues the same steps (the global batch and each
-        step's noise depend on (seed, step) alone); it is said in the log and recorded among the changes."""
-        before = self.recorded.get("world_size")
-        if self.step and before is not None and before != self.info.world_size:
-            self.changes.append({"step": self.step, "setting": "world_size", "from": before, "to": self.info.world_size})
-            self.logger.log(f"resumed on {self.info.world_size} process(es), the checkpoint was written by {before}: the "
-                            f"global batch ({self.global_batch}) and each step's noise are the same, so the run goes on "
-                            "as it would have (recorded in run_config.json)")
-
-    def _buckets(self):
-        if self.info.world_size == 1:
-            return ""
-        size = self.config.ddp_bucket_cap_mb
-        return f" (gradients all-reduced in {'one bucket' if size == ONE_BUCKET else f'buckets of {size} MiB'})"
-
-    def step_inputs(self, step):
-        raise NotImplementedError
-
-    def batch_losses(self, model, inputs, eager=False):
-        """Per-sample losses of `model` on `inputs`; `eager` asks for uncompiled helpers (a one-off
-        evaluation should not compile new graphs)."""
-        raise NotImplementedError
-
-    def describe(self):
-        """The first line of the log: what is trained on what."""
-        raise NotImplementedError
-
-    def after_save(self):
-        """Called on every process once a checkpoint is written, before the processes meet again (what a
-        trainer adds beside a checkpoint)."""
-
-    def evaluation_due(self, step):
-        """Whether `evaluate` runs after this step."""
-        return False
-
-    def evaluate(self):
-        """Measure the networks during training (every process takes part)."""
-
-    def logged_evaluation(self):
-        """Columns of progress.csv that the evaluations fill (the same keys in every row)."""
-        return {}
-
-    run_kind = PID_RUN
-    logged_tables = (PROGRESS_FILE,)
-    """The CSV files of the run folder that have a row per logged step (cut back on resume)."""
-
-    def run_config(self):
-        """What run_config.json records beside the loop's settings."""
-        return {**dataclasses.asdict(self.config), "network_config": self.network_config, "run_kind": self.run_kind,
-                "changes": self.changes}
-
-    def step_generator(self, step):
-        """The generator of a step's global batch: seeded by (seed, step) alone."""
-        return seeded_generator(STEP, self.config.seed, step, self.device)
-
-    def share(self, global_tensor):
-        """This process's slice of a global-batch tensor."""
-        return global_tensor[self.info.rank * self.batch:(self.info.rank + 1) * self.batch]
-
-    # ----------------------------------------------------------------------------- one step
-    def train_step(self):
-        """One optimizer step over the process's batch. Returns (the mean of the micro-batches' mean
-        losses, as the original logs it, a device tensor; whether the step was applied). The gradients
-        are summed over micro-batches, as in the original."""
-        inputs = self.step_inputs(self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        scale = 2.0 ** self.log2_loss_scale if self.config.loss_scaling else 1.0
-        loss_sum = torch.zeros((), device=self.device)
-        starts = range(0, self.batch, self.microbatch)
-        for index, start in enumerate(starts):
-            part = slice(start, start + self.microbatch)
-            last = index == len(starts) - 1
-            sync = self.model.no_sync() if self.info.world_size > 1 and not last else contextlib.nullcontext()
-            if self.config.compile and self.config.compile_mode == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()  # the previous micro-batch's graph outputs are consumed
-            with sync:
-                with self.config.autocast(self.device.type):
-                    losses = self.batch_losses(self.model, [None if x is None else x[part] for x in inputs])
-                loss = losses.float().mean()
-                (loss * scale).backward()
-            loss_sum += loss.detach()
-        return loss_sum / len(starts), self._optimizer_step(scale)
-
-    def _optimizer_step(self, scale):
-        if self.config.loss_scaling:
-            grads = [p.grad for p in self.network.parameters() if p.grad is not None]
-            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
-            if not bool(finite):  # the original's dynamic loss scale: halve and skip the step
-                self.log2_loss_scale -= 1
-                return False
-            torch._foreach_mul_(grads, 1.0 / scale)
-        self._add_norms()
-        self.optimizer.step()
-        if self.config.loss_scaling:
-            self.log2_loss_scale += self.config.fp16_scale_growth
-        self.ema.update()
-        self.step += 1
-        if self.config.lr_anneal_steps:
-            fraction = min(self.step / self.config.lr_anneal_steps, 1.0)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.lr * (1 - fraction)
-        return True
-
-    def _add_norms(self):
-        """Add this step's gradient and weight norms (over all parameters, before the update, after
-        unscaling) to the interval's totals on the device: progress.csv logs their means as
-        grad_norm and param_norm, as consistency_models' logger did."""
-        parameters = [p for p in self.network.parameters() if p.grad is not None]
-        if not parameters:
-            return
-        norms = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
-                 for tensors in ([p.grad for p in parameters], parameters)]
-        self.norm_totals += torch.stack(norms).detach()
-
-    # ----------------------------------------------------------------------------- the loop
-    def run(self):
-        """Train to --total_training_steps. SIGTERM (a scheduler's notice) and SIGINT (Ctrl-C) end the
-        current step on every process; then a checkpoint is written and TrainingInterrupted raised."""
-        with self._signals_noted():
-            self._run()
-
-    @contextlib.contextmanager
-    def _signals_noted(self):
-        self.stop_signal = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def note(signal_number, frame):
-            if self.stop_signal is None or self.saving:  # the first signal, and any during a save, wait
-                self.stop_signal = self.stop_signal or signal_number
-                return
-            signal.signal(signal_number, previous[signal_number])  # a second signal outside a save acts at once
-            signal.raise_signal(signal_number)
-
-        previous = {number: signal.signal(number, note) for number in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-
-    def _stop_requested(self):
-        """The signal any process got (0: none); several processes agree through an all-reduce, one
-        process reads its flag without touching the device."""
-        noted = 0 if self.stop_signal is None else int(self.stop_signal)
-        if self.info.world_size == 1:
-            return noted
-        return int(dist.all_reduce_max(torch.tensor(noted, device=self.device)).item())
-
-    def _run(self):
-        cfg = self.config
-        if dist.is_main():
-            write_run_config(cfg.log_dir, {**self.run_config(), "world_size": self.info.world_size,
-                                           "per_process_batch": self.batch, "torch_version": torch.__version__})
-        self.logger.log(f"{self.describe()}, {self.info.world_size} process(es) on {self.device.type}{self._buckets()}, "
-                        f"global batch {self.global_batch} ({self.batch} per process, micro-batch {self.microbatch}), steps "
-                        f"{self.step} → {cfg.total_training_steps}, run folder {cfg.log_dir}")
-        loss_total = torch.zeros((), device=self.device)
-        self.norm_totals.zero_()
-        largest_loss = torch.zeros((), device=self.device)
-        first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        steps_in_interval, started = 0, time.time()
-        last_saved = self.step
-        while self.step < cfg.total_training_steps:
-            saved_now = False
-            target_step = self.step + 1
-            loss, applied = self.train_step()
-            bad = ~torch.isfinite(loss) & (first_bad_step < 0)
-            first_bad_step = torch.where(bad, torch.full_like(first_bad_step, target_step), first_bad_step)
-            if not applied:
-                continue
-            loss_total += loss.nan_to_num(0.0, 0.0, 0.0)
-            largest_loss = torch.maximum(largest_loss, loss.detach().nan_to_num(0.0, 0.0, 0.0))
-            steps_in_interval += 1
-            evaluated = self.evaluation_due(self.step)
-            if evaluated:  # before the log, whose row then holds the evaluation's numbers
-                self.evaluate()
-            due_log = self.step % cfg.log_interval == 0 or self.step == cfg.total_training_steps or evaluated
-            due_save = cfg.save_interval > 0 and self.step % cfg.save_interval == 0
-            if due_log:
-                self._check_finite(first_bad_step, last_saved)
-                elapsed = time.time() - started
-                self._log(loss_total / steps_in_interval, steps_in_interval, elapsed)
-                loss_total.zero_()
-                self.norm_totals.zero_()
-                steps_in_interval, started = 0, time.time()
-            if due_save or self.step == cfg.total_training_steps:
-                self._save_checked(first_bad_step, last_saved, largest_loss)
-                last_saved, saved_now = self.step, True
-            # one process alone checks every step (a flag on the host); several agree at each log step and save
-            if (self.info.world_size == 1 or due_log or saved_now) and self.step < cfg.total_training_steps:
-                stop = self._stop_requested()
-                if stop:
-                    if last_saved != self.step:
-                        self._save_checked(first_bad_step, last_saved, largest_loss)
-                    name = signal.Signals(stop).name
-                    self.logger.log(f"stopped by {name} at step {self.step}: checkpoint model{self.step:06d}.pt is "
-                                    "written; the same command continues the run")
-                    raise TrainingInterrupted(f"stopped by {name} at step {self.step}; checkpoint "
-                                              f"model{self.step:06d}.pt in {cfg.log_dir}", stop)
-        self.logger.log(f"done: {self.step} steps; checkpoints in {cfg.log_dir}")
-
-    def _save_checked(self, first_bad_step, last_saved, largest_loss):
-        """Save a checkpoint only when no loss so far was NaN and the weights have not diverged."""
-        self._check_finite(first_bad_step, last_saved)
-        self._check_weights(last_saved, largest_loss)
-        self.save()
-
-    def _check_finite(self, first_bad_step, last_saved):
-        processes_with_bad_loss = int(dist.all_reduce_sum((first_bad_step >= 0).long()).item())
-        if processes_with_bad_loss:
-            where = (f"in the update to step {int(first_bad_step.item())}" if first_bad_step.item() >= 0
-                     else "on another process")
-            raise NonFiniteLossError(f"the loss became NaN or infinite {where}; {self._divergence_advice(last_saved)}")
-
-    def _check_weights(self, last_saved, largest_loss):
-        """Before a checkpoint is written: the weights are finite and give a finite loss on the next
-        step's batch, not DIVERGENCE_FACTOR times the largest step loss so far (an update can leave huge
-        but finite weights that the next steps turn into NaN); otherwise stop without saving them."""
-        with torch.no_grad(), self.config.autocast(self.device.type):
-            inputs = [None if x is None else x[:self.microbatch] for x in self.step_inputs(self.step)]
-            probe = self.batch_losses(self.module, inputs, eager=True).float().mean()
-        healthy = torch.isfinite(probe) & (probe <= DIVERGENCE_FACTOR * largest_loss)
-        healthy &= torch.stack([torch.isfinite(p).all() for p in self.network.parameters()]).all()
-        if int(dist.all_reduce_sum((~healthy).long()).item()):
-            raise NonFiniteLossError(f"the weights after step {self.step} give a NaN or infinite loss (the updates "
-                                     f"diverged); {self._divergence_advice(last_saved)}")
-
-    def _divergence_advice(self, last_saved):
-        if not last_saved:
-            return "stopping without saving; no checkpoint was written. Lower --lr and start again."
-        return (f"stopping without saving these weights. Last good checkpoint: model{last_saved:06d}.pt in "
-                f"{self.config.log_dir}. To continue from it with a lower learning rate, run the same command with "
-                "--lr <lower> --allow_changed_settings True (or --use_fp16 False if fp16 overflowed).")
-
-    def _log(self, mean_loss, steps, elapsed):
-        loss = float(dist.all_reduce_sum(mean_loss.clone()).item()) / self.info.world_size
-        images_per_second = steps * self.global_batch / max(elapsed, 1e-9)
-        remaining = (self.config.total_training_steps - self.step) * elapsed / max(steps, 1)
-        grad_norm, param_norm = (self.norm_totals / steps).tolist()
-        row = dict(step=self.step, loss=loss, grad_norm=grad_norm, param_norm=param_norm,
-                   images_per_second=images_per_second, samples=self.step * self.global_batch,
-                   lr=self.optimizer.param_groups[0]["lr"])
-        if self.config.loss_scaling:
-            row["lg_loss_scale"] = self.log2_loss_scale
-        row.update(self.logged_evaluation())
-        self.logger.metrics(row)
-        eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} days"
-        self.logger.log(f"step {self.step:>7d}  loss {loss:.6f}  {images_per_second:8.1f} img/s  ETA {eta}")
-
-    # ----------------------------------------------------------------------------- checkpoints
-    def save(self):
-        """Write the checkpoint of this step; SIGINT/SIGTERM arriving meanwhile wait until it is complete."""
-        self.saving = True
-        try:
-            rng_by_rank = dist.all_gather_objects((torch.get_rng_state(), torch.cuda.get_rng_state_all()
-                                                   if torch.cuda.is_available() else []))
-            if dist.is_main():
-                state = dict(step=self.step, log2_loss_scale=self.log2_loss_scale, cpu_rng=rng_by_rank[0][0],
-                             cuda_rng=rng_by_rank[0][1], rng_by_rank=rng_by_rank)
-                write_checkpoint(self.config.log_dir, self.step, self.network.state_dict(),
-                                 {rate: self.ema.state_dict(rate) for rate in self.ema.rates},
-                                 self.optimizer.state_dict(), state)
-                self.logger.log(f"saved checkpoint {self.step:06d}")
-            self.after_save()
-            dist.barrier()  # every process leaves the save together (a launcher ends the rest when one exits)
-        finally:
-            self.saving = False
-
-    def _resume(self, steps):
-        """Load --resume_checkpoint, or the newest complete checkpoint of the folder; a damaged one is
-        reported and the one before it used."""
-        cfg = self.config
-        if cfg.resume_checkpoint:
-            self._load(cfg.resume_checkpoint, resume_step(cfg.resume_checkpoint))
-            return
-        saved_rates = ema_rates(self.recorded.get("ema_rate", cfg.ema_rate))  # the rates the files were saved with
-        complete = [step for step in steps if not missing_checkpoint_files(cfg.log_dir, step, saved_rates)]
-        for step in complete:
-            try:
-                self._load(checkpoint_files(cfg.log_dir, step, self.ema.rates)["model"], step)
-                return
-            except UnreadableFileError as e:  # a damaged file, or one that does not fit the network
-                self.logger.log(f"checkpoint {step:06d} is damaged and skipped: {e}")
-        if steps:
-            newest_missing = missing_checkpoint_files(cfg.log_dir, steps[0], saved_rates)
-            why = (f" (checkpoint {steps[0]:06d} lacks {', '.join(newest_missing)}; --ema_rate must list the rates "
-                   "the files were saved with)" if newest_missing else "")
-            raise RunFolderError(f"{cfg.log_dir} holds checkpoints ({', '.join(f'{s:06d}' for s in steps[:5])}) but "
-                                 f"none is complete and readable{why}; nothing was overwritten. Move them away to "
-                                 "start afresh, or point --resume_checkpoint at a model file")
-
-    def _load(self, model_path, step):
-        if not os.path.isfile(model_path):
-            raise FileNotFoundError(f"--resume_checkpoint {model_path}: no such file")
-        saved = read_checkpoint(model_path, step, self.ema.rates)
-        load_strictly(self.network, network_state_dict(saved["model"]), model_path, "the network being trained")
-        for rate, ema_state in saved["ema"].items():
-            self.ema.load_state_dict(rate, ema_state if ema_state is not None else self.network.state_dict())
-        if saved["opt"] is not None:
-            self.optimizer.load_state_dict(saved["opt"])
-        state = saved["state"]
-        if state is not None:
-            self.log2_loss_scale = state["log2_loss_scale"]
-            by_rank = state.get("rng_by_rank") or [(state["cpu_rng"], state["cuda_rng"])]
-            cpu_rng, cuda_rng = by_rank[self.info.rank] if len(by_rank) == self.info.world_size else by_rank[0]
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(cuda_rng)
-        self.step = step
-        note = (f" ({', '.join(saved['missing'])} not found: an EMA without its file starts from the loaded weights, "
-                "the optimizer state afresh)" if saved["missing"] else "")
-        if state is None:
-            note += " (no trainer state, as in a folder the original wrote: the fp16 loss scale starts afresh)"
-        self.logger.log(f"resumed from {model_path} at step {step}{note}")
-
-    def close(self):
-        """Release the DDP wrapper and optimizer before the process group ends (see dist.shutdown), and
-        the run folder."""
-        self.model = self.optimizer = self.ema = None
-        self.logger.close()
-        self.lock.release()
-
-
 class PIDTrainer(TrainingLoop):
     """PID distillation: the student x_θ starts from the teacher's weights (random weights for an
     analytic teacher) and learns from noise and the frozen teacher alone."""
 
+    run_kind = PID_RUN
     logged_tables = (PROGRESS_FILE, EVALUATION_FILE)
 
     def __init__(self, config, dist_info=None):
@@ -674,18 +119,18 @@ class PIDTrainer(TrainingLoop):
             teacher_state = None
         else:
             teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
-            self.teacher = build_teacher(teacher_config, teacher_state, config.teacher_model_path, config.attention)
+            self.teacher = family_of(teacher_config).build_teacher(teacher_config, teacher_state,
+                                                                   config.teacher_model_path, config.attention)
         self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
         # its precision follows --mixed_precision / --use_fp16 (autocast), not the use_fp16 its file records
         # (EDM's ImageNet-64 .pkl says True), as the original follows its flag
         self.teacher.use_fp16 = False
-        network_config = student_network_config(teacher_config, config.dropout)
+        network_config = family_of(teacher_config).student_config(teacher_config, config.dropout)
         self.student = student_from_teacher(network_config, teacher_state, config.sigma_max, config.attention,
                                             config.sigma_min)
         self.student.net.float32_output = config.student_precision == "fp32_output"
-        self.image_shape = (teacher_config["img_channels"], teacher_config["img_resolution"],
-                            teacher_config["img_resolution"])
-        self.label_dim = teacher_config.get("label_dim", 0)
+        self.image_shape = (self.teacher.img_channels, self.teacher.img_resolution, self.teacher.img_resolution)
+        self.label_dim = self.teacher.label_dim
         self.lpips = None
         if config.loss_norm == "lpips":
             self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
@@ -707,6 +152,10 @@ class PIDTrainer(TrainingLoop):
 
     def describe(self):
         return f"PID distillation: teacher {self.config.teacher_model_path}"
+
+    def network_state(self, state_dict):
+        """Checkpoints of the student hold its raw network's keys; its family maps other spellings onto them."""
+        return family_of(self.network_config).network_state_dict(state_dict)
 
     # ------------------------------------------------------------- what a run shows while it trains
     def _preview_with(self, state):

@@ -23,10 +23,8 @@ Digits: --detector digits --fid_dataset digits (features of the shipped digits c
 statistics computed from the 1,797 real digits).
 """
 
-import argparse
 import math
 import os
-import sys
 
 from pid_diffusion import cli, dist, evaluation
 from pid_diffusion.digits import DigitsUnavailableError
@@ -35,19 +33,8 @@ from pid_diffusion.files import digest_of_arrays
 from pid_diffusion.generate import save_grid
 from pid_diffusion.log import RunLogger
 from pid_diffusion.plots import plot_fid_vs_step
+from pid_diffusion.process import run_script
 from pid_diffusion.run_folder import incomplete_step_files
-
-
-def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.SAMPLE_FLAGS, **cli.FID_FLAGS})
-    args = parser.parse_args(argv)
-    given = cli.given_flags(argv)
-    if not args.exp_dir:
-        parser.error("--exp_dir is required: the folder of checkpoints to evaluate")
-    cli.warn_ignored(given, cli.MODEL_FLAGS)
-    return args, given
 
 
 def evaluate_folder(args, given, device):
@@ -134,9 +121,8 @@ def evaluate_folder(args, given, device):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args, given = parse(argv)
-    cli.run_script(lambda info: evaluate_folder(args, given, info.device), extra_errors=(DigitsUnavailableError,))
+    args, given = cli.parse_fid(argv, __doc__)
+    run_script(lambda info: evaluate_folder(args, given, info.device), extra_errors=(DigitsUnavailableError,))
 
 
 if __name__ == "__main__":

@@ -13,25 +13,14 @@ architecture, σ_min and σ_max come from the run_config.json beside it (a diffe
 --sigma_max is refused); the network flags are needed only for files without one.
 """
 
-import argparse
 import os
-import sys
 
 from pid_diffusion import cli, dist, evaluation
 from pid_diffusion.generate import check_class_label, save_grid
 from pid_diffusion.log import prepare_log_dir
+from pid_diffusion.process import run_script
 
 GRID_FILE = "samples_grid.png"
-
-
-def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    cli.add_flags(parser, {**cli.MODEL_FLAGS, **cli.SAMPLE_FLAGS, **cli.OVERWRITE_FLAG})
-    args = parser.parse_args(argv)
-    given = cli.given_flags(argv)
-    cli.warn_ignored(given, cli.MODEL_FLAGS)
-    return args, given
 
 
 def sample_to_folder(args, given, info):
@@ -58,9 +47,8 @@ def sample_to_folder(args, given, info):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args, given = parse(argv)
-    cli.run_script(lambda info: sample_to_folder(args, given, info))
+    args, given = cli.parse_sampling(argv, __doc__)
+    run_script(lambda info: sample_to_folder(args, given, info))
 
 
 if __name__ == "__main__":

@@ -9,46 +9,19 @@ The defaults make the shipped digits teacher (model_zoo/README.md). --export wri
 at the end as a teacher file for cm_train.py --teacher_model_path; an existing file is never replaced.
 """
 
-import argparse
-import os
-import sys
-
 from pid_diffusion import cli, dist
-from pid_diffusion.digits import DIGITS_NETWORK_CONFIG, DigitsUnavailableError
-from pid_diffusion.teacher_trainer import TeacherTrainConfig, TeacherTrainer
-from pid_diffusion.trainer import NonFiniteLossError, RunFolderError, TrainingInterrupted, ema_rates
-
-
-def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    cli.add_flags(parser, cli.TEACHER_FLAGS)
-    args = parser.parse_args(argv)
-    if args.export and os.path.exists(args.export):
-        parser.error(f"--export {args.export} exists; choose another name or remove it first")
-    rates = ema_rates(args.ema_rate)
-    if args.export_ema_rate < 0:
-        args.export_ema_rate = rates[0] if rates else -1.0
-    if args.export and args.export_ema_rate not in rates:
-        parser.error(f"--export_ema_rate {args.export_ema_rate} is not one of --ema_rate {args.ema_rate}")
-    return args
-
-
-def config_from_args(args, log_dir):
-    loop_fields = {name: getattr(args, name) for name in cli.LOOP_FLAG_NAMES}
-    network = {**DIGITS_NETWORK_CONFIG, "model_channels": args.num_channels, "num_blocks": args.num_res_blocks,
-               "dropout": args.dropout}
-    return TeacherTrainConfig(log_dir=log_dir, dataset=args.dataset, network_config=network, **loop_fields)
+from pid_diffusion.digits import DigitsUnavailableError
+from pid_diffusion.loop import RunFolderError, TrainingDivergedError, TrainingInterrupted
+from pid_diffusion.process import run_script
+from pid_diffusion.teacher_trainer import TeacherTrainer
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse(argv)
+    args = cli.parse_teacher_training(argv, __doc__)
 
     def train(info):
         log_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
-        config = config_from_args(args, log_dir)
-        trainer = TeacherTrainer(config)
+        trainer = TeacherTrainer(cli.teacher_training_config(args, log_dir))
         try:
             trainer.run()
             if args.export:
@@ -57,8 +30,7 @@ def main(argv=None):
         finally:
             trainer.close()
 
-    cli.run_script(train, extra_errors=(NonFiniteLossError, RunFolderError, TrainingInterrupted,
-                                        DigitsUnavailableError))
+    run_script(train, extra_errors=(TrainingDivergedError, RunFolderError, TrainingInterrupted, DigitsUnavailableError))
 
 
 if __name__ == "__main__":

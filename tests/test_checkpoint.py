@@ -8,7 +8,7 @@ import torch
 
 from conftest import fixture_path, relative_error, tiny_song_config
 from tolerances import PARITY_ORDER, between_implementations, network_roundings
-from pid_diffusion import arch
+from pid_diffusion.families import edm
 from pid_diffusion.checkpoint import TeacherLoadError, TeacherNotFoundError, load_teacher, read_teacher_file, save_teacher
 from pid_diffusion.edm_pickle import UnsafePickleError, read_snapshot
 from pid_diffusion.files import atomic_torch_save
@@ -75,7 +75,7 @@ def test_embedded_module_source_is_never_executed(tmp_path, monkeypatch):
 
 
 def test_extracted_state_dict_with_flags(tmp_path):
-    config = arch.config_from_flags(**SMALL_FLAGS)
+    config = edm.config_from_flags(**SMALL_FLAGS)
     net = EDMPrecond(**config)
     state = net.state_dict()
     state["model.map_augment.weight"] = torch.randn(16, 9)  # EDM's CIFAR teacher carries augmentation weights
@@ -91,7 +91,7 @@ def test_extracted_state_dict_with_flags(tmp_path):
 
 def test_architecture_mismatch_names_keys_and_fitting_flags(tmp_path):
     path = tmp_path / "edm.ckpt"
-    torch.save(EDMPrecond(**arch.config_from_flags(**SMALL_FLAGS)).state_dict(), path)
+    torch.save(EDMPrecond(**edm.config_from_flags(**SMALL_FLAGS)).state_dict(), path)
     with pytest.raises(TeacherLoadError) as info:
         load_teacher(path, **{**SMALL_FLAGS, "num_channels": 32})
     message = str(info.value)
@@ -102,7 +102,7 @@ def test_architecture_mismatch_names_keys_and_fitting_flags(tmp_path):
 
 def test_flags_checked_against_recorded_architecture(tmp_path):
     path = tmp_path / "ours.pt"
-    config = arch.config_from_flags(**SMALL_FLAGS)
+    config = edm.config_from_flags(**SMALL_FLAGS)
     save_teacher(EDMPrecond(**config), path, config)
     assert isinstance(load_teacher(path), EDMPrecond)
     with pytest.raises(TeacherLoadError, match=r"--num_res_blocks 3 \(file: 1\)"):
@@ -179,12 +179,12 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     dict(image_size=32, num_channels=16, num_res_blocks=2, attention_resolutions="2,4", channel_mult="1,2,2"),
 ])
 def test_flags_are_inferred_back_from_weights(flags):
-    config = arch.config_from_flags(**flags)
+    config = edm.config_from_flags(**flags)
     with torch.device("meta"):
         state = EDMPrecond(**config).model.state_dict()
-    inferred = arch.infer_flags(state)
-    assert arch.mismatched_flags(flags, inferred) == []
-    assert arch.infer_flags({"weight": torch.zeros(1)}) is None
+    inferred = edm.infer_flags(state)
+    assert edm.mismatched_flags(flags, inferred) == []
+    assert edm.infer_flags({"weight": torch.zeros(1)}) is None
 
 
 def test_read_teacher_file_returns_config_and_weights():

@@ -1,3 +1,7 @@
+"""The command lines are made from the declared options: each flag once, given exactly when it is on
+the command line (whatever its value), refused when abbreviated, warned about when PID ignores it."""
+
+import dataclasses
 import os
 import subprocess
 import sys
@@ -5,27 +9,84 @@ import sys
 import pytest
 
 from pid_diffusion import cli
+from pid_diffusion.loop import LoopConfig
+from pid_diffusion.settings import OptionParser, defining_settings, option, options_of, str2bool
+from pid_diffusion.teacher_trainer import TeacherTrainConfig
+from pid_diffusion.trainer import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARSERS = {"cm_train.py": lambda argv: cli.parse_distillation(["--teacher_model_path", "t.pt", *argv]),
+           "image_sample.py": cli.parse_sampling, "fid_evaluation.py": lambda argv: cli.parse_fid(["--exp_dir", "d", *argv]),
+           "train_teacher.py": lambda argv: (cli.parse_teacher_training(argv), None)}
 
 
-@pytest.mark.parametrize("script,flags", [
-    ("cm_train.py", {**cli.MODEL_FLAGS, **cli.TRAIN_FLAGS}),
-    ("image_sample.py", {**cli.MODEL_FLAGS, **cli.SAMPLE_FLAGS}),
-    ("fid_evaluation.py", {**cli.MODEL_FLAGS, **cli.SAMPLE_FLAGS, **cli.FID_FLAGS}),
-])
-def test_every_flag_has_help(script, flags):
+@pytest.mark.parametrize("script", sorted(PARSERS))
+def test_every_flag_has_help_with_its_default(script):
     done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), "--help"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    for name in flags:
-        assert f"--{name}" in done.stdout
+    args, _ = PARSERS[script]([])
+    for name, value in vars(args).items():
+        assert f"--{name}" in done.stdout, name
+    if script in ("cm_train.py", "train_teacher.py"):  # presets only where --speed exists
+        shown = "set by --speed" if script == "cm_train.py" else "autocast (default: 'fp32')"
+        assert shown in " ".join(done.stdout.split()), script
 
 
-def test_booleans_and_ignored_flags(capsys):
-    assert cli.str2bool("Yes") is True and cli.str2bool("0") is False
+def test_a_flag_is_given_when_it_is_on_the_command_line_whatever_its_value():
+    args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", "--lr", "0.0001", "--ema_rate=0.9"])
+    assert {"lr", "ema_rate", "teacher_model_path"} == given  # 0.0001 is lr's default and still given
+    assert (args.lr, args.ema_rate, args.seed) == (1e-4, "0.9", 0)  # the others take their declared defaults
+    # on a GPU the fast preset sets bf16 and channels-last: what is given wins, in either spelling
+    for argv in (["--mixed_precision", "fp16", "--channels_last", "False"], ["--mixed_precision=fp16",
+                                                                              "--channels_last=f"]):
+        args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", *argv])
+        config = cli.distillation_config(args, given, "run", "cuda")
+        assert (config.mixed_precision, config.channels_last, config.compile) == ("fp16", False, True), argv
+    args, given = cli.parse_distillation(["--teacher_model_path", "t.pt"])
+    config = cli.distillation_config(args, given, "run", "cuda")
+    assert (config.mixed_precision, config.channels_last) == ("bf16", True)
+
+
+@pytest.mark.parametrize("argv", [["--mixed_prec", "fp16"], ["--channels_l", "False"], ["--lr_anneal", "5"]])
+def test_abbreviated_flags_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as refused:
+        cli.parse_distillation(["--teacher_model_path", "t.pt", *argv])
+    assert refused.value.code == 2 and f"unrecognized arguments: {argv[0]}" in capsys.readouterr().err
+
+
+def test_ignored_flags_are_accepted_with_a_warning(capsys):
+    cli.parse_distillation(["--teacher_model_path", "t.pt", "--num_heads", "8", "--lr", "0.1"])
+    err = capsys.readouterr().err
+    assert "accepted but ignored by PID (as in the original): --num_heads" in err and "--lr" not in err
+    cli.parse_sampling(["--dropout", "0.3", "--loss_norm", "l2", "--steps", "3"])  # training flags in sampling
+    assert "ignored by PID (as in the original): --dropout, --loss_norm\n" in capsys.readouterr().err
+    cli.parse_distillation(["--teacher_model_path", "t.pt", "--dropout", "0.3"])
+    assert capsys.readouterr().err == ""  # the student's dropout in training
+
+
+def test_booleans_and_a_flag_declared_twice():
+    assert str2bool("Yes") is True and str2bool("0") is False
     with pytest.raises(Exception, match="expected a boolean"):
-        cli.str2bool("maybe")
-    assert cli.given_flags(["--lr", "1", "--ema_rate=0.9", "x"]) == {"lr", "ema_rate"}
-    cli.warn_ignored({"num_heads", "lr"}, cli.MODEL_FLAGS | cli.TRAIN_FLAGS)
-    assert "--num_heads" in capsys.readouterr().err
+        str2bool("maybe")
+
+    @dataclasses.dataclass(kw_only=True)
+    class Other:
+        lr: float = option(0.5, "another learning rate")
+
+    with pytest.raises(ValueError, match="--lr is declared twice"):
+        OptionParser(None, LoopConfig, Other)
+
+
+def test_what_defines_a_run_and_the_teachers_defaults_are_declared_with_the_options():
+    assert set(defining_settings(TrainConfig)) == {
+        "teacher_model_path", "loss_norm", "weight_schedule", "start_scales", "end_scales", "scale_mode", "sigma_min",
+        "sigma_max", "rho", "seed", "lr", "optimizer", "ema_rate", "global_batch_size"}
+    assert set(defining_settings(TeacherTrainConfig)) == {
+        "dataset", "network_config", "p_mean", "p_std", "sigma_data", "seed", "lr", "optimizer", "ema_rate",
+        "global_batch_size"}
+    # teacher training has its own defaults for the loop's options, LoopConfig keeps the distillation's
+    args = cli.parse_teacher_training([])
+    assert (args.lr, TeacherTrainConfig(log_dir="x").lr, LoopConfig(log_dir="x").lr) == (2e-3, 2e-3, 1e-4)
+    assert cli.parse_teacher_training(["--lr", "0.01"]).lr == 0.01
+    assert {f.name for f in options_of(TrainConfig)} >= {f.name for f in options_of(LoopConfig)}

@@ -3,8 +3,8 @@ import torch
 
 from conftest import relative_error, tiny_song_config
 from tolerances import PARITY_ORDER, between_implementations, network_roundings
-from pid_diffusion import arch
-from pid_diffusion.checkpoint import network_state_dict
+from pid_diffusion.families import edm
+from pid_diffusion.families.edm import network_state_dict
 from pid_diffusion.networks import DhariwalUNet, EDMPrecond, SongUNet
 
 
@@ -65,8 +65,8 @@ def test_ncsnpp_configuration_runs():
 
 
 def test_official_configurations_have_the_verified_parameter_counts():
-    cifar = arch.config_from_flags(image_size=32, num_channels=128, num_res_blocks=4, attention_resolutions="2")
-    imagenet = arch.config_from_flags(image_size=64, num_channels=192, num_res_blocks=3,
+    cifar = edm.config_from_flags(image_size=32, num_channels=128, num_res_blocks=4, attention_resolutions="2")
+    imagenet = edm.config_from_flags(image_size=64, num_channels=192, num_res_blocks=3,
                                       attention_resolutions="2,4,8", class_cond=True)
     with torch.device("meta"):
         counts = [sum(p.numel() for p in EDMPrecond(**c).model.parameters()) for c in (cifar, imagenet)]

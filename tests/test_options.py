@@ -4,7 +4,6 @@ elsewhere) changes the result as its meaning says."""
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -17,14 +16,11 @@ from pid_diffusion.generate import GenerationRequest, draw_inputs, per_sample_ra
 from pid_diffusion.samplers import sample
 from pid_diffusion.teacher_trainer import TeacherTrainConfig
 from pid_diffusion.teachers import GaussianMixtureDenoiser
+from pid_diffusion.loop import LoopConfig
+from pid_diffusion.settings import options_of
 from pid_diffusion.trainer import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import cm_train  # noqa: E402
-import fid_evaluation  # noqa: E402
-import image_sample  # noqa: E402
-import train_teacher  # noqa: E402
 
 PID_VALUES = {  # a valid value other than the default for every flag that is a TrainConfig field
     "teacher_model_path": "teacher.pt", "start_scales": 18, "end_scales": 30, "scale_mode": "progressive",
@@ -48,24 +44,25 @@ def argv_of(values):
 def test_every_distillation_flag_reaches_the_trainer_config():
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"log_dir", "network_flags"}
     assert fields == set(PID_VALUES), "a TrainConfig field without a flag value here: add it to PID_VALUES"
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name, value in PID_VALUES.items():
-        default = cli.TRAIN_FLAGS.get(name, cli.MODEL_FLAGS.get(name, (None,)))[0]
-        assert value != default, name
-    args, given = cm_train.parse(argv_of(PID_VALUES))
-    config = cm_train.config_from_args(args, given, "run", "cpu")
+        assert value != defaults[name], name
+    args, given = cli.parse_distillation(argv_of(PID_VALUES))
+    config = cli.distillation_config(args, given, "run", "cpu")
     for name, value in PID_VALUES.items():
         assert getattr(config, name) == value, name
     # the architecture flags go to the teacher reader (files without a recorded architecture need them)
-    args, given = cm_train.parse(["--teacher_model_path", "t.pt", "--num_channels", "32", "--class_cond", "True"])
-    assert cm_train.config_from_args(args, given, "run", "cpu").network_flags == dict(num_channels=32, class_cond=True)
+    args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", "--num_channels", "32", "--class_cond", "True"])
+    assert cli.distillation_config(args, given, "run", "cpu").network_flags == dict(num_channels=32, class_cond=True)
 
 
 def test_every_teacher_training_flag_reaches_its_config():
-    values = {name: PID_VALUES[name] for name in cli.LOOP_FLAG_NAMES}
+    loop_flags = [f.name for f in options_of(LoopConfig)]
+    values = {name: PID_VALUES[name] for name in loop_flags}
     values.update(num_channels=24, num_res_blocks=3, dropout=0.25)
-    config = train_teacher.config_from_args(train_teacher.parse(argv_of(values)), "run")
+    config = cli.teacher_training_config(cli.parse_teacher_training(argv_of(values)), "run")
     assert isinstance(config, TeacherTrainConfig)
-    for name in cli.LOOP_FLAG_NAMES:
+    for name in loop_flags:
         assert getattr(config, name) == values[name], name
     network = config.network_config
     assert (network["model_channels"], network["num_blocks"], network["dropout"]) == (24, 3, 0.25)
@@ -78,18 +75,18 @@ SAMPLE_VALUES = dict(training_mode=TEACHER_MODE, sampler="dpm", steps=7, sigma_m
                      batch_size=3, seed=9, class_label=1, use_fp16=True)
 
 
-@pytest.mark.parametrize("script", [image_sample, fid_evaluation])
-def test_every_sampling_flag_reaches_the_sampler_and_the_request(script):
-    extra = ["--exp_dir", "run"] if script is fid_evaluation else []
-    args, given = script.parse([*argv_of(SAMPLE_VALUES), *extra])
+@pytest.mark.parametrize("parse", [cli.parse_sampling, cli.parse_fid])
+def test_every_sampling_flag_reaches_the_sampler_and_the_request(parse):
+    extra = ["--exp_dir", "run"] if parse is cli.parse_fid else []
+    args, given = parse([*argv_of(SAMPLE_VALUES), *extra])
     options = cli.sampling_options(args)
     assert options == dict(sampler="dpm", steps=7, sigma_min=0.01, sigma_max=50.0, rho=4.0, s_churn=3.0, s_tmin=0.1,
                            s_tmax=20.0, s_noise=1.01, ts="", clip_denoised=False)
     assert cli.generation_request(args) == GenerationRequest(5, 3, 9, True, 1)
-    args, _ = script.parse(["--training_mode", TEACHER_MODE, "--sampler", "multistep", "--ts", "0,3,6", *extra])
+    args, _ = parse(["--training_mode", TEACHER_MODE, "--sampler", "multistep", "--ts", "0,3,6", *extra])
     assert cli.sampling_options(args)["ts"] == "0,3,6"
     # the defaults are the original's: clamped, 40 steps, Heun
-    args, _ = script.parse(["--training_mode", TEACHER_MODE, *extra])
+    args, _ = parse(["--training_mode", TEACHER_MODE, *extra])
     assert cli.sampling_options(args) == dict(sampler="heun", steps=40, sigma_min=0.002, sigma_max=80.0, rho=7.0,
                                               s_churn=0.0,
                                               s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, ts="", clip_denoised=True)

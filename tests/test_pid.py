@@ -4,7 +4,7 @@ import torch
 from conftest import relative_error
 from tolerances import (PARITY_ORDER, between_implementations, implied_denoised_difference_bound, network_roundings,
                         per_sample_distance_difference_bound, per_sample_norm, rounding_bound)
-from pid_diffusion.checkpoint import network_state_dict
+from pid_diffusion.families.edm import network_state_dict
 from pid_diffusion.losses import implied_denoised, pid_loss, weightings
 from pid_diffusion.lpips import LPIPS
 from pid_diffusion.networks import MODEL_TYPES, EDMPrecond, SongUNet

@@ -15,14 +15,15 @@ import pytest
 import torch
 
 from conftest import small_run_config as make_config
-from pid_diffusion import cli
+from pid_diffusion import process
 from pid_diffusion.evaluation import checkpoints_in, load_sampling_model, sampler_options
 from pid_diffusion.generate import generate, seeded_inputs
 from pid_diffusion.run_folder import TEACHER_RUN, write_run_config
 from pid_diffusion.samplers import check_sampler_options, sample
 from pid_diffusion.seeding import INDEX_LIMIT, SAMPLE, STEP, derived_seed, seeded_generator
+from pid_diffusion.loop import RunFolderError, TrainingInterrupted
 from pid_diffusion.teachers import GaussianMixtureDenoiser, gaussian_teacher
-from pid_diffusion.trainer import PIDTrainer, RunFolderError, TrainingInterrupted, train
+from pid_diffusion.trainer import PIDTrainer, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -275,7 +276,7 @@ def test_a_signal_before_the_training_loop_ends_the_script_with_one_line(capsys)
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
-        cli.run_script(body)
+        process.run_script(body)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert "stopped by SIGTERM: every file written so far is complete" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is previous  # the caller's handler is back
@@ -331,16 +332,16 @@ def test_abbreviated_flags_are_refused_not_misread(teacher_path, tmp_path):
 
 
 def test_wrong_files_get_messages_that_point_the_right_way(teacher_path, tmp_path):
-    from pid_diffusion.checkpoint import TeacherLoadError, load_student, load_teacher, read_teacher_file
+    from pid_diffusion.checkpoint import StudentLoadError, TeacherLoadError, load_student, load_teacher, read_teacher_file
     from pid_diffusion.fid import load_reference_stats
 
     png = tmp_path / "picture.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
-    with pytest.raises(TeacherLoadError, match="is a teacher file .*--training_mode one_shot_pinn_edm_edm_teacher"):
+    with pytest.raises(StudentLoadError, match="is a teacher file .*--training_mode one_shot_pinn_edm_edm_teacher"):
         load_student(teacher_path)
     for path in (png, tmp_path / "run_config.json"):
         path.write_bytes(path.read_bytes() if path.exists() else b'{"seed": 0}')
-        with pytest.raises(TeacherLoadError, match="is not a student checkpoint"):
+        with pytest.raises(StudentLoadError, match="is not a student checkpoint"):
             load_student(path)
     with pytest.raises(ValueError, match="picture.png: not a reference-statistics .npz"):
         load_reference_stats(str(png))

@@ -14,7 +14,8 @@ import torch
 
 from conftest import small_run_config as make_config
 from pid_diffusion.run_folder import ChangedSettingsError
-from pid_diffusion.trainer import NonFiniteLossError, PIDTrainer, RunFolderError, TrainConfig, train
+from pid_diffusion.loop import RunFolderError, TrainingDivergedError
+from pid_diffusion.trainer import PIDTrainer, TrainConfig, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO, "scripts", "cm_train.py")
@@ -111,7 +112,7 @@ def test_diverged_weights_are_never_saved_and_the_advice_resumes(teacher_path, t
         return real_step(scale)
 
     monkeypatch.setattr(trainer, "_optimizer_step", explode_after_two)
-    with pytest.raises(NonFiniteLossError, match="after step 3 give a NaN or infinite loss") as stopped:
+    with pytest.raises(TrainingDivergedError, match="after step 3 give a NaN or infinite loss") as stopped:
         trainer.run()
     trainer.close()
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("model")) == ["model000001.pt", "model000002.pt"]
@@ -124,7 +125,7 @@ def test_diverged_weights_are_never_saved_and_the_advice_resumes(teacher_path, t
 
 
 def test_diverging_from_the_start_saves_nothing(teacher_path, tmp_path):
-    with pytest.raises(NonFiniteLossError, match="no checkpoint was written"):
+    with pytest.raises(TrainingDivergedError, match="no checkpoint was written"):
         train(make_config(teacher_path, tmp_path, total_training_steps=4, save_interval=1, lr=1e6))
     assert not any(n.startswith("model") for n in os.listdir(tmp_path))
 
@@ -183,7 +184,7 @@ def test_a_signal_ends_the_step_writes_a_checkpoint_and_exits_with_one_line(teac
 
 
 def test_damaged_files_are_named_not_loaded(teacher_path, tmp_path):
-    from pid_diffusion.checkpoint import TeacherLoadError, load_student, load_teacher
+    from pid_diffusion.checkpoint import StudentLoadError, TeacherLoadError, load_student, load_teacher
 
     flipped = bytearray(open(teacher_path, "rb").read())
     flipped[len(flipped) // 2] ^= 0x10  # one bit inside a tensor's bytes
@@ -194,10 +195,11 @@ def test_damaged_files_are_named_not_loaded(teacher_path, tmp_path):
     config_path = tmp_path / "run" / "run_config.json"
     text = config_path.read_text()
     config_path.write_text(text[:len(text) // 2])  # truncated
-    with pytest.raises(TeacherLoadError, match="run_config.json cannot be read"):
+    with pytest.raises(StudentLoadError, match="run_config.json cannot be read") as unreadable:
         load_student(tmp_path / "run" / "model000002.pt")
+    assert not isinstance(unreadable.value, TeacherLoadError)  # a student's file is not called a teacher's
     config_path.write_text(json.dumps({"sigma_max": 80.0}))
-    with pytest.raises(TeacherLoadError, match="has no network_config"):
+    with pytest.raises(StudentLoadError, match="has no network_config"):
         load_student(tmp_path / "run" / "model000002.pt")
 
 

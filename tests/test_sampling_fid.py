@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_song_config
-from pid_diffusion import arch
+from pid_diffusion.families import edm
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.evaluation import checkpoints_in
 from pid_diffusion.fid import FeatureStats, detector_input, frechet_distance, load_detector, load_reference_stats
@@ -273,7 +273,7 @@ def test_fid_eval_script_evaluates_a_released_style_student(workspace, tmp_path)
     optimizer and a trainer-state file: selected as the original selects, built from the flags."""
     folder = tmp_path / "pid_cifar"
     folder.mkdir()
-    config = arch.config_from_flags(image_size=32, num_channels=16, num_res_blocks=1, channel_mult="1,2",
+    config = edm.config_from_flags(image_size=32, num_channels=16, num_res_blocks=1, channel_mult="1,2",
                                     attention_resolutions="2")
     torch.save(network_from_config(config).state_dict(), folder / "pid_cifar.pt")
     torch.save({"state": {}, "param_groups": []}, folder / "opt000001.pt")

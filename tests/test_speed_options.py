@@ -4,17 +4,18 @@ import argparse
 import math
 import os
 import shutil
-import sys
 
 import pytest
 import torch
 
 from conftest import relative_error, save_random_teacher, tiny_song_config
 from tolerances import between_implementations, pid_step_bounds
+from pid_diffusion import cli
+from pid_diffusion import benchmark_modes
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.networks.layers import GroupNorm, UNetBlock, attention
-from pid_diffusion.speed import SPEED_PRESETS, SpeedSettings, keep_compiled_convolutions_channels_last
+from pid_diffusion.speed import SpeedSettings, keep_compiled_convolutions_channels_last
 from pid_diffusion.trainer import PIDTrainer, TrainConfig, float32_call
 
 REFERENCE = dict(batched_student=False, attention="reference", fused_optimizer=False, channels_last=False)
@@ -180,21 +181,26 @@ def test_student_precision_keeps_the_student_in_float32_under_autocast(tmp_path)
         TrainConfig(teacher_model_path="x", log_dir=str(tmp_path), student_precision="half").validate()
 
 
+PRESETS = {  # what the README and docs/benchmarks.md say each preset runs
+    "reference": dict(mixed_precision="fp32", student_precision="autocast", batched_student=False,
+                      attention="reference", fused_optimizer=False, channels_last=False, compile=False,
+                      cudnn_benchmark=False, ddp_bucket_cap_mb=128),
+    "eager": dict(mixed_precision="fp32", student_precision="autocast", batched_student=True, attention="sdpa",
+                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True, ddp_bucket_cap_mb=128),
+    "fast": dict(mixed_precision="bf16", student_precision="fp32", batched_student=True, attention="sdpa",
+                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True, ddp_bucket_cap_mb=0),
+}
+
+
 def test_speed_presets_resolve_by_device_and_yield_to_given_flags():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-    try:
-        import cm_train
-    finally:
-        sys.path.pop(0)
-
     def resolved(flags, device_type):
-        args, given = cm_train.parse(["--teacher_model_path", "t.pt", *flags])
-        return cm_train.config_from_args(args, given, "unused", device_type)
+        args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", *flags])
+        return cli.distillation_config(args, given, "unused", device_type)
 
-    assert {k: getattr(resolved([], "cpu"), k) for k in SPEED_PRESETS["eager"]} == SPEED_PRESETS["eager"]
-    assert {k: getattr(resolved([], "cuda"), k) for k in SPEED_PRESETS["fast"]} == SPEED_PRESETS["fast"]
+    assert {k: getattr(resolved([], "cpu"), k) for k in PRESETS["eager"]} == PRESETS["eager"]
+    assert {k: getattr(resolved([], "cuda"), k) for k in PRESETS["fast"]} == PRESETS["fast"]
     reference = resolved(["--speed", "reference"], "cuda")
-    assert {k: getattr(reference, k) for k in SPEED_PRESETS["reference"]} == SPEED_PRESETS["reference"]
+    assert {k: getattr(reference, k) for k in PRESETS["reference"]} == PRESETS["reference"]
     fp16 = resolved(["--use_fp16", "True"], "cuda")  # the original's fp16 path: the student in fp16 too
     assert (fp16.mixed_precision, fp16.student_precision, fp16.compile) == ("fp16", "autocast", True)
     given = resolved(["--compile", "False", "--mixed_precision", "fp32"], "cuda")
@@ -204,7 +210,7 @@ def test_speed_presets_resolve_by_device_and_yield_to_given_flags():
     assert resolved(["--ddp_bucket_cap_mb", "25"], "cuda").ddp_bucket_cap_mb == 25
     with pytest.raises(ValueError, match="--ddp_bucket_cap_mb -1 is not supported: give a bucket size in MiB "
                                          r"\(the original's 128\), or 0 for one bucket"):
-        resolved(["--ddp_bucket_cap_mb", "-1"], "cuda")
+        resolved(["--ddp_bucket_cap_mb", "-1"], "cuda").validate()
 
 
 def test_one_ddp_bucket_holds_every_gradient():
@@ -217,17 +223,14 @@ def test_one_ddp_bucket_holds_every_gradient():
 
 
 def test_benchmark_modes_and_overrides():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    try:
-        from train_step import FAST, REFERENCE, mode_options
-    finally:
-        sys.path.pop(0)
+    mode_options, fast = benchmark_modes.mode_options, benchmark_modes.FAST
     (label, options), = mode_options(["fast-nocompile+compile_mode=reduce-overhead+cudnn_benchmark=false"])
     assert label == "fast-nocompile+compile_mode=reduce-overhead+cudnn_benchmark=false"
-    assert options == {**FAST, "compile": False, "compile_mode": "reduce-overhead", "cudnn_benchmark": False}
-    assert dict(mode_options(["reference"]))["reference"] == REFERENCE
+    assert fast == PRESETS["fast"] and benchmark_modes.REFERENCE == PRESETS["reference"]
+    assert options == {**fast, "compile": False, "compile_mode": "reduce-overhead", "cudnn_benchmark": False}
+    assert dict(mode_options(["reference"]))["reference"] == PRESETS["reference"]
     ablation = mode_options(["ablation"])
-    assert ablation[-1][1] == FAST and len(ablation) == len(FAST)  # one option more per row
+    assert ablation[-1][1] == fast and len(ablation) == len(fast)  # one option more per row
     with pytest.raises(ValueError, match="unknown trainer option 'speed'"):
         mode_options(["fast+speed=2"])
     with pytest.raises(argparse.ArgumentTypeError, match="expected a boolean"):
@@ -243,15 +246,9 @@ STUDY_MODES = ("reference,reference+seed=1,default,default+mixed_precision=fp16,
 
 
 def test_precision_study_configurations_build_and_step(tmp_path):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    try:
-        from precision_study import study_config
-        from train_step import mode_options
-    finally:
-        sys.path.pop(0)
     teacher = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_zoo", "digits-ddpmpp.pt")
-    for number, (label, options) in enumerate(mode_options(STUDY_MODES.split(","))):
-        config = study_config(teacher, str(tmp_path / str(number)), 1, 1, options)
+    for number, (label, options) in enumerate(benchmark_modes.mode_options(STUDY_MODES.split(","))):
+        config = benchmark_modes.study_config(teacher, str(tmp_path / str(number)), 1, 1, options)
         assert (config.loss_norm, config.start_scales, config.global_batch_size) == ("l2", 250, 64)
         trainer = PIDTrainer(config)
         for name, value in options.items():

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from conftest import relative_error, tiny_song_config
+from pid_diffusion import cli
 from pid_diffusion import trainer as trainer_module
 from pid_diffusion.checkpoint import load_student, save_teacher
 from pid_diffusion.losses import pid_loss
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.samplers import sample
-from pid_diffusion.trainer import NonFiniteLossError, PIDTrainer, TrainConfig, per_process_batch, train
+from pid_diffusion.loop import TrainingDivergedError, per_process_batch
+from pid_diffusion.trainer import PIDTrainer, TrainConfig, train
 from tolerances import between_implementations, network_roundings, pid_step_bounds, rounding_bound
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,10 +189,8 @@ def test_official_cifar10_command_parses_and_runs(teacher_path, tmp_path):
     command = shlex.split(printed[1])
     assert command[:3] == ["mpirun", "-np", "8"] and printed[0] == "OPENAI_LOGDIR=./experiment/pid_cifar10"
     flags = command[command.index("./scripts/cm_train.py") + 1:]
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    import cm_train
-    args, given = cm_train.parse(flags)
-    config = cm_train.config_from_args(args, given, "unused")
+    args, given = cli.parse_distillation(flags)
+    config = cli.distillation_config(args, given, "unused")
     assert (config.global_batch_size, config.lr, config.start_scales, config.loss_norm, config.total_training_steps,
             config.ema_rates, config.weight_schedule, config.mixed_precision) == (
         512, 2e-4, 250, "lpips", 800000, (0.999, 0.9999, 0.99995), "uniform", "fp32")
@@ -242,7 +242,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(teacher_path, t
         return losses * float("nan") if trainer.step >= 3 else losses
 
     monkeypatch.setattr(trainer_module, "pid_loss", poisoned)
-    with pytest.raises(NonFiniteLossError, match="in the update to step 4.*model000002.pt"):
+    with pytest.raises(TrainingDivergedError, match="in the update to step 4.*model000002.pt"):
         trainer.run()
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("model")) == ["model000002.pt"]
 
