@@ -28,6 +28,7 @@ from pid_diffusion.benchmark_modes import mode_options
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.families import edm
 from pid_diffusion.networks import EDMPrecond
+from pid_diffusion.networks.edm2 import EDM2Precond
 from pid_diffusion.trainer import PIDTrainer, TrainConfig
 
 OFFICIAL_FLAGS = {
@@ -37,11 +38,30 @@ OFFICIAL_FLAGS = {
 }
 
 
-def random_files(folder, config_name):
+EDM2_CONFIGS = {
+    "edm2-img64-s": dict(img_resolution=64, img_channels=3, label_dim=1000, model_channels=192),
+    "edm2-img512-xs": dict(img_resolution=64, img_channels=4, label_dim=1000, model_channels=128),
+}
+"""EDM2's ImageNet-64 S and ImageNet-512 XS (4×64×64 latents) networks, EDM2's other keywords at their defaults.
+A training step works on the latents: the VAE decodes samples only (grids, FID), so the random XS teacher records
+no encoder to decode with."""
+CONFIGS = (*OFFICIAL_FLAGS, *EDM2_CONFIGS)
+
+
+def random_teacher(config_name):
+    """(teacher network with random weights, its config)."""
+    if config_name in EDM2_CONFIGS:
+        config = dict(EDM2_CONFIGS[config_name], family="edm2", encoder={"kind": "StandardRGBEncoder"})
+        return EDM2Precond(**EDM2_CONFIGS[config_name]), config
     config = edm.config_from_flags(**OFFICIAL_FLAGS[config_name])
+    return EDMPrecond(**config), config
+
+
+def random_files(folder, config_name):
     teacher_path = os.path.join(folder, f"{config_name}-teacher.pt")
     if dist.is_main() and not os.path.exists(teacher_path):
-        save_teacher(EDMPrecond(**config), teacher_path, config)
+        teacher, config = random_teacher(config_name)
+        save_teacher(teacher, teacher_path, config)
         torch.save(torchvision.models.vgg16(weights=None).state_dict(), os.path.join(folder, "vgg16.pth"))
         torch.save([torch.rand(1, c, 1, 1) for c in (64, 128, 256, 512, 512)], os.path.join(folder, "lin.pt"))
     dist.barrier()
@@ -93,7 +113,7 @@ def measure(config_name, loss, batch, options, folder, warmup, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="cifar10", help="comma list: cifar10, imagenet64")
+    parser.add_argument("--configs", default="cifar10", help=f"comma list: {', '.join(CONFIGS)}")
     parser.add_argument("--losses", default="lpips,l2", help="comma list: lpips, l2, l1")
     parser.add_argument("--batches", default="64", help="comma list of per-GPU batch sizes")
     parser.add_argument("--modes", default="reference,fast", help="comma list: reference, fast, fast-no<option>, ablation")

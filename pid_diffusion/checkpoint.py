@@ -15,7 +15,7 @@ import os
 import torch
 
 from .download import local_file
-from .edm_pickle import EDMPickleError, is_pickle_file, load_edm_snapshot
+from .edm_pickle import EDMPickleError, is_pickle_file, read_snapshot
 from .families import DEFAULT_FAMILY, FAMILY_KEY, family_named, family_of, family_of_snapshot, load_strictly
 from .files import (StudentLoadError, TeacherLoadError, UnreadableFileError, atomic_torch_save,
                     is_zip_archive, read_torch_file)
@@ -81,26 +81,33 @@ def read_teacher_file(path, **network_flags):
                                    "{state_dict, config} checkpoint")
         return config, state_dict
     try:
-        class_name, config, state_dict = load_edm_snapshot(path)
+        snapshot = read_snapshot(path)
+        family = family_of_snapshot(snapshot["ema"].class_name, path)
+        config, state_dict = family.from_snapshot(snapshot, path)
     except EDMPickleError as e:
         raise TeacherLoadError(str(e)) from e
-    family = family_of_snapshot(class_name, path)
     if family.name != DEFAULT_FAMILY:
         config[FAMILY_KEY] = family.name
     family.check_flags(path, config, network_flags)
     return config, state_dict
 
 
-def load_teacher(path, **network_flags):
-    """A frozen EDMPrecond (eval mode, no gradients) from any teacher file format, or the analytic
-    teacher named by 'builtin:<name>' (e.g. builtin:gmm, an exact Gaussian-mixture denoiser).
-
-    Files that record their architecture need no flags; flags given for them are only checked.
-    """
+def read_teacher(path, attention_implementation="sdpa", **network_flags):
+    """(frozen teacher, its config, its state dict) of any teacher file format, or of the analytic teacher
+    named by 'builtin:<name>' (e.g. builtin:gmm, an exact Gaussian-mixture denoiser; its config is that of
+    the student that distils it, its state None: a student without weights to copy)."""
     if str(path).startswith(BUILTIN_PREFIX):
-        return builtin_teacher(str(path))[0]
+        teacher, config = builtin_teacher(str(path))
+        return teacher, config, None
     config, state_dict = read_teacher_file(path, **network_flags)
-    return family_of(config).build_teacher(config, state_dict, path)
+    return family_of(config).build_teacher(config, state_dict, path, attention_implementation), config, state_dict
+
+
+def load_teacher(path, **network_flags):
+    """The frozen teacher (eval mode, no gradients) of any teacher file format or 'builtin:<name>'
+    (read_teacher). Files that record their architecture need no flags; flags given for them are only
+    checked."""
+    return read_teacher(path, **network_flags)[0]
 
 
 def save_teacher(teacher, path, config):
@@ -168,6 +175,7 @@ def load_student(path, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **network_flags
                   None if run_config is not None else _copy_run_config_hint, error=StudentLoadError)
     student = PIDStudent(net, sigma_max=sigma_max, sigma_min=sigma_min)
     student.levels_recorded = run_config is not None
+    student.network_config = config
     return student.eval().requires_grad_(False)
 
 

@@ -18,6 +18,8 @@ from .digits import DIGITS_NETWORK_CONFIG
 from .evaluation import ONE_SHOT_MODE, TEACHER_MODE, sampler_options
 from .fid import DetectorOptions
 from .generate import GenerationRequest
+from .guidance import GuidanceOptions
+from .latents import LatentOptions
 from .loop import ema_rates
 from .schedules import NoiseLevels
 from .settings import OptionParser, option, options_of, values_for
@@ -65,7 +67,7 @@ class DistillationFlags:
 
 
 @dataclasses.dataclass(kw_only=True)
-class SamplingFlags(NoiseLevels):
+class SamplingFlags(NoiseLevels, GuidanceOptions, LatentOptions):
     """image_sample.py's and fid_evaluation.py's flags of the model and how it is sampled."""
     training_mode: str = option(ONE_SHOT_MODE, f"{ONE_SHOT_MODE} (the PID student, one step) or {TEACHER_MODE} (the "
                                                "EDM teacher with any sampler)")
@@ -196,6 +198,11 @@ def sampling_options(args):
     return sampler_options(args.training_mode, args.sampler, steps=args.steps, sigma_min=args.sigma_min,
                            sigma_max=args.sigma_max, rho=args.rho, s_churn=args.s_churn, s_tmin=args.s_tmin,
                            s_tmax=args.s_tmax, s_noise=args.s_noise, ts=args.ts, clip_denoised=args.clip_denoised)
+
+
+def guidance(args):
+    """The autoguidance the sampling flags ask for (a teacher's)."""
+    return GuidanceOptions(**values_for(GuidanceOptions, args))
 
 
 def generation_request(args):

@@ -1,6 +1,7 @@
-"""Read EDM network-snapshot pickles (`network-snapshot-*.pkl`, `edm-*.pkl`) without running them.
+"""Read EDM and EDM2 network-snapshot pickles (`network-snapshot-*.pkl`, `edm-*.pkl`, `edm2-*.pkl`)
+without running them.
 
-EDM stores each network module through `torch_utils.persistence`: the pickle records the class
+EDM and EDM2 store each network module through `torch_utils.persistence`: the pickle records the class
 name, the constructor keywords, the module's `__dict__` and the *source code* of its module, which
 EDM's own loader executes. This reader executes nothing: a restricted unpickler allows only the
 handful of globals such snapshots use, turns every persistent object into an inert record of its
@@ -65,6 +66,18 @@ def _load_storage_bytes(data):
     return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
+def _numpy_array(cls, shape, typecode):
+    # numpy's array reconstructor (EDM2's latent encoders keep their scale and bias as arrays); the
+    # array's bytes follow in its state, which numpy restores.
+    if cls is not np.ndarray:
+        raise UnsafePickleError(f"refusing to rebuild a {cls!r} as a numpy array inside a snapshot")
+    return np.ndarray.__new__(np.ndarray, shape, typecode)
+
+
+class EasyDictRecord(dict):
+    """dnnlib's EasyDict (a dict with attribute access), as a plain dict: EDM2's top-level snapshot object."""
+
+
 def _numpy_scalar(dtype, data=None):
     # numpy's own reconstructor, wherever this numpy keeps it (numpy 1.x: numpy.core).
     try:
@@ -84,8 +97,12 @@ _ALLOWED_GLOBALS = {
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_array,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_array,
+    ("dnnlib.util", "EasyDict"): EasyDictRecord,
     **{("torch.nn.modules.container", name): type(name, (ModuleRecord,), {}) for name in _CONTAINERS},
 }
 
@@ -103,20 +120,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise EDMPickleError("unexpected persistent id in pickle: this is not an EDM network snapshot")
 
 
-def read_snapshot(path):
-    """Unpickle an EDM snapshot into plain records. Returns the top-level dict (keys such as
-    'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs')."""
+def read_restricted_pickle(path, what="EDM network snapshot"):
+    """Unpickle `path` with the allow-list above (plain records, dicts, tensors, numpy arrays)."""
     try:
         with open(path, "rb") as f:
             if not is_pickle_file(path):
-                raise EDMPickleError(f"not an EDM network snapshot: it is no pickle (it starts with {f.read(8)!r})")
-            data = _RestrictedUnpickler(f).load()
+                raise EDMPickleError(f"not an {what}: it is no pickle (it starts with {f.read(8)!r})")
+            return _RestrictedUnpickler(f).load()
     except EDMPickleError as e:
         raise type(e)(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, RuntimeError, MemoryError) as e:
-        raise EDMPickleError(f"{path}: not a readable EDM network snapshot "
+        raise EDMPickleError(f"{path}: not a readable {what} "
                              f"(truncated or corrupt pickle: {type(e).__name__}: {e})") from e
+
+
+def read_snapshot(path):
+    """Unpickle an EDM or EDM2 snapshot into plain records. Returns the top-level dict (keys such as
+    'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs', EDM2's 'encoder')."""
+    data = read_restricted_pickle(path)
     if not isinstance(data, dict) or not isinstance(data.get("ema"), PersistentRecord):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise EDMPickleError(f"{path}: a pickle, but not an EDM network snapshot "
@@ -147,12 +169,12 @@ def record_state_dict(record, prefix=""):
     return out
 
 
-def load_edm_snapshot(path, key="ema"):
-    """(class_name, init_kwargs, state_dict) of the network stored under `key` in an EDM snapshot."""
-    record = read_snapshot(path).get(key)
+def snapshot_network(snapshot, source, key="ema"):
+    """(class_name, init_kwargs, state_dict) of the network stored under `key` in a read snapshot."""
+    record = snapshot.get(key)
     if not isinstance(record, PersistentRecord):
-        raise EDMPickleError(f"{path}: no network under key {key!r}")
+        raise EDMPickleError(f"{source}: no network under key {key!r}")
     if record.state.get("_init_args"):
-        raise EDMPickleError(f"{path}: {record.class_name} was built with positional arguments; "
-                             "only keyword-constructed EDM networks are supported")
+        raise EDMPickleError(f"{source}: {record.class_name} was built with positional arguments; "
+                             "only keyword-constructed networks are supported")
     return record.class_name, dict(record.init_kwargs), record_state_dict(record)

@@ -3,6 +3,7 @@ generation to images and feature statistics, and the walk over a folder of check
 values (cli.py turns the flags into them); nothing here reads the command line."""
 
 import csv
+import dataclasses
 import hashlib
 import math
 import os
@@ -11,10 +12,12 @@ import numpy as np
 import torch
 
 from . import dist
-from .checkpoint import load_student, load_teacher
+from .checkpoint import load_student, load_teacher, read_teacher
+from .families import family_of
 from .fid import DetectorTally
 from .files import FileLock, atomic_output
 from .generate import generate, to_uint8
+from .guidance import GuidanceOptions, GuidedDenoiser
 from .run_folder import checkpoint_step, model_file_names
 from .samplers import SAMPLERS, check_sampler_options
 
@@ -26,24 +29,58 @@ RESULT_FIELDS = ("model_name", "FID", "step")
 """The original's columns first (model_name,FID), then ours."""
 
 
-def load_sampling_model(training_mode, model_path, network_flags, device, options, given=()):
-    """(denoiser, image_shape, label_dim, options) for a sampling mode: the frozen EDM teacher, or the PID
-    student with the sampling options set to the noise levels it was trained at (see student_options)."""
+@dataclasses.dataclass
+class SamplingModel:
+    """What a sampling mode loads: the denoiser, the shape of its samples (C, H, W), its label count, the
+    sampler options (the student's own noise levels), and for a latent model the decoder of its samples."""
+    model: torch.nn.Module
+    shape: tuple
+    label_dim: int
+    options: dict
+    decode: object = None
+
+    def output_shape(self, device="cpu"):
+        """The shape of the images its samples become."""
+        return self.shape if self.decode is None else self.decode.image_shape(self.shape, device)
+
+
+def load_sampling_model(training_mode, model_path, network_flags, device, options, given=(), guidance=None,
+                        vae_path=""):
+    """The SamplingModel of a sampling mode: the frozen teacher (autoguided when `guidance`, a
+    guidance.GuidanceOptions, names a guide), or the PID student with the sampling options set to the noise
+    levels it was trained at (see student_options). A latent model's samples are decoded (`vae_path`: a
+    local VAE) and not clamped before decoding."""
     if training_mode not in SAMPLING_MODES:
         raise ValueError(f"unknown --training_mode {training_mode!r}; valid: {', '.join(SAMPLING_MODES)}")
     if not model_path:
         raise ValueError("--model_path is required: a teacher file or a student checkpoint")
+    guidance = guidance or GuidanceOptions()
+    guidance.check_guidance()
     if training_mode == TEACHER_MODE:
-        model = load_teacher(model_path, **network_flags)
+        model, config, _ = read_teacher(model_path, **network_flags)
         model.use_fp16 = False  # --use_fp16 decides (autocast), not the flag the file records
+        if guidance.guide_model_path:
+            guide = load_teacher(guidance.guide_model_path)
+            guide.use_fp16 = False
+            model = GuidedDenoiser(model, guide, guidance.guidance)
         shape = (model.img_channels, model.img_resolution, model.img_resolution)
         label_dim = model.label_dim
     else:
+        if guidance.guide_model_path:
+            raise ValueError("--guide_model_path and --guidance guide a teacher; a PID student samples in one step "
+                             "what it learnt (distil with --guide_model_path to learn the guided teacher)")
         model = load_student(model_path, options["sigma_min"], options["sigma_max"], **network_flags)
         options = student_options(model, options, given, model_path)
+        config = model.network_config
         shape = (model.net.img_channels, model.net.img_resolution, model.net.img_resolution)
         label_dim = model.net.label_dim
-    return model.to(device), shape, label_dim, options
+    decode = family_of(config).image_decoder(config, vae_path)
+    if decode is not None:
+        if options.get("clip_denoised") and "clip_denoised" in given:
+            raise ValueError(f"{model_path} samples latents, which are not clamped: drop --clip_denoised True (the "
+                             "decoded images are clamped to [-1, 1])")
+        options = {**options, "clip_denoised": False}
+    return SamplingModel(model.to(device), shape, label_dim, options, decode)
 
 
 def student_options(student, options, given, source):
@@ -78,17 +115,19 @@ def autocast_dtype(use_fp16, device):
 
 
 def run_generation(model, image_shape, label_dim, request, options, device, detector=None, feed="float",
-                   keep_images=True, progress=True):
+                   keep_images=True, progress=True, decode=None):
     """Generate this process's share. Returns (uint8 NHWC images, labels, indices, DetectorTally or None);
-    the images are kept only when `keep_images` (the first batch is always kept for a grid)."""
+    the images are kept only when `keep_images` (the first batch is always kept for a grid). A latent
+    model's samples (of `image_shape`) are decoded into images by `decode`."""
     from tqdm import tqdm
 
     info = dist.info()
     batches = generate(model, request.num_samples, request.batch_size, request.seed, image_shape, label_dim, info.rank,
                        info.world_size, device, autocast_dtype=autocast_dtype(request.use_fp16, device),
-                       class_label=request.class_label, **options)
+                       class_label=request.class_label, decode=decode, **options)
+    output_shape = image_shape if decode is None else decode.image_shape(image_shape, device)
     # every process needs the statistics, also one that gets no batch
-    tally = None if detector is None else DetectorTally(detector, image_shape, device, feed)
+    tally = None if detector is None else DetectorTally(detector, output_shape, device, feed)
     images, labels, indices = [], [], []
     total = -(-request.num_samples // (request.batch_size * info.world_size))
     for number, batch in enumerate(tqdm(batches, total=total, disable=not (progress and dist.is_main()),
@@ -100,7 +139,7 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
             indices.extend(batch.indices)
             if batch.labels is not None:
                 labels.append(batch.labels)
-    images = torch.cat(images) if images else torch.zeros((0, image_shape[1], image_shape[2], image_shape[0]),
+    images = torch.cat(images) if images else torch.zeros((0, output_shape[1], output_shape[2], output_shape[0]),
                                                           dtype=torch.uint8)
     return images, (torch.cat(labels) if labels else None), indices, tally
 

@@ -25,6 +25,7 @@ import torch
 
 from . import dist
 from .download import local_file
+from .edm_pickle import EDMPickleError, is_pickle_file, read_restricted_pickle
 from .digits import DigitsDetector, load_classifier, load_digits
 from .files import atomic_output, find_weight_file, is_zip_archive, weight_search_dirs
 from .generate import to_uint8
@@ -35,7 +36,11 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 REFERENCE_STATS = {
     "cifar10": ("stats/cifar10-32x32.npz", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz"),
     "imagenet": ("stats/imagenet-64x64.npz", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz"),
+    "edm2-img64": ("stats/img64.pkl", "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img64.pkl"),
+    "edm2-img512": ("stats/img512.pkl", "https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl"),
 }
+"""--fid_dataset → (file under model_zoo/, where to download it): EDM's .npz files, and EDM2's .pkl files (the
+statistics EDM2's published FIDs are measured against)."""
 FEEDS = ("float", "uint8")
 DETECTORS = ("inception", "digits", "pixels")
 DIGITS_CLASSIFIER_FILE = "digits-classifier.pt"
@@ -46,10 +51,10 @@ DIGITS_DATASET = "digits"
 class DetectorOptions:
     """What an FID is measured with: the FID walk's options, and those of FID during training."""
     fid_dataset: str = option("cifar10", "reference statistics: cifar10 or imagenet (model_zoo/stats/{cifar10-32x32,"
-                                         "imagenet-64x64}.npz), or digits (computed from the real digits; --detector "
-                                         "digits)")
-    ref_path: str = option("", "reference statistics .npz (mu, sigma) instead of --fid_dataset's; a path or an http(s) "
-                               "URL")
+                                         "imagenet-64x64}.npz), edm2-img64 or edm2-img512 (EDM2's model_zoo/stats/{img64,"
+                                         "img512}.pkl), or digits (computed from the real digits; --detector digits)")
+    ref_path: str = option("", "reference statistics .npz (mu, sigma) or EDM2 .pkl instead of --fid_dataset's; a path "
+                               "or an http(s) URL")
     detector: str = option("inception", "feature detector: inception (TF-Inception TorchScript), digits (the digits "
                                         "classifier's features; also gives class accuracy) or pixels (raw pixels)")
     detector_path: str = option("", "path or http(s) URL of inception-2015-12-05.pt or digits-classifier.pt (default: "
@@ -239,16 +244,31 @@ def load_reference_stats(path, dim=None):
         hint = urls.get(os.path.basename(path))
         source = f"download {hint} to {path}" if hint else "compute it with the same detector"
         raise FileNotFoundError(f"FID reference statistics not found: {path}; {source}")
-    if os.path.isdir(path) or not is_zip_archive(path):
-        raise ValueError(f"{path}: not a reference-statistics .npz (a numpy archive with arrays 'mu' and 'sigma')")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a reference-statistics .npz with arrays 'mu' and 'sigma' ({e})") from e
+    if not os.path.isdir(path) and is_pickle_file(path):
+        mu, sigma = _edm2_reference_stats(path)
+    elif os.path.isdir(path) or not is_zip_archive(path):
+        raise ValueError(f"{path}: not a reference-statistics .npz (a numpy archive with arrays 'mu' and 'sigma') "
+                         "nor EDM2's reference .pkl")
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: not a reference-statistics .npz with arrays 'mu' and 'sigma' ({e})") from e
     if dim is not None:
         check_stats_dimension(mu, sigma, dim, path)
     check_finite_stats(mu, sigma, path)
+    return mu, sigma
+
+
+def _edm2_reference_stats(path):
+    """(μ, Σ) of the Inception features in EDM2's reference statistics: a pickle of plain dicts
+    {'fid': {'mu', 'sigma'}, 'fd_dinov2': {...}}, read without running anything in it."""
+    try:
+        data = read_restricted_pickle(path)
+        mu, sigma = (np.asarray(data["fid"][key], dtype=np.float64) for key in ("mu", "sigma"))
+    except (EDMPickleError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not EDM2's reference statistics (a pickle of {{'fid': {{'mu', 'sigma'}}}}; {e})") from e
     return mu, sigma
 
 

@@ -106,8 +106,9 @@ class GeneratedBatch:
 
 
 def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, rank=0, world_size=1,
-             device="cpu", sampler="oneshot", autocast_dtype=None, class_label=None, **sampler_options):
-    """Yield this process's GeneratedBatch objects in order (labels drawn, or all `class_label`)."""
+             device="cpu", sampler="oneshot", autocast_dtype=None, class_label=None, decode=None, **sampler_options):
+    """Yield this process's GeneratedBatch objects in order (labels drawn, or all `class_label`). A latent
+    model's samples (`image_shape` is its latents') are turned into images by `decode`."""
     for indices in shard_batches(num_samples, batch_size, rank, world_size):
         generators = sample_generators(seed, indices)
         noise, labels = draw_inputs(generators, image_shape, label_dim, class_label)
@@ -118,6 +119,8 @@ def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, 
         with torch.no_grad(), context:
             images = sample(denoiser, noise, sampler, class_labels=one_hot, randn_like=per_sample_randn_like(generators),
                             **sampler_options)
+        if decode is not None:
+            images = decode(images)
         yield GeneratedBatch(indices, images.clamp(-1, 1), labels)
 
 

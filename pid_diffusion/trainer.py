@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .checkpoint import read_teacher_file, student_from_teacher
+from .checkpoint import read_teacher, student_from_teacher
 from .download import is_url
 from .evaluation import ONE_SHOT_MODE, run_generation, sampler_options
 from .families import family_of
 from .fid import (DETECTORS, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension, load_detector,
                   reference_name, reference_stats)
 from .generate import GenerationRequest, generate, save_grid, to_uint8
+from .guidance import GuidanceOptions, GuidedDenoiser
+from .latents import LatentOptions
 from .log import PROGRESS_FILE
 from .loop import LoopConfig, TrainingLoop
 from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
@@ -29,9 +31,9 @@ from .run_folder import PID_RUN, checkpoint_files
 from .schedules import NoiseLevels, check_noise_levels, sample_pid_times
 from .settings import option, setting
 from .speed import STUDENT_PRECISION
-from .teachers import BUILTIN_PREFIX, builtin_teacher
 
 SCALE_MODES = ("fixed", "progressive")
+LPIPS_CHANNELS = 3
 GRID_SAMPLES = 64
 """The samples in each checkpoint's samples_{step}.png."""
 EVALUATION_FILE = "fid_during_training.csv"
@@ -39,8 +41,9 @@ EVALUATION_FILE = "fid_during_training.csv"
 
 
 @dataclasses.dataclass(kw_only=True)
-class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions):
-    """PID distillation: the loop's settings, the teacher, the ρ-grid, the loss, FID during training."""
+class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, LatentOptions):
+    """PID distillation: the loop's settings, the teacher (and its guide), the ρ-grid, the loss, FID during
+    training."""
     teacher_model_path: str = option("", "teacher file: an EDM .pkl, our .pt, or an extracted EDM state dict (.ckpt); "
                                          "a path or an http(s) URL (fetched once into torch hub's cache)",
                                      defines_run=True)
@@ -80,6 +83,7 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions):
         if self.start_scales < 2 or self.end_scales < 2:
             raise ValueError("--start_scales/--end_scales: the ρ-grid needs at least 2 noise levels")
         check_noise_levels(self.sigma_min, self.sigma_max, self.rho)
+        self.check_guidance()
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must lie in [0, 1), got {self.dropout}")
         for flag in ("lpips_vgg_weights", "lpips_lin_weights"):
@@ -114,18 +118,24 @@ class PIDTrainer(TrainingLoop):
 
     def __init__(self, config, dist_info=None):
         super().__init__(config, dist_info)
-        if config.teacher_model_path.startswith(BUILTIN_PREFIX):
-            self.teacher, teacher_config = builtin_teacher(config.teacher_model_path)
-            teacher_state = None
-        else:
-            teacher_config, teacher_state = read_teacher_file(config.teacher_model_path, **config.network_flags)
-            self.teacher = family_of(teacher_config).build_teacher(teacher_config, teacher_state,
-                                                                   config.teacher_model_path, config.attention)
-        self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
+        self.teacher, teacher_config, teacher_state = read_teacher(config.teacher_model_path, config.attention,
+                                                                   **config.network_flags)
         # its precision follows --mixed_precision / --use_fp16 (autocast), not the use_fp16 its file records
         # (EDM's ImageNet-64 .pkl says True), as the original follows its flag
         self.teacher.use_fp16 = False
-        network_config = family_of(teacher_config).student_config(teacher_config, config.dropout)
+        if config.guide_model_path:  # autoguidance: the student learns the guided teacher's ODE
+            guide = read_teacher(config.guide_model_path, config.attention)[0]
+            guide.use_fp16 = False
+            self.teacher = GuidedDenoiser(self.teacher, guide, config.guidance)
+        self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
+        family = family_of(teacher_config)
+        if family.rewrites_weights_in_training and not config.batched_student:
+            raise ValueError(f"{config.teacher_model_path} is an {family.name.upper()} network, which rewrites its weights "
+                             "in every training call (forced weight normalisation): the student's two evaluations of the "
+                             "PID residual must be one call. Drop --batched_student False (--speed reference sets it: "
+                             "add --batched_student True)")
+        self.decode = family.image_decoder(teacher_config, config.vae_path)  # None unless the teacher models latents
+        network_config = family.student_config(teacher_config, config.dropout)
         self.student = student_from_teacher(network_config, teacher_state, config.sigma_max, config.attention,
                                             config.sigma_min)
         self.student.net.float32_output = config.student_precision == "fp32_output"
@@ -133,6 +143,9 @@ class PIDTrainer(TrainingLoop):
         self.label_dim = self.teacher.label_dim
         self.lpips = None
         if config.loss_norm == "lpips":
+            if self.image_shape[0] != LPIPS_CHANNELS:
+                raise ValueError(f"--loss_norm lpips compares RGB images; this teacher's samples have {self.image_shape[0]} "
+                                 "channel(s) (latents, or greyscale): use --loss_norm l2 or l1")
             self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
                 self.device, memory_format=self.memory_format)
         self.detector = self.reference = None
@@ -140,7 +153,7 @@ class PIDTrainer(TrainingLoop):
             self.detector = load_detector(config.detector, config.detector_path or None, self.device)
             self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,
                                              device=self.device)
-            dimension = DetectorTally(self.detector, self.image_shape, self.device, config.detector_feed).dimension
+            dimension = DetectorTally(self.detector, self.output_shape(), self.device, config.detector_feed).dimension
             check_stats_dimension(*self.reference, dimension, reference_name(config.fid_dataset, config.ref_path))
         self.preview = None  # an eval-mode copy of the student for sample grids and evaluations
         self.latest_fids = {}
@@ -177,9 +190,14 @@ class PIDTrainer(TrainingLoop):
         return self.network.state_dict() if rate is None else self.ema.state_dict(rate)
 
     def one_step_options(self):
-        """What image_sample.py and fid_evaluation.py sample a student checkpoint with (clamped, one step)."""
+        """What image_sample.py and fid_evaluation.py sample a student checkpoint with (one step, clamped unless
+        it samples latents)."""
         return sampler_options(ONE_SHOT_MODE, "oneshot", sigma_min=self.config.sigma_min,
-                               sigma_max=self.config.sigma_max, clip_denoised=True)
+                               sigma_max=self.config.sigma_max, clip_denoised=self.decode is None)
+
+    def output_shape(self):
+        """The shape of the images the student's samples become (its samples' own, unless they are latents)."""
+        return self.image_shape if self.decode is None else self.decode.image_shape(self.image_shape, self.device)
 
     def after_save(self):
         """samples_{step}.png: the first network's (an EMA's, if any) one-step samples 0 … GRID_SAMPLES − 1 of
@@ -188,7 +206,7 @@ class PIDTrainer(TrainingLoop):
             return
         shown = self._preview_with(self.shown_state(self.shown_networks()[0][1]))
         batches = generate(shown, GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape, self.label_dim,
-                           device=self.device, **self.one_step_options())
+                           device=self.device, decode=self.decode, **self.one_step_options())
         images = torch.cat([to_uint8(batch.images).cpu() for batch in batches])
         path = os.path.join(self.config.log_dir, f"samples_{self.step:06d}.png")
         try:
@@ -212,7 +230,7 @@ class PIDTrainer(TrainingLoop):
                 tallies[name] = run_generation(self._preview_with(self.shown_state(rate)), self.image_shape,
                                                self.label_dim, request, self.one_step_options(), self.device,
                                                detector=self.detector, feed=self.config.detector_feed,
-                                               keep_images=False, progress=False)[3]
+                                               keep_images=False, progress=False, decode=self.decode)[3]
         except Exception as e:  # noqa: BLE001 (an evaluation never stops the training)
             problem = f"{type(e).__name__}: {e}"
         if int(dist.all_reduce_sum(torch.tensor(int(problem is not None), device=self.device)).item()):

@@ -3,7 +3,8 @@
 #
 #   bash scripts/fid_eval.sh cifar10 [EXP_DIR] [extra flags]     # default EXP_DIR ./model_zoo/pid_cifar
 #   bash scripts/fid_eval.sh imagenet64 [EXP_DIR] [extra flags]  # default EXP_DIR ./experiment/pid_imagenet
-# Needs model_zoo/inception-2015-12-05.pt and model_zoo/stats/{cifar10-32x32,imagenet-64x64}.npz
+#   bash scripts/fid_eval.sh edm2-img64|edm2-img512 [EXP_DIR]    # EDM2 students, against EDM2's statistics
+# Needs model_zoo/inception-2015-12-05.pt and model_zoo/stats/{cifar10-32x32,imagenet-64x64}.npz (EDM2: {img64,img512}.pkl)
 # (model_zoo/README.md). NUM_GPUS (default 1), MPIRUN and DRY_RUN=1 as in distill_pid_diffusion.sh.
 # Evaluates every *.pt of EXP_DIR but optimizer and trainer-state files (the released pid_cifar.pt too);
 # --checkpoints a.pt,b.pt names some. The architecture flags below, the original's, describe a file
@@ -24,7 +25,12 @@ case "$WHAT" in
   imagenet64) EXP_DIR=${1:-./experiment/pid_imagenet}
               FLAGS=(--fid_dataset imagenet --batch_size 250 --use_fp16 True --image_size 64 --num_channels 192
                      --num_res_blocks 3 --attention_resolutions 32,16,8 --class_cond True) ;;
-  *) echo "usage: bash $0 cifar10|imagenet64 [EXP_DIR] [extra flags]" >&2; exit 2 ;;
+  # EDM2 students record their architecture in run_config.json: no network flags
+  edm2-img64) EXP_DIR=${1:-./experiment/pid_edm2-img64-s}
+              FLAGS=(--fid_dataset edm2-img64 --batch_size 250 --use_fp16 False) ;;
+  edm2-img512) EXP_DIR=${1:-./experiment/pid_edm2-img512-xs}  # latents, decoded: pip install -e '.[latent]'
+               FLAGS=(--fid_dataset edm2-img512 --batch_size 50 --use_fp16 False) ;;
+  *) echo "usage: bash $0 cifar10|imagenet64|edm2-img64|edm2-img512 [EXP_DIR] [extra flags]" >&2; exit 2 ;;
 esac
 shift || true
 

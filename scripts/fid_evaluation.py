@@ -42,6 +42,8 @@ def evaluate_folder(args, given, device):
         raise FileNotFoundError(f"--exp_dir {args.exp_dir}: no such folder")
     options = cli.sampling_options(args)
     request = cli.generation_request(args)
+    guidance = cli.guidance(args)
+    guidance.check_guidance()
     detector = load_detector(args.detector, args.detector_path or None, device)
     checkpoints = evaluation.checkpoints_in(args.exp_dir, [n for n in args.checkpoints.split(",") if n])
     if not checkpoints:
@@ -62,13 +64,15 @@ def evaluate_folder(args, given, device):
             log(f"{name[:-3]}: skipped, its checkpoint's save was interrupted (no model file of its step)")
     for name, step, path in checkpoints:
         try:
-            model, shape, label_dim, model_options = evaluation.load_sampling_model(
-                args.training_mode, path, cli.network_flags(args, given), device, options, given)
+            loaded = evaluation.load_sampling_model(args.training_mode, path, cli.network_flags(args, given), device,
+                                                    options, given, guidance, args.vae_path)
         except (ValueError, RuntimeError) as e:  # unreadable or foreign checkpoint files
             log(f"{name}: skipped, cannot be loaded ({e})")
             unreadable.append(name)
             continue
-        sampling = evaluation.sampling_description(model_options, request)
+        guided = dict(guidance=guidance.guidance, guide_model_path=guidance.guide_model_path) if (
+            guidance.guide_model_path) else {}
+        sampling = evaluation.sampling_description({**loaded.options, **guided}, request)
         question = {**measurement, "sampling": sampling}
         known = evaluation.answer(evaluation.read_results(results_path), name, question) if dist.is_main() else None
         known = dist.broadcast_object(known)  # read again: another walk may have answered it meanwhile
@@ -76,12 +80,12 @@ def evaluate_folder(args, given, device):
             log(f"{name}: already evaluated (FID {known['FID']}, {request.num_samples} samples, seed {request.seed})")
             continue
         if not checked_dimension:  # before the first sampling, against the detector's feature size
-            dimension = DetectorTally(detector, shape, device, args.detector_feed).dimension
+            dimension = DetectorTally(detector, loaded.output_shape(device), device, args.detector_feed).dimension
             check_stats_dimension(*reference, dimension, measurement["reference"])
             checked_dimension = True
         images, labels, indices, tally = evaluation.run_generation(
-            model, shape, label_dim, request, model_options, device, detector=detector, feed=args.detector_feed,
-            keep_images=args.save_samples)
+            loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, device, detector=detector,
+            feed=args.detector_feed, keep_images=args.save_samples, decode=loaded.decode)
         tally.all_reduce()
         grid = images[:100]
         if args.save_samples:

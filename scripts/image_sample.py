@@ -26,24 +26,25 @@ GRID_FILE = "samples_grid.png"
 def sample_to_folder(args, given, info):
     options = cli.sampling_options(args)
     request = cli.generation_request(args)
-    model, shape, label_dim, options = evaluation.load_sampling_model(args.training_mode, args.model_path,
-                                                                      cli.network_flags(args, given), info.device,
-                                                                      options, given)
-    check_class_label(request.class_label, label_dim)  # before the output folder is made
+    loaded = evaluation.load_sampling_model(args.training_mode, args.model_path, cli.network_flags(args, given),
+                                            info.device, options, given, cli.guidance(args), args.vae_path)
+    check_class_label(request.class_label, loaded.label_dim)  # before the output folder is made
     out_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
-    outputs = (evaluation.samples_npz_path(out_dir, request.num_samples, shape), os.path.join(out_dir, GRID_FILE))
+    outputs = (evaluation.samples_npz_path(out_dir, request.num_samples, loaded.output_shape(info.device)),
+               os.path.join(out_dir, GRID_FILE))
     existing = [path for path in outputs if os.path.exists(path)]
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]} exists (samples of an earlier run); nothing was replaced. Give another "
                               "folder (OPENAI_LOGDIR), or --overwrite True to replace it")
     if dist.is_main():
         prepare_log_dir(out_dir)
-    images, labels, indices, _ = evaluation.run_generation(model, shape, label_dim, request, options, info.device)
+    images, labels, indices, _ = evaluation.run_generation(loaded.model, loaded.shape, loaded.label_dim, request,
+                                                           loaded.options, info.device, decode=loaded.decode)
     images, labels = evaluation.gather_in_order(images, labels, indices)
     if dist.is_main():
         path = evaluation.save_samples_npz(images, labels, out_dir)
         save_grid(images[:64], outputs[1])
-        print(f"wrote {path} and {GRID_FILE} ({options['sampler']}, seed {args.seed})", flush=True)
+        print(f"wrote {path} and {GRID_FILE} ({loaded.options['sampler']}, seed {args.seed})", flush=True)
 
 
 def main(argv=None):

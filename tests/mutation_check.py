@@ -42,6 +42,7 @@ EDM_LOSS = "tests/test_digits.py::test_edm_loss_against_a_hand_computation"
 FID_QUESTIONS = "tests/test_sampling_fid.py::test_a_results_row_answers_only_the_question_it_measured"
 LAUNCHERS = "tests/test_launchers.py"
 WATCHING = "tests/test_watching.py"
+EDM2 = "tests/test_edm2.py"
 MUTATIONS = (
     # --- the table of the tests issue, row by row
     M("ema_rate", "pid_diffusion/ema.py", "torch._foreach_lerp_(averages, params, 1.0 - rate)",
@@ -169,6 +170,15 @@ MUTATIONS = (
     M("fid_sample_count_ignored", "scripts/fid_evaluation.py", "measurement = dict(num_samples=request.num_samples,",
       "request = cli.GenerationRequest(8, request.batch_size, request.seed, request.use_fp16, request.class_label)\n"
       "    measurement = dict(num_samples=request.num_samples,", (FID_QUESTIONS,)),
+    # --- EDM2 teachers
+    M("guidance_reversed", "pid_diffusion/guidance.py", ".lerp(guided, self.guidance)",
+      ".lerp(guided, 1 / self.guidance)", (EDM2,)),
+    M("forced_weight_normalisation_dropped", "pid_diffusion/networks/edm2.py",
+      "                self.weight.copy_(normalize(weight))  # forced weight normalisation\n", "                pass\n",
+      (EDM2,)),
+    M("latents_decoded_without_unscaling", "pid_diffusion/latents.py",
+      "unscaled = (latents - self.bias.to(latents.device)) / self.scale.to(latents.device)", "unscaled = latents",
+      (EDM2,)),
 )
 
 

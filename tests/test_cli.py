@@ -81,7 +81,7 @@ def test_booleans_and_a_flag_declared_twice():
 def test_what_defines_a_run_and_the_teachers_defaults_are_declared_with_the_options():
     assert set(defining_settings(TrainConfig)) == {
         "teacher_model_path", "loss_norm", "weight_schedule", "start_scales", "end_scales", "scale_mode", "sigma_min",
-        "sigma_max", "rho", "seed", "lr", "optimizer", "ema_rate", "global_batch_size"}
+        "sigma_max", "rho", "seed", "lr", "optimizer", "ema_rate", "global_batch_size", "guide_model_path", "guidance"}
     assert set(defining_settings(TeacherTrainConfig)) == {
         "dataset", "network_config", "p_mean", "p_std", "sigma_data", "seed", "lr", "optimizer", "ema_rate",
         "global_batch_size"}

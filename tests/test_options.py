@@ -13,11 +13,12 @@ from pid_diffusion import cli, digits
 from pid_diffusion.evaluation import TEACHER_MODE, run_generation
 from pid_diffusion.fid import detector_input, digits_reference_stats, load_detector
 from pid_diffusion.generate import GenerationRequest, draw_inputs, per_sample_randn_like, sample_generators, to_uint8
+from pid_diffusion.guidance import GuidanceOptions
+from pid_diffusion.loop import LoopConfig
 from pid_diffusion.samplers import sample
+from pid_diffusion.settings import options_of
 from pid_diffusion.teacher_trainer import TeacherTrainConfig
 from pid_diffusion.teachers import GaussianMixtureDenoiser
-from pid_diffusion.loop import LoopConfig
-from pid_diffusion.settings import options_of
 from pid_diffusion.trainer import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +35,7 @@ PID_VALUES = {  # a valid value other than the default for every flag that is a 
     "ddp_bucket_cap_mb": 64, "allow_changed_settings": True, "log_format": "stdout,tensorboard", "eval_interval": 500,
     "eval_samples": 300,
     "detector": "digits", "detector_path": "d.pt", "detector_feed": "uint8", "fid_dataset": "digits", "ref_path": "r.npz",
+    "guide_model_path": "guide.pt", "guidance": 1.5, "vae_path": "vae",
 }
 
 
@@ -83,6 +85,8 @@ def test_every_sampling_flag_reaches_the_sampler_and_the_request(parse):
     assert options == dict(sampler="dpm", steps=7, sigma_min=0.01, sigma_max=50.0, rho=4.0, s_churn=3.0, s_tmin=0.1,
                            s_tmax=20.0, s_noise=1.01, ts="", clip_denoised=False)
     assert cli.generation_request(args) == GenerationRequest(5, 3, 9, True, 1)
+    args, _ = parse(["--guide_model_path", "g.pt", "--guidance", "1.5", "--vae_path", "vae", *extra])
+    assert cli.guidance(args) == GuidanceOptions(guide_model_path="g.pt", guidance=1.5) and args.vae_path == "vae"
     args, _ = parse(["--training_mode", TEACHER_MODE, "--sampler", "multistep", "--ts", "0,3,6", *extra])
     assert cli.sampling_options(args)["ts"] == "0,3,6"
     # the defaults are the original's: clamped, 40 steps, Heun

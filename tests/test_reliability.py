@@ -193,7 +193,8 @@ def test_a_student_is_sampled_at_the_noise_levels_it_was_trained_at(teacher_path
     path = str(tmp_path / "run" / "ema_0.9_000002.pt")
     defaults = sampler_options(STUDENT_MODE, "heun", steps=40, sigma_min=0.002, sigma_max=80.0, s_churn=0.0, s_tmin=0.0,
                                s_tmax=float("inf"), s_noise=1.0, ts="", clip_denoised=True)
-    student, _, _, options = load_sampling_model(STUDENT_MODE, path, {}, "cpu", defaults)
+    loaded = load_sampling_model(STUDENT_MODE, path, {}, "cpu", defaults)
+    student, options = loaded.model, loaded.options
     assert (options["sigma_min"], options["sigma_max"]) == (0.004, 40.0) and student.sigma_max == 40.0
     noise, labels = seeded_inputs(0, range(2), (3, 8, 8), label_dim=3)
     one_hot = torch.nn.functional.one_hot(labels, 3).float()
@@ -204,7 +205,7 @@ def test_a_student_is_sampled_at_the_noise_levels_it_was_trained_at(teacher_path
     with pytest.raises(ValueError, match="trained with --sigma_max 40 .*--sigma_max 80 was given.*drop --sigma_max"):
         load_sampling_model(STUDENT_MODE, path, {}, "cpu", defaults, given={"sigma_max"})
     same = {**defaults, "sigma_max": 40.0}
-    assert load_sampling_model(STUDENT_MODE, path, {}, "cpu", same, given={"sigma_max"})[3]["sigma_max"] == 40.0
+    assert load_sampling_model(STUDENT_MODE, path, {}, "cpu", same, given={"sigma_max"}).options["sigma_max"] == 40.0
     refused = run_script("image_sample.py", ["--model_path", path, "--sigma_max", "80", "--num_samples", "2"],
                          log_dir=tmp_path / "out")
     assert refused.returncode == 1 and "trained with --sigma_max 40" in refused.stderr

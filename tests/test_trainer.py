@@ -303,8 +303,8 @@ def test_the_teacher_precision_follows_the_command_line_not_the_file(tmp_path):
     trainer = PIDTrainer(make_config(str(tmp_path / "fp16_teacher.pt"), tmp_path / "run"))
     assert trainer.teacher.use_fp16 is False
     trainer.close()
-    teacher, _, _, _ = load_sampling_model("one_shot_pinn_edm_edm_teacher", str(tmp_path / "fp16_teacher.pt"), {}, "cpu",
-                                           {})
+    teacher = load_sampling_model("one_shot_pinn_edm_edm_teacher", str(tmp_path / "fp16_teacher.pt"), {}, "cpu",
+                                  {}).model
     assert teacher.use_fp16 is False
 
 

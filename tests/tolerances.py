@@ -53,10 +53,19 @@ def between_implementations(roundings, dtype=torch.float32, amplification=1.0):
 
 def network_roundings(network, resolution):
     """Roundings on the longest input-to-output path of a network, counted generously (module doc)."""
+    from pid_diffusion.networks.edm2 import Block, MPConv
     from pid_diffusion.networks.layers import GroupNorm, UNetBlock
 
     count = 0
     for module in network.modules():
+        if isinstance(module, MPConv):  # EDM2 normalises every weight before use: one reduction over its fan-in
+            count += module.weight[0].numel()
+        if isinstance(module, Block):  # EDM2's pixel norm over the channels, and its attention
+            count += module.out_channels + ELEMENTWISE_ROUNDINGS_PER_LAYER
+            if module.num_heads:
+                count += module.out_channels + 3 * resolution ** 2
+            count += len(module.resample_filter) ** 2  # its resampling, when it resamples
+            continue
         weight = getattr(module, "weight", None)
         if isinstance(module, (GroupNorm, torch.nn.GroupNorm)):
             groups = module.num_groups

@@ -13,7 +13,7 @@ below.
 
 import dataclasses
 
-from ..files import ModelFileError
+from ..files import ModelFileError, TeacherLoadError
 
 FAMILY_KEY = "family"
 DEFAULT_FAMILY = "edm"
@@ -29,6 +29,9 @@ class TeacherFamily:
     """Class names of the network stored in the family's snapshot `.pkl` files."""
     architecture_flags = None
     """The dataclass of the flags that describe the family's networks for files that do not record one."""
+    rewrites_weights_in_training = False
+    """Whether its networks rewrite their own weights in every training-mode call (EDM2's forced weight
+    normalisation): a student of such a family is called once per step (--batched_student True)."""
 
     def check_flag_names(self, flags):
         """Refuse names in `flags` that are not the family's architecture flags."""
@@ -39,6 +42,10 @@ class TeacherFamily:
 
     def config_from_flags(self, flags):
         """The config of the network that the architecture flags `flags` (those given) describe."""
+        raise NotImplementedError
+
+    def from_snapshot(self, snapshot, source):
+        """(config, state dict) of the teacher in a snapshot `.pkl` read by edm_pickle.read_snapshot."""
         raise NotImplementedError
 
     def check_flags(self, source, config, flags):
@@ -60,6 +67,11 @@ class TeacherFamily:
     def build_network(self, config, attention_implementation="sdpa"):
         """The raw network (no preconditioning) of a student config."""
         raise NotImplementedError
+
+    def image_decoder(self, config, vae_path=""):
+        """None for a network of pixels; for one of latents, the callable that turns its samples into
+        images in [−1, 1] (pid_diffusion/latents.py); `vae_path` replaces the autoencoder the file names."""
+        return None
 
 
 _FAMILIES = {}
@@ -87,7 +99,7 @@ def family_of_snapshot(class_name, source):
         if class_name in family.snapshot_classes:
             return family
     known = ", ".join(name for family in _FAMILIES.values() for name in family.snapshot_classes)
-    raise ModelFileError(f"{source}: the snapshot holds a {class_name}; PID distils the teachers of the families it "
+    raise TeacherLoadError(f"{source}: the snapshot holds a {class_name}; PID distils the teachers of the families it "
                          f"knows ({known}), e.g. EDM's edm-*.pkl releases")
 
 
@@ -116,5 +128,7 @@ def load_strictly(module, state_dict, source, what, hint=None, error=ModelFileEr
 
 
 from .edm import EDM  # noqa: E402  (a family module uses the helpers above)
+from .edm2 import EDM2  # noqa: E402
 
 register(EDM)
+register(EDM2)

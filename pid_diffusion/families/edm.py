@@ -14,6 +14,7 @@ weights and without the augmentation input.
 import dataclasses
 import re
 
+from ..edm_pickle import snapshot_network
 from ..files import TeacherLoadError
 from ..networks import EDMPrecond, network_from_config
 from ..run_folder import RUN_CONFIG_FILE
@@ -198,6 +199,10 @@ class EDMFamily(TeacherFamily):
 
     def network_state_dict(self, state_dict):
         return network_state_dict(state_dict)
+
+    def from_snapshot(self, snapshot, source):
+        _, config, state_dict = snapshot_network(snapshot, source)
+        return config, state_dict
 
     def build_teacher(self, config, state_dict, source, attention_implementation="sdpa"):
         """An EDMPrecond from its keywords and an EDMPrecond state dict (`model.*` keys; `map_augment`

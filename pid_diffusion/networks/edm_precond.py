@@ -16,6 +16,20 @@ def edm_scalings(sigma, sigma_data):
     return c_skip, c_out, c_in, c_noise
 
 
+def precond_inputs(x, sigma, class_labels, label_dim):
+    """A preconditioned denoiser's inputs as EDM and EDM2 take them: x in float32, σ as [N or 1, 1, 1, 1],
+    one-hot labels [N or 1, label_dim] (zeros when none are given; None for an unconditional network)."""
+    x = x.to(torch.float32)
+    sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
+    if label_dim == 0:
+        class_labels = None
+    elif class_labels is None:
+        class_labels = torch.zeros([1, label_dim], device=x.device)
+    else:
+        class_labels = class_labels.to(torch.float32).reshape(-1, label_dim)
+    return x, sigma, class_labels
+
+
 PRECOND_KEYS = ("use_fp16", "sigma_min", "sigma_max", "sigma_data")
 
 
@@ -52,14 +66,7 @@ class EDMPrecond(torch.nn.Module):
                                          attention_implementation)
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        x, sigma, class_labels = precond_inputs(x, sigma, class_labels, self.label_dim)
         use_half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
         dtype = torch.float16 if use_half else torch.float32
 

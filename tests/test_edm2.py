@@ -1,0 +1,425 @@
+"""EDM2 teachers: the magnitude-preserving network against EDM2's own outputs (the fixtures), its
+release `.pkl` files read without running them, autoguidance, latent teachers decoded by a VAE, and
+PID on them end to end."""
+
+import collections
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import load_fixture, relative_error
+from tolerances import (PARITY_ORDER, between_implementations, implied_denoised_difference_bound, network_roundings,
+                        per_sample_distance_difference_bound, per_sample_norm, rounding_bound)
+from pid_diffusion.checkpoint import TeacherLoadError, load_student, load_teacher, read_teacher_file, save_teacher
+from pid_diffusion.evaluation import TEACHER_MODE, load_sampling_model, run_generation
+from pid_diffusion.families.edm2 import ENCODER_KEY, LATENT_ENCODER, PIXEL_ENCODER, network_state_dict
+from pid_diffusion.fid import load_detector
+from pid_diffusion.generate import GenerationRequest
+from pid_diffusion.guidance import GuidanceOptions, GuidedDenoiser
+from pid_diffusion.latents import LatentsUnavailableError
+from pid_diffusion.losses import implied_denoised, pid_loss
+from pid_diffusion.networks.edm2 import EDM2Precond, MPConv, normalize, unet_from_config
+from pid_diffusion.precond import PIDStudent
+from pid_diffusion.samplers import sample
+from pid_diffusion.schedules import index_to_sigma, pid_partner_index
+from pid_diffusion.trainer import PIDTrainer, TrainConfig, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(img_resolution=8, label_dim=10, model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+            channels_per_head=8, dropout=0.0, logvar_channels=8, use_fp16=False)
+
+
+def tiny_edm2(img_channels=3, seed=0):
+    """A random EDM2Precond whose gains (zero at EDM2's initialisation) are set, so that every layer matters."""
+    torch.manual_seed(seed)
+    net = EDM2Precond(img_channels=img_channels, **TINY)
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if name.endswith("gain"):
+                parameter.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def save_edm2_teacher(path, net, encoder):
+    config = dict(TINY, img_channels=net.img_channels, family="edm2", **{ENCODER_KEY: encoder})
+    save_teacher(net, path, config)
+    return str(path)
+
+
+# ------------------------------------------------------------------ parity with EDM2's own code
+@pytest.fixture(scope="module")
+def edm2_fixture():
+    return load_fixture("../edm2/edm2_tiny_seed0")
+
+
+def fixture_network(fixture, state_key="state_dict", attention="sdpa"):
+    net = EDM2Precond(**fixture["config"], use_fp16=False, attention_implementation=attention).eval()
+    net.load_state_dict(fixture[state_key] if state_key in fixture else fixture["sampler"][state_key], strict=True)
+    return net
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "reference"])
+def test_network_matches_edm2(edm2_fixture, attention):
+    net = fixture_network(edm2_fixture, attention=attention)
+    x, sigma, labels = edm2_fixture["x"], edm2_fixture["sigma"], edm2_fixture["class_labels"]
+    with torch.no_grad():
+        denoised, logvar = net(x, sigma, labels, return_logvar=True)
+        c_in = (1 / (sigma ** 2 + 0.25).sqrt()).reshape(-1, 1, 1, 1)
+        raw = net.unet(c_in * x, sigma.log() / 4, labels)
+    bound = min(between_implementations(network_roundings(net, net.img_resolution)), PARITY_ORDER)
+    assert relative_error(raw, edm2_fixture["raw_output"]) <= bound
+    assert relative_error(denoised, edm2_fixture["denoised"]) <= bound
+    assert relative_error(logvar, edm2_fixture["logvar"]) <= min(between_implementations(2 * 16 + 8), PARITY_ORDER)
+
+
+def test_training_forward_normalises_the_weights_as_edm2(edm2_fixture):
+    net = fixture_network(edm2_fixture).train()
+    denoised = net(edm2_fixture["x"], edm2_fixture["sigma"], edm2_fixture["class_labels"])
+    expected = edm2_fixture["train_forward"]
+    assert relative_error(denoised, expected["denoised"]) <= min(
+        between_implementations(network_roundings(net, net.img_resolution)), PARITY_ORDER)
+    after = net.state_dict()
+    for key, value in expected["state_dict_after"].items():  # each weight rewritten as normalize(weight)
+        fan_in = value[0].numel() if value.ndim > 1 else 1
+        assert relative_error(after[key], value) <= min(between_implementations(2 * fan_in + 8), PARITY_ORDER), key
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_sampler_with_and_without_autoguidance_matches_edm2(edm2_fixture, guided):
+    sampler = edm2_fixture["sampler"]
+    denoiser = fixture_network(edm2_fixture)
+    if guided:
+        denoiser = GuidedDenoiser(denoiser, fixture_network(edm2_fixture, "guide_state_dict"), sampler["guidance"])
+    with torch.no_grad():
+        out = sample(denoiser, sampler["latents"], "heun_deter", steps=sampler["num_steps"],
+                     class_labels=edm2_fixture["class_labels"], sigma_min=sampler["sigma_min"],
+                     sigma_max=sampler["sigma_max"], rho=sampler["rho"])
+    expected = sampler["guided_output" if guided else "output"]
+    calls = (2 * sampler["num_steps"] - 1) * (2 if guided else 1)
+    roundings = calls * network_roundings(denoiser, denoiser.img_resolution)
+    assert relative_error(out, expected) <= min(between_implementations(roundings), PARITY_ORDER)
+    if guided:  # the guide changes the images
+        assert relative_error(out, sampler["output"]) > 100 * PARITY_ORDER
+
+
+def test_pid_terms_with_an_edm2_student_match_edm2(edm2_fixture):
+    pid = edm2_fixture["pid"]
+    teacher = fixture_network(edm2_fixture)
+    student = PIDStudent(unet_from_config(edm2_fixture["config"]).eval())
+    student.net.load_state_dict(network_state_dict(pid["student_state_dict"]), strict=True)
+    labels, z, t, t_next = edm2_fixture["class_labels"], pid["z"], pid["t"], pid["t_next"]
+    assert torch.equal(index_to_sigma(pid["indices"], pid["num_scales"]).float(), t)
+    assert torch.equal(index_to_sigma(pid_partner_index(pid["indices"], pid["num_scales"]), pid["num_scales"]).float(),
+                       t_next)
+    with torch.no_grad():
+        x_t, x_t_next = student(z, t, labels), student(z, t_next, labels)
+        losses = {norm: pid_loss(student, teacher, z, t, t_next, labels, loss_norm=norm) for norm in ("l2", "l1")}
+        teacher_denoised = teacher(x_t, t, labels)
+    student_bound = min(between_implementations(network_roundings(student, 16)), PARITY_ORDER)
+    assert relative_error(x_t, pid["x_t"]) <= student_bound and relative_error(x_t_next, pid["x_t_next"]) <= student_bound
+    assert relative_error(teacher_denoised, pid["teacher_denoised"]) <= min(
+        between_implementations(network_roundings(teacher, 16)) + relative_error(x_t, pid["x_t"]), PARITY_ORDER)
+    ours = implied_denoised(x_t, x_t_next, t, t_next)
+    assert (ours - pid["implied_denoised"]).norm() <= implied_denoised_difference_bound(
+        pid["x_t"], pid["x_t_next"], t, t_next, x_t - pid["x_t"], x_t_next - pid["x_t_next"])
+    difference = ours - teacher_denoised
+    reference_difference = pid["implied_denoised"] - pid["teacher_denoised"]
+    for norm, loss in losses.items():
+        bound = per_sample_distance_difference_bound(difference, per_sample_norm(difference - reference_difference), norm)
+        assert torch.all((loss - pid[f"loss_{norm}"]).abs().double() <= bound), norm
+        assert torch.all((loss - pid[f"loss_{norm}"]).abs() <= PARITY_ORDER * pid[f"loss_{norm}"]), norm
+
+
+@pytest.mark.parametrize("kind", ["pixel", "latent"])
+def test_release_pickles_load_without_running_anything(kind):
+    from conftest import fixture_path
+
+    path = fixture_path(f"../edm2/edm2-tiny-{kind}-seed0.pkl")
+    expected = torch.load(fixture_path(f"../edm2/edm2-tiny-{kind}-seed0.expected.pt"), weights_only=True)
+    config, state = read_teacher_file(path)
+    assert config["family"] == "edm2" and {k: config[k] for k in expected["init_kwargs"]} == expected["init_kwargs"]
+    assert set(state) == set(expected["state_dict"])
+    assert all(torch.equal(state[k], v) for k, v in expected["state_dict"].items())  # float16, as stored
+    teacher = load_teacher(path)
+    with torch.no_grad():
+        denoised = teacher(expected["x"], expected["sigma"], expected["class_labels"])
+    bound = min(between_implementations(network_roundings(teacher, teacher.img_resolution)), PARITY_ORDER)
+    assert relative_error(denoised, expected["denoised"]) <= bound
+    encoder = config[ENCODER_KEY]
+    if kind == "pixel":
+        assert encoder == {"kind": PIXEL_ENCODER}
+    else:
+        recorded = expected["encoder"]
+        assert (encoder["kind"], encoder["vae_name"], encoder["batch_size"]) == (
+            LATENT_ENCODER, recorded["vae_name"], recorded["batch_size"])
+        for name in ("scale", "bias"):
+            assert torch.allclose(torch.tensor(encoder[name], dtype=torch.float64), recorded[name].double(), rtol=1e-7,
+                                  atol=0), name
+
+
+# ------------------------------------------------------------------ without the fixtures
+def test_training_mode_rewrites_weights_normalised_and_eval_mode_does_not():
+    torch.manual_seed(0)
+    conv = MPConv(6, 4, [3, 3])
+    with torch.no_grad():
+        conv.weight.mul_(3.0)
+    before = conv.weight.detach().clone()
+    x = torch.randn(2, 6, 5, 5)
+    out_eval = conv.eval()(x)
+    assert torch.equal(conv.weight, before)
+    out_train = conv.train()(x)
+    rms = conv.weight.detach().flatten(1).pow(2).mean(1).sqrt()
+    assert torch.allclose(rms, torch.ones(4), atol=1e-4) and not torch.equal(conv.weight, before)
+    # the weight is used normalised either way (normalising twice differs only by the epsilon, 1e-4 relative)
+    assert torch.allclose(out_train, out_eval, rtol=3e-4, atol=1e-6)
+    assert torch.allclose(normalize(before).flatten(1).pow(2).mean(1), torch.ones(4), atol=1e-3)
+
+
+def test_autoguidance_is_the_guide_plus_w_times_the_difference():
+    teacher, guide = tiny_edm2(seed=0), tiny_edm2(seed=1)
+    x, sigma, labels = torch.randn(3, 3, 8, 8), torch.tensor([0.1, 1.0, 10.0]), torch.eye(10)[:3]
+    with torch.no_grad():
+        guided = GuidedDenoiser(teacher, guide, 1.7)(x, sigma, labels)
+        d, g = teacher(x, sigma, labels), guide(x, sigma, labels)
+    assert torch.allclose(guided, g + 1.7 * (d - g), rtol=0, atol=rounding_bound(8) * d.abs().max().item())
+    with pytest.raises(ValueError, match="the guiding network has img_channels 4, the teacher 3"):
+        GuidedDenoiser(teacher, tiny_edm2(img_channels=4), 1.7)
+    with pytest.raises(ValueError, match="--guidance 2 needs a guiding network"):
+        GuidanceOptions(guidance=2.0).check_guidance()
+    with pytest.raises(ValueError, match="used only with --guidance other than 1"):
+        GuidanceOptions(guide_model_path="g.pt").check_guidance()
+
+
+class _Recorded:
+    """What torch_utils.persistence pickles: a call of _reconstruct_persistent_obj(meta)."""
+
+    def __init__(self, class_name, state):
+        self.meta = dict(type="class", version=6, module_src="raise SystemExit('module source ran')",
+                         class_name=class_name, state=state)
+
+    def __reduce__(self):
+        return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (self.meta,)
+
+
+def _recorded_module(module, init_kwargs=None):
+    state = {"_parameters": collections.OrderedDict((n, p) for n, p in module._parameters.items()),
+             "_buffers": collections.OrderedDict(module._buffers.items()), "_non_persistent_buffers_set": set(),
+             "_modules": collections.OrderedDict((n, _recorded_module(c)) for n, c in module._modules.items()),
+             "_init_args": (), "_init_kwargs": init_kwargs or {}}
+    edm2_names = {"EDM2Precond": "Precond", "EDM2UNet": "UNet"}  # EDM2's class names
+    return _Recorded(edm2_names.get(type(module).__name__, type(module).__name__), state)
+
+
+def write_edm2_release_pickle(path, net, encoder_class, encoder_state, monkeypatch):
+    """A pickle with the structure and globals of EDM2's release files, from stand-ins of EDM2's modules."""
+    persistence = types.ModuleType("torch_utils.persistence")
+
+    def reconstruct(meta):
+        return meta
+
+    reconstruct.__module__, reconstruct.__name__ = "torch_utils.persistence", "_reconstruct_persistent_obj"
+    reconstruct.__qualname__ = reconstruct.__name__
+    persistence._reconstruct_persistent_obj = reconstruct
+    util = types.ModuleType("dnnlib.util")
+    EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+    util.EasyDict = EasyDict
+    for name, module in (("torch_utils", types.ModuleType("torch_utils")), ("torch_utils.persistence", persistence),
+                         ("dnnlib", types.ModuleType("dnnlib")), ("dnnlib.util", util)):
+        monkeypatch.setitem(sys.modules, name, module)
+    kwargs = dict(TINY, img_channels=net.img_channels)
+    snapshot = EasyDict(encoder=_Recorded(encoder_class, {"_init_args": (), "_init_kwargs": {}, **encoder_state}),
+                        loss_fn=_Recorded("EDM2Loss", {"P_mean": -0.4, "P_std": 1.0, "sigma_data": 0.5}),
+                        dataset_kwargs=EasyDict(class_name="training.dataset.ImageFolderDataset", path="x.zip"),
+                        ema=_recorded_module(net.half(), kwargs))
+    with open(path, "wb") as f:
+        pickle.dump(snapshot, f, protocol=4)
+    net.float()
+
+
+def test_an_edm2_style_pickle_is_read_and_foreign_objects_refused(tmp_path, monkeypatch):
+    import numpy as np
+
+    net = tiny_edm2(img_channels=4)
+    latent = dict(vae_name="stabilityai/sd-vae-ft-mse", scale=np.float32([0.1, 0.2, 0.3, 0.4]),
+                  bias=np.float32([-0.5, 0.0, 0.5, 1.0]), batch_size=8, _vae=None)
+    write_edm2_release_pickle(tmp_path / "latent.pkl", net, LATENT_ENCODER, latent, monkeypatch)
+    config, state = read_teacher_file(tmp_path / "latent.pkl")
+    assert config[ENCODER_KEY]["scale"] == pytest.approx([0.1, 0.2, 0.3, 0.4], rel=1e-7)
+    assert state["unet.out_gain"].dtype == torch.float16  # EDM2 stores the EMA network in float16
+    teacher = load_teacher(tmp_path / "latent.pkl")
+    x, sigma = torch.randn(2, 4, 8, 8), torch.tensor([0.5, 5.0])
+    with torch.no_grad():
+        assert torch.equal(teacher(x, sigma), net.half()(x, sigma))  # the stored float16 network, computed alike
+    write_edm2_release_pickle(tmp_path / "foreign.pkl", tiny_edm2(), "SomeOtherEncoder", {}, monkeypatch)
+    with pytest.raises(TeacherLoadError, match="the encoder is a SomeOtherEncoder; EDM2's files hold a "
+                                               "StandardRGBEncoder .* or a StabilityVAEEncoder"):
+        load_teacher(tmp_path / "foreign.pkl")
+    with pytest.raises(TeacherLoadError, match="is an EDM2 network, which records its architecture; the flags "
+                                               "--num_channels describe EDM networks"):
+        read_teacher_file(tmp_path / "latent.pkl", num_channels=128)
+
+
+def tiny_run(teacher, folder, **overrides):
+    values = dict(teacher_model_path=teacher, log_dir=str(folder), global_batch_size=4, loss_norm="l2",
+                  start_scales=10, lr=1e-3, ema_rate="0.9", total_training_steps=2, save_interval=2, log_interval=1)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_pid_on_an_edm2_teacher_trains_resumes_and_samples(tmp_path):
+    teacher = save_edm2_teacher(tmp_path / "edm2.pt", tiny_edm2(), {"kind": PIXEL_ENCODER})
+    train(tiny_run(teacher, tmp_path / "run"))
+    student = load_student(tmp_path / "run" / "ema_0.9_000002.pt")
+    assert student.network_config["family"] == "edm2" and type(student.net).__name__ == "EDM2UNet"
+    resumed = train(tiny_run(teacher, tmp_path / "run", total_training_steps=3, save_interval=3))
+    assert resumed.step == 3 and "resumed from" in (tmp_path / "run" / "log.txt").read_text()
+    # the student was initialised from the teacher's U-Net and trained with forced weight normalisation
+    weights = [m.weight.detach().flatten(1) for m in resumed.student.modules() if isinstance(m, MPConv)]
+    assert all(w.pow(2).mean(1).sqrt().sub(1).abs().max() < 0.05 for w in weights)
+    loaded = load_sampling_model("one_shot_pinn_edm_edm_one_shot", str(tmp_path / "run" / "model000003.pt"), {}, "cpu",
+                                 dict(sampler="oneshot", sigma_min=0.002, sigma_max=80.0, clip_denoised=True))
+    images, _, _, _ = run_generation(loaded.model, loaded.shape, loaded.label_dim, GenerationRequest(3, 3, 0),
+                                     loaded.options, "cpu", progress=False)
+    assert images.shape == (3, 8, 8, 3) and images.dtype == torch.uint8
+
+
+def test_autoguided_distillation_targets_the_guided_teacher(tmp_path):
+    teacher = save_edm2_teacher(tmp_path / "teacher.pt", tiny_edm2(seed=0), {"kind": PIXEL_ENCODER})
+    guide = save_edm2_teacher(tmp_path / "guide.pt", tiny_edm2(seed=1), {"kind": PIXEL_ENCODER})
+    plain = PIDTrainer(tiny_run(teacher, tmp_path / "plain"))
+    guided = PIDTrainer(tiny_run(teacher, tmp_path / "guided", guide_model_path=guide, guidance=1.7))
+    self_guided = PIDTrainer(tiny_run(teacher, tmp_path / "self", guide_model_path=teacher, guidance=1.7))
+    inputs = plain.step_inputs(0)
+    with torch.no_grad():
+        losses = [trainer.batch_losses(trainer.module, inputs, eager=True) for trainer in (plain, guided, self_guided)]
+        x_t = plain.student(inputs[0], inputs[1], inputs[3])
+        d, g = plain.teacher(x_t, inputs[1], inputs[3]), guided.teacher.guide(x_t, inputs[1], inputs[3])
+        assert torch.allclose(guided.teacher(x_t, inputs[1], inputs[3]), g + 1.7 * (d - g), atol=1e-5)
+    assert torch.allclose(losses[0], losses[2], rtol=1e-5) and not torch.allclose(losses[0], losses[1], rtol=1e-2)
+    for trainer in (plain, guided, self_guided):
+        trainer.close()
+    other = save_edm2_teacher(tmp_path / "other.pt", tiny_edm2(img_channels=4), {"kind": PIXEL_ENCODER})
+    with pytest.raises(ValueError, match="the guiding network has img_channels 4"):
+        PIDTrainer(tiny_run(teacher, tmp_path / "bad", guide_model_path=other, guidance=1.7))
+    assert not (tmp_path / "bad" / "run_config.json").exists()
+
+
+def write_tiny_vae(folder):
+    diffusers = pytest.importorskip("diffusers", reason="the [latent] extra (diffusers) is not installed")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  layers_per_block=1, norm_num_groups=4, sample_size=16)
+    vae.save_pretrained(folder)
+    return vae
+
+
+def test_a_latent_teacher_distils_and_its_samples_are_decoded_for_fid(tmp_path):
+    vae = write_tiny_vae(tmp_path / "vae")
+    encoder = dict(kind=LATENT_ENCODER, vae_name=str(tmp_path / "vae"), scale=[0.5, 0.25, 1.0, 2.0],
+                   bias=[0.1, -0.2, 0.0, 0.3], batch_size=2)
+    teacher = save_edm2_teacher(tmp_path / "latent.pt", tiny_edm2(img_channels=4), encoder)
+    trainer = train(tiny_run(teacher, tmp_path / "run"))
+    assert trainer.image_shape == (4, 8, 8) and trainer.output_shape() == (3, 16, 16)
+    assert (tmp_path / "run" / "samples_000002.png").exists()
+    loaded = load_sampling_model("one_shot_pinn_edm_edm_one_shot", str(tmp_path / "run" / "ema_0.9_000002.pt"), {},
+                                 "cpu", dict(sampler="oneshot", sigma_min=0.002, sigma_max=80.0, clip_denoised=True))
+    assert loaded.options["clip_denoised"] is False and loaded.output_shape() == (3, 16, 16)
+    request = GenerationRequest(4, 2, 0)
+    images, _, _, tally = run_generation(loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, "cpu",
+                                         detector=load_detector("pixels"), progress=False, decode=loaded.decode)
+    assert images.shape == (4, 16, 16, 3) and int(tally.stats.count) == 4
+    # the decoded images are the VAE's decoding of (latents − bias)/scale
+    with torch.no_grad():
+        z = torch.randn(1, 4, 8, 8)
+        expected = vae.decode((z - torch.tensor(encoder["bias"]).reshape(1, 4, 1, 1))
+                              / torch.tensor(encoder["scale"]).reshape(1, 4, 1, 1)).sample.clamp(-1, 1)
+    assert torch.allclose(loaded.decode(z), expected, atol=1e-6)
+
+
+def test_a_latent_teacher_without_diffusers_is_refused_in_one_line(tmp_path, monkeypatch):
+    encoder = dict(kind=LATENT_ENCODER, vae_name="stabilityai/sd-vae-ft-mse", scale=[1.0] * 4, bias=[0.0] * 4,
+                   batch_size=2)
+    teacher = save_edm2_teacher(tmp_path / "latent.pt", tiny_edm2(img_channels=4), encoder)
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` fails
+    with pytest.raises(LatentsUnavailableError, match=r"pip install -e '\.\[latent\]'"):
+        PIDTrainer(tiny_run(teacher, tmp_path / "run"))
+    with pytest.raises(ValueError, match="rewrites its weights in every training call .* add --batched_student True"):
+        PIDTrainer(tiny_run(save_edm2_teacher(tmp_path / "pixel.pt", tiny_edm2(), {"kind": PIXEL_ENCODER}),
+                            tmp_path / "run", batched_student=False))
+    four_channels = save_edm2_teacher(tmp_path / "four.pt", tiny_edm2(img_channels=4), {"kind": PIXEL_ENCODER})
+    with pytest.raises(ValueError, match="--loss_norm lpips compares RGB images; this teacher's samples have 4 channel"):
+        PIDTrainer(tiny_run(four_channels, tmp_path / "run", loss_norm="lpips"))
+    assert not (tmp_path / "run" / "run_config.json").exists()
+
+
+def test_sampling_an_edm2_teacher_with_autoguidance_from_its_flags(tmp_path):
+    from pid_diffusion import cli
+
+    teacher = save_edm2_teacher(tmp_path / "teacher.pt", tiny_edm2(seed=0), {"kind": PIXEL_ENCODER})
+    guide = save_edm2_teacher(tmp_path / "guide.pt", tiny_edm2(seed=1), {"kind": PIXEL_ENCODER})
+    base = ["--training_mode", TEACHER_MODE, "--model_path", teacher, "--sampler", "heun_deter", "--steps", "3",
+            "--num_samples", "2", "--batch_size", "2", "--clip_denoised", "False"]
+    images = {}
+    for name, extra in (("plain", []), ("guided", ["--guide_model_path", guide, "--guidance", "1.7"])):
+        args, given = cli.parse_sampling([*base, *extra])
+        loaded = load_sampling_model(args.training_mode, args.model_path, {}, "cpu", cli.sampling_options(args), given,
+                                     cli.guidance(args))
+        assert isinstance(loaded.model, GuidedDenoiser) == (name == "guided")
+        images[name] = run_generation(loaded.model, loaded.shape, loaded.label_dim, cli.generation_request(args),
+                                      loaded.options, "cpu", progress=False)[0]
+    assert images["plain"].shape == (2, 8, 8, 3) and not torch.equal(images["plain"], images["guided"])
+    args, given = cli.parse_sampling([*base, "--guidance", "2"])
+    with pytest.raises(ValueError, match="--guidance 2 needs a guiding network"):
+        load_sampling_model(args.training_mode, args.model_path, {}, "cpu", cli.sampling_options(args), given,
+                            cli.guidance(args))
+    student_args, given = cli.parse_sampling(["--model_path", "s.pt", "--guide_model_path", guide, "--guidance", "2"])
+    with pytest.raises(ValueError, match="guide a teacher; a PID student samples in one step"):
+        load_sampling_model(student_args.training_mode, "s.pt", {}, "cpu", cli.sampling_options(student_args), given,
+                            cli.guidance(student_args))
+
+
+def test_edm2_reference_statistics_pickle_is_read_without_running_it(tmp_path):
+    import numpy as np
+
+    from pid_diffusion.fid import load_reference_stats
+
+    mu, sigma = np.arange(4, dtype=np.float32), np.eye(4, dtype=np.float32) * 2
+    with open(tmp_path / "img512.pkl", "wb") as f:
+        pickle.dump({"fid": {"mu": mu, "sigma": sigma}, "fd_dinov2": {"mu": mu[:2], "sigma": sigma[:2, :2]}}, f)
+    got_mu, got_sigma = load_reference_stats(str(tmp_path / "img512.pkl"), 4)
+    assert np.array_equal(got_mu, mu) and np.array_equal(got_sigma, sigma) and got_mu.dtype == np.float64
+    with open(tmp_path / "other.pkl", "wb") as f:
+        pickle.dump({"inception": {"mu": mu}}, f)
+    with pytest.raises(ValueError, match="other.pkl: not EDM2's reference statistics"):
+        load_reference_stats(str(tmp_path / "other.pkl"))
+
+
+@pytest.mark.parametrize("name,teacher,reference", [
+    ("edm2-img64-s", "edm2-img64-s-1073741-0.075.pkl", "edm2-img64"),
+    ("edm2-img512-xxl", "edm2-img512-xxl-0939524-0.070.pkl", "edm2-img512"),
+    ("edm2-img64-s-autog", "edm2-img64-s-1073741-0.045.pkl", "edm2-img64"),
+])
+def test_the_distill_script_names_edm2_teachers_and_their_statistics(name, teacher, reference):
+    import shlex
+
+    from pid_diffusion import cli
+
+    printed = subprocess.run(["bash", os.path.join(REPO, "scripts", "distill_pid_diffusion.sh"), name],
+                             env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True).stdout
+    command = shlex.split(printed.splitlines()[1])
+    args, given = cli.parse_distillation(command[command.index("./scripts/cm_train.py") + 1:])
+    config = cli.distillation_config(args, given, "unused", "cuda")
+    assert (config.teacher_model_path, config.fid_dataset) == (f"./model_zoo/{teacher}", reference)
+    assert config.network_flags == {}  # EDM2 files record their architecture
+    assert (config.global_batch_size, config.lr, config.start_scales, config.guidance) == (
+        2048, 1e-3, 250, 1.7 if "autog" in name else 1.0)
+    assert config.loss_norm == ("l2" if "img512" in name else "lpips")  # latents are no RGB images for LPIPS
+    config.check_guidance()
+    unknown = subprocess.run(["bash", os.path.join(REPO, "scripts", "distill_pid_diffusion.sh"), "edm2-img64-q"],
+                             env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown EDM2 teacher edm2-img64-q" in unknown.stderr
