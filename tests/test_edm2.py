@@ -423,3 +423,27 @@ def test_the_distill_script_names_edm2_teachers_and_their_statistics(name, teach
     unknown = subprocess.run(["bash", os.path.join(REPO, "scripts", "distill_pid_diffusion.sh"), "edm2-img64-q"],
                              env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown EDM2 teacher edm2-img64-q" in unknown.stderr
+
+
+def test_the_fid_walk_measures_an_autoguided_teacher_as_its_own_question(tmp_path):
+    import csv
+
+    import numpy as np
+
+    folder = tmp_path / "teachers"
+    folder.mkdir()
+    save_edm2_teacher(folder / "teacher.pt", tiny_edm2(seed=0), {"kind": PIXEL_ENCODER})
+    guide = save_edm2_teacher(tmp_path / "guide.pt", tiny_edm2(seed=1), {"kind": PIXEL_ENCODER})
+    pixels = np.random.default_rng(0).uniform(0, 1, (64, 8 * 8 * 3))
+    np.savez(tmp_path / "ref.npz", mu=pixels.mean(0), sigma=np.cov(pixels, rowvar=False))
+    base = ["--exp_dir", str(folder), "--training_mode", TEACHER_MODE, "--sampler", "heun_deter", "--steps", "2",
+            "--clip_denoised", "False", "--detector", "pixels", "--ref_path", str(tmp_path / "ref.npz"),
+            "--num_samples", "4", "--batch_size", "4", "--seed", "0", "--save_samples", "False"]
+    for extra in ([], ["--guide_model_path", guide, "--guidance", "1.7"]):
+        done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fid_evaluation.py"), *base, *extra],
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+    with open(folder / "fid_results_0.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and rows[0]["FID"] != rows[1]["FID"]  # two questions, two answers
+    assert [("guidance=1.7" in row["sampling"]) for row in rows] == [False, True]
