@@ -19,6 +19,7 @@ from .edm_pickle import EDMPickleError, is_pickle_file, read_snapshot
 from .families import DEFAULT_FAMILY, FAMILY_KEY, family_named, family_of, family_of_snapshot, load_strictly
 from .files import (StudentLoadError, TeacherLoadError, UnreadableFileError, atomic_torch_save,
                     is_zip_archive, read_torch_file)
+from .guidance import GuidedDenoiser
 from .precond import PIDStudent
 from .run_folder import RUN_CONFIG_FILE, TEACHER_RUN, read_run_config
 from .schedules import SIGMA_MAX, SIGMA_MIN
@@ -101,6 +102,20 @@ def read_teacher(path, attention_implementation="sdpa", **network_flags):
         return teacher, config, None
     config, state_dict = read_teacher_file(path, **network_flags)
     return family_of(config).build_teacher(config, state_dict, path, attention_implementation), config, state_dict
+
+
+def read_denoiser(path, guidance=None, attention_implementation="sdpa", **network_flags):
+    """(denoiser, config, state dict) of a teacher as PID and the samplers use it: its precision follows
+    autocast (--mixed_precision / --use_fp16), not the use_fp16 its file records (EDM's ImageNet-64 .pkl
+    says True), as the original follows its flag; autoguided when `guidance` (guidance.GuidanceOptions)
+    names a guide."""
+    teacher, config, state_dict = read_teacher(path, attention_implementation, **network_flags)
+    teacher.use_fp16 = False
+    if guidance is not None and guidance.guide_model_path:
+        guide = read_teacher(guidance.guide_model_path, attention_implementation)[0]
+        guide.use_fp16 = False
+        teacher = GuidedDenoiser(teacher, guide, guidance.guidance)
+    return teacher, config, state_dict
 
 
 def load_teacher(path, **network_flags):

@@ -121,7 +121,8 @@ SAMPLING_IGNORED = ("dropout", "weight_schedule", "loss_norm")
 
 
 def _model_parser(doc, presets=False):
-    """A parser with the original's model flags: the architecture flags, the noise levels, the rest."""
+    """A parser with the original's model flags that every script takes: the architecture flags, --use_fp16
+    and the flags PID ignores."""
     return OptionParser(doc, FLAG_FAMILY.architecture_flags, ModelFlags, presets=presets)
 
 

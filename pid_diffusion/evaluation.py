@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from . import dist
-from .checkpoint import load_student, load_teacher, read_teacher
+from .checkpoint import load_student, read_denoiser
 from .families import family_of
 from .fid import DetectorTally
 from .files import FileLock, atomic_output
 from .generate import generate, to_uint8
-from .guidance import GuidanceOptions, GuidedDenoiser
+from .guidance import GuidanceOptions
+from .latents import output_shape
 from .run_folder import checkpoint_step, model_file_names
 from .samplers import SAMPLERS, check_sampler_options
 
@@ -41,7 +42,7 @@ class SamplingModel:
 
     def output_shape(self, device="cpu"):
         """The shape of the images its samples become."""
-        return self.shape if self.decode is None else self.decode.image_shape(self.shape, device)
+        return output_shape(self.decode, self.shape, device)
 
 
 def load_sampling_model(training_mode, model_path, network_flags, device, options, given=(), guidance=None,
@@ -57,12 +58,7 @@ def load_sampling_model(training_mode, model_path, network_flags, device, option
     guidance = guidance or GuidanceOptions()
     guidance.check_guidance()
     if training_mode == TEACHER_MODE:
-        model, config, _ = read_teacher(model_path, **network_flags)
-        model.use_fp16 = False  # --use_fp16 decides (autocast), not the flag the file records
-        if guidance.guide_model_path:
-            guide = load_teacher(guidance.guide_model_path)
-            guide.use_fp16 = False
-            model = GuidedDenoiser(model, guide, guidance.guidance)
+        model, config, _ = read_denoiser(model_path, guidance, **network_flags)
         shape = (model.img_channels, model.img_resolution, model.img_resolution)
         label_dim = model.label_dim
     else:
@@ -125,9 +121,9 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
     batches = generate(model, request.num_samples, request.batch_size, request.seed, image_shape, label_dim, info.rank,
                        info.world_size, device, autocast_dtype=autocast_dtype(request.use_fp16, device),
                        class_label=request.class_label, decode=decode, **options)
-    output_shape = image_shape if decode is None else decode.image_shape(image_shape, device)
+    image_size = output_shape(decode, image_shape, device)
     # every process needs the statistics, also one that gets no batch
-    tally = None if detector is None else DetectorTally(detector, output_shape, device, feed)
+    tally = None if detector is None else DetectorTally(detector, image_size, device, feed)
     images, labels, indices = [], [], []
     total = -(-request.num_samples // (request.batch_size * info.world_size))
     for number, batch in enumerate(tqdm(batches, total=total, disable=not (progress and dist.is_main()),
@@ -139,7 +135,7 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
             indices.extend(batch.indices)
             if batch.labels is not None:
                 labels.append(batch.labels)
-    images = torch.cat(images) if images else torch.zeros((0, output_shape[1], output_shape[2], output_shape[0]),
+    images = torch.cat(images) if images else torch.zeros((0, image_size[1], image_size[2], image_size[0]),
                                                           dtype=torch.uint8)
     return images, (torch.cat(labels) if labels else None), indices, tally
 

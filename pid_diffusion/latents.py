@@ -55,6 +55,7 @@ class LatentDecoder:
         self.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.bias = torch.as_tensor(bias, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.vae = None
+        self.image_shapes = {}  # latent shape → decoded image shape, found by decoding once
         autoencoder_class()  # without diffusers a latent model stops here, before any work
 
     def _autoencoder(self, device):
@@ -72,4 +73,12 @@ class LatentDecoder:
 
     def image_shape(self, latent_shape, device="cpu"):
         """(channels, height, width) of the images that latents of `latent_shape` (C, h, w) decode into."""
-        return tuple(self(torch.zeros((1, *latent_shape), device=device)).shape[1:])
+        latent_shape = tuple(latent_shape)
+        if latent_shape not in self.image_shapes:
+            self.image_shapes[latent_shape] = tuple(self(torch.zeros((1, *latent_shape), device=device)).shape[1:])
+        return self.image_shapes[latent_shape]
+
+
+def output_shape(decode, sample_shape, device="cpu"):
+    """The shape of the images that samples of `sample_shape` become: their own, or their decoding's."""
+    return tuple(sample_shape) if decode is None else decode.image_shape(sample_shape, device)

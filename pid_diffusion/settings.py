@@ -37,13 +37,9 @@ def redefault(config_class, name, default):
     return dataclasses.field(default=default, metadata=declared.metadata)
 
 
-def is_option(field):
-    return HELP in field.metadata
-
-
 def options_of(config_class):
     """The flag fields of a configuration class, in declaration order."""
-    return [f for f in dataclasses.fields(config_class) if is_option(f)]
+    return [f for f in dataclasses.fields(config_class) if HELP in f.metadata]
 
 
 def defining_settings(config_class):

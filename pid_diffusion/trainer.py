@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .checkpoint import read_teacher, student_from_teacher
+from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
 from .evaluation import ONE_SHOT_MODE, run_generation, sampler_options
 from .families import family_of
 from .fid import (DETECTORS, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension, load_detector,
                   reference_name, reference_stats)
 from .generate import GenerationRequest, generate, save_grid, to_uint8
-from .guidance import GuidanceOptions, GuidedDenoiser
-from .latents import LatentOptions
+from .guidance import GuidanceOptions
+from .latents import LatentOptions, output_shape
 from .log import PROGRESS_FILE
 from .loop import LoopConfig, TrainingLoop
 from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
@@ -118,15 +118,9 @@ class PIDTrainer(TrainingLoop):
 
     def __init__(self, config, dist_info=None):
         super().__init__(config, dist_info)
-        self.teacher, teacher_config, teacher_state = read_teacher(config.teacher_model_path, config.attention,
-                                                                   **config.network_flags)
-        # its precision follows --mixed_precision / --use_fp16 (autocast), not the use_fp16 its file records
-        # (EDM's ImageNet-64 .pkl says True), as the original follows its flag
-        self.teacher.use_fp16 = False
-        if config.guide_model_path:  # autoguidance: the student learns the guided teacher's ODE
-            guide = read_teacher(config.guide_model_path, config.attention)[0]
-            guide.use_fp16 = False
-            self.teacher = GuidedDenoiser(self.teacher, guide, config.guidance)
+        # with --guide_model_path the student learns the autoguided teacher's ODE
+        self.teacher, teacher_config, teacher_state = read_denoiser(config.teacher_model_path, config, config.attention,
+                                                                    **config.network_flags)
         self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
         family = family_of(teacher_config)
         if family.rewrites_weights_in_training and not config.batched_student:
@@ -197,7 +191,7 @@ class PIDTrainer(TrainingLoop):
 
     def output_shape(self):
         """The shape of the images the student's samples become (its samples' own, unless they are latents)."""
-        return self.image_shape if self.decode is None else self.decode.image_shape(self.image_shape, self.device)
+        return output_shape(self.decode, self.image_shape, self.device)
 
     def after_save(self):
         """samples_{step}.png: the first network's (an EMA's, if any) one-step samples 0 … GRID_SAMPLES − 1 of

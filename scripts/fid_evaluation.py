@@ -44,6 +44,9 @@ def evaluate_folder(args, given, device):
     request = cli.generation_request(args)
     guidance = cli.guidance(args)
     guidance.check_guidance()
+    # a guided teacher's rows answer their own question (unguided descriptions stay as they were)
+    guided = dict(guidance=guidance.guidance, guide_model_path=guidance.guide_model_path) if (
+        guidance.guide_model_path) else {}
     detector = load_detector(args.detector, args.detector_path or None, device)
     checkpoints = evaluation.checkpoints_in(args.exp_dir, [n for n in args.checkpoints.split(",") if n])
     if not checkpoints:
@@ -70,8 +73,6 @@ def evaluate_folder(args, given, device):
             log(f"{name}: skipped, cannot be loaded ({e})")
             unreadable.append(name)
             continue
-        guided = dict(guidance=guidance.guidance, guide_model_path=guidance.guide_model_path) if (
-            guidance.guide_model_path) else {}
         sampling = evaluation.sampling_description({**loaded.options, **guided}, request)
         question = {**measurement, "sampling": sampling}
         known = evaluation.answer(evaluation.read_results(results_path), name, question) if dist.is_main() else None

@@ -308,9 +308,9 @@ def test_autoguided_distillation_targets_the_guided_teacher(tmp_path):
     assert not (tmp_path / "bad" / "run_config.json").exists()
 
 
-def write_tiny_vae(folder):
+def write_tiny_vae(folder, seed=0):
     diffusers = pytest.importorskip("diffusers", reason="the [latent] extra (diffusers) is not installed")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
                                   down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                                   layers_per_block=1, norm_num_groups=4, sample_size=16)
@@ -339,6 +339,16 @@ def test_a_latent_teacher_distils_and_its_samples_are_decoded_for_fid(tmp_path):
         expected = vae.decode((z - torch.tensor(encoder["bias"]).reshape(1, 4, 1, 1))
                               / torch.tensor(encoder["scale"]).reshape(1, 4, 1, 1)).sample.clamp(-1, 1)
     assert torch.allclose(loaded.decode(z), expected, atol=1e-6)
+    # --vae_path replaces the VAE the file names
+    other = write_tiny_vae(tmp_path / "other_vae", seed=1)
+    replaced = load_sampling_model("one_shot_pinn_edm_edm_one_shot", str(tmp_path / "run" / "ema_0.9_000002.pt"), {},
+                                   "cpu", dict(sampler="oneshot", sigma_min=0.002, sigma_max=80.0, clip_denoised=True),
+                                   vae_path=str(tmp_path / "other_vae"))
+    with torch.no_grad():
+        expected_other = other.decode((z - torch.tensor(encoder["bias"]).reshape(1, 4, 1, 1))
+                                      / torch.tensor(encoder["scale"]).reshape(1, 4, 1, 1)).sample.clamp(-1, 1)
+    assert torch.allclose(replaced.decode(z), expected_other, atol=1e-6)
+    assert not torch.allclose(replaced.decode(z), expected, atol=1e-3)
 
 
 def test_a_latent_teacher_without_diffusers_is_refused_in_one_line(tmp_path, monkeypatch):
