@@ -1,9 +1,9 @@
 """Precision study on a real teacher: the same PID distillation (same teacher, initialisation, seeds
 and steps) once per configuration, scored by digit FID and conditional accuracy of its checkpoints.
 
-    python benchmarks/precision_study.py --modes reference,reference+seed=1,default,default+mixed_precision=fp16,default+mixed_precision=bf16,fast --json precision.json
+    python benchmarks/precision_study.py --modes reference,reference+seed=1,eager,eager+mixed_precision=fp16,eager+mixed_precision=bf16,fast --json precision.json
 
-Modes are those of pid_diffusion/benchmark_modes.py (reference, default, fast, fast-no<option>,
+Modes are those of pid_diffusion/benchmark_modes.py (reference, eager, default, fast, fast-no<option>,
 <mode>+<option>=<value>). Every run: the digits teacher (model_zoo/digits-ddpmpp.pt), the
 quickstart's settings (l2, N = 250, RAdam 1e-3, batch 64, EMA 0.99 and 0.999), one process. Every
 `--eval_every` steps, each checkpoint (model and EMA) makes `--num_samples` one-step samples from the
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from pid_diffusion import dist
 from pid_diffusion.benchmark_modes import STUDY_SETTINGS, mode_options, study_config
-from pid_diffusion.checkpoint import load_student
-from pid_diffusion.demo import CLIP_DENOISED, DIGITS_SHAPE
+from pid_diffusion.checkpoint import load_student, load_teacher
+from pid_diffusion.demo import CLIP_DENOISED
 from pid_diffusion.digits import NUM_CLASSES
 from pid_diffusion.evaluation import checkpoints_in
 from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
@@ -67,13 +67,13 @@ def probe(config, indices=PROBE_INDICES, batch=64):
     return errors
 
 
-def score(folder, detector, reference, num_samples, device):
-    """[{name, step, fid, class_accuracy}] of every checkpoint in a run folder."""
+def score(folder, detector, reference, num_samples, device, image_shape):
+    """[{name, step, fid, class_accuracy}] of every checkpoint in a run folder (samples of `image_shape`)."""
     rows = []
     for name, step, path in checkpoints_in(folder):
         student = load_student(path).to(device)
-        tally = DetectorTally(detector, DIGITS_SHAPE, device)
-        for batch in generate(student, num_samples, 1000, 0, DIGITS_SHAPE, NUM_CLASSES, device=device,
+        tally = DetectorTally(detector, image_shape, device)
+        for batch in generate(student, num_samples, 1000, 0, image_shape, NUM_CLASSES, device=device,
                               sampler="oneshot", clip_denoised=CLIP_DENOISED):
             tally.update(batch.images, batch.labels.to(device))
         rows.append(dict(name=name, step=step, fid=tally.fid(reference), class_accuracy=tally.class_accuracy()))
@@ -131,7 +131,8 @@ def plot(json_paths, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default="reference,reference+seed=1,default", help="comma list of modes")
-    parser.add_argument("--teacher", default="model_zoo/digits-ddpmpp.pt", help="digits teacher file")
+    parser.add_argument("--teacher", default="model_zoo/digits-ddpmpp.pt", help="digits teacher file (8×8, or one made at another size by "
+                        "scripts/train_teacher.py --image_size, e.g. the CIFAR-10 testbed: model_zoo/README.md)")
     parser.add_argument("--steps", type=int, default=2000, help="PID steps per run")
     parser.add_argument("--eval_every", type=int, default=250, help="checkpoint and score every this many steps")
     parser.add_argument("--num_samples", type=int, default=2000, help="samples per checkpoint")
@@ -146,6 +147,8 @@ def main(argv=None):
     device = info.device
     detector = load_detector("digits", device=device)
     reference = digits_reference_stats(detector, device)
+    teacher = load_teacher(args.teacher)
+    image_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
                 date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv), teacher=args.teacher, steps=args.steps,
                 num_samples=args.num_samples, settings=STUDY_SETTINGS)
@@ -160,7 +163,7 @@ def main(argv=None):
             seconds = time.time() - started
             with open(os.path.join(folder, "progress.csv"), newline="") as f:
                 losses = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
-            checkpoints = score(folder, detector, reference, args.num_samples, device)
+            checkpoints = score(folder, detector, reference, args.num_samples, device, image_shape)
             results.append(dict(mode=label, options=options, train_seconds=seconds, losses=losses,
                                 checkpoints=checkpoints, implied_denoised_relative_error=errors))
             with open(args.json, "w") as f:  # after every mode: a run cut short keeps what it measured

@@ -5,8 +5,9 @@
 
 Random weights (timing does not depend on them): the teacher is the official architecture with
 EDM's initialisation, saved to a temporary file and loaded through the trainer like a real one;
-LPIPS gets a random VGG16 and random linear weights. Modes (reference, fast, ablation,
-fast-no<option>, <mode>+<option>=<value>, ...): pid_diffusion/benchmark_modes.py. Before 2026-11-29
+LPIPS gets a random VGG16 and random linear weights. Modes (default, use_fp16, eager, reference, fast,
+ablation, fast-no<option>, <mode>+<option>=<value>, ...): pid_diffusion/benchmark_modes.py. Before
+2026-12-02 `default` meant the eager preset (now `eager`; `default` is what cm_train.py runs). Before 2026-11-29
 `fast` ran the student in bf16 too: that is fast+student_precision=autocast; before 2026-11-30 DDP
 used PyTorch's 25-MiB buckets: fast+ddp_bucket_cap_mb=25. PyTorch's default precision settings stay as they are (cuDNN convolutions may use TF32, matrix
 products do not), as when the original runs. Prints a table (per-GPU images/s, peak memory) and
@@ -116,7 +117,7 @@ def main():
     parser.add_argument("--configs", default="cifar10", help=f"comma list: {', '.join(CONFIGS)}")
     parser.add_argument("--losses", default="lpips,l2", help="comma list: lpips, l2, l1")
     parser.add_argument("--batches", default="64", help="comma list of per-GPU batch sizes")
-    parser.add_argument("--modes", default="reference,fast", help="comma list: reference, fast, fast-no<option>, ablation")
+    parser.add_argument("--modes", default="reference,fast", help="comma list: default, use_fp16, eager, reference, fast, fast-no<option>, ablation")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--json", default="train_step.json", help="output file")

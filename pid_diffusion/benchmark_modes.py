@@ -2,8 +2,12 @@
 precision_study.py): a *mode* names trainer options, so that one command line compares several.
 
 Modes:
-  default    TrainConfig's declared defaults: the `eager` preset (what scripts/cm_train.py runs on a CPU;
-             on CUDA it runs `fast`)
+  default    what scripts/cm_train.py runs on this device with no speed flag (--speed auto: `fast` on
+             CUDA, `eager` on a CPU)
+  use_fp16   the default with --use_fp16 True: the original's fp16 path (everything, the student too, in
+             float16 with dynamic loss scaling), what scripts/distill_pid_diffusion.sh runs for ImageNet-64
+  eager      the --speed eager preset, TrainConfig's declared defaults: the reference's numbers computed
+             faster, no compilation
   reference  the --speed reference preset: the original's numerics and structure (fp32, two separate
              student calls, explicit float32-softmax attention, per-parameter optimizer loop, NCHW, no
              compilation)
@@ -17,6 +21,8 @@ Modes:
 """
 
 import dataclasses
+
+import torch
 
 from .settings import str2bool
 from .speed import preset_values
@@ -38,13 +44,17 @@ def option_value(name, text):
     return str2bool(text) if isinstance(default, bool) else type(default)(text)
 
 
-def mode_options(modes):
-    """[(label, trainer options)] for the requested modes."""
+def mode_options(modes, device_type=None):
+    """[(label, trainer options)] for the requested modes on `device_type` (default: CUDA when there is a
+    GPU, as the scripts choose)."""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     out = []
     for mode in modes:
         base, *overrides = mode.split("+")
-        if base == "default":
-            options = {}
+        if base in ("default", "use_fp16"):
+            options = preset_values(TrainConfig, "auto", device_type, use_fp16=base == "use_fp16")
+        elif base == "eager":
+            options = preset_values(TrainConfig, "eager", device_type)
         elif base == "reference":
             options = dict(REFERENCE)
         elif base == "fast":
@@ -59,7 +69,7 @@ def mode_options(modes):
                 out.append((f"+{name}={value}", dict(options)))
             continue
         else:
-            raise ValueError(f"unknown mode {mode!r}; valid: default, reference, fast, ablation, fast-no<option> with "
+            raise ValueError(f"unknown mode {mode!r}; valid: default, use_fp16, eager, reference, fast, ablation, fast-no<option> with "
                              f"<option> one of {', '.join(FAST)}, each but ablation with +<option>=<value> "
                              "overrides")
         for override in overrides:

@@ -14,7 +14,8 @@ import os
 import torch
 
 from .checkpoint import FLAG_FAMILY
-from .digits import DIGITS_NETWORK_CONFIG
+from .digits import DIGITS_NETWORK_CONFIG, RESOLUTION
+from .families import edm
 from .evaluation import ONE_SHOT_MODE, TEACHER_MODE, sampler_options
 from .fid import DetectorOptions
 from .generate import GenerationRequest
@@ -108,9 +109,17 @@ class FIDFlags(DetectorOptions):
 
 @dataclasses.dataclass(kw_only=True)
 class TeacherFlags:
-    """train_teacher.py's flags of the network and the export (the loop's are TeacherTrainConfig's)."""
+    """train_teacher.py's flags of the images, the network and the export (the loop's are TeacherTrainConfig's)."""
+    image_size: int = option(8, "image side: 8 trains on the digits as they are, a larger side on the digits "
+                                "bilinearly upsampled to it (32 with --image_channels 3 and CIFAR-10's network flags "
+                                "is the CIFAR-10 testbed, model_zoo/README.md)")
+    image_channels: int = option(1, "1 (grey), or 3 (the grey digit in each of three channels, as an RGB teacher sees it)")
     num_channels: int = option(16, "base channel count of the DDPM++ (model_channels)")
     num_res_blocks: int = option(2, "residual blocks per resolution")
+    channel_mult: str = option("1,2", "channel multiplier per resolution, from the image side down (CIFAR-10's "
+                                      "DDPM++: 2,2,2)")
+    attention_resolutions: str = option("2", "self-attention at image_size // r for each downsampling factor r, as the "
+                                             "official flag (2: at half the image side)")
     dropout: float = option(0.1, "dropout in the residual blocks")
     export: str = option("", "after training, write the EMA network as a teacher file here (refused if it exists)")
     export_ema_rate: float = option(-1.0, "the EMA rate to export (default: the first of --ema_rate)")
@@ -154,6 +163,10 @@ def parse_teacher_training(argv=None, doc=None):
     args, _ = parser.parse(argv)
     if args.export and os.path.exists(args.export):
         parser.error(f"--export {args.export} exists; choose another name or remove it first")
+    try:
+        teacher_network_config(args)  # its errors are the command line's
+    except ValueError as e:
+        parser.error(str(e))
     rates = ema_rates(args.ema_rate)
     if args.export_ema_rate < 0:
         args.export_ema_rate = rates[0] if rates else -1.0
@@ -162,11 +175,37 @@ def parse_teacher_training(argv=None, doc=None):
     return args
 
 
+def teacher_network_config(args):
+    """The teacher's EDMPrecond keywords: the digits DDPM++ with the image and network flags; a
+    ValueError names a flag the network cannot be built with."""
+    size, channels = args.image_size, args.image_channels
+    if size < RESOLUTION:
+        raise ValueError(f"--image_size {size}: the digits are {RESOLUTION}×{RESOLUTION}; give {RESOLUTION} or a "
+                         "larger side to upsample them to")
+    if channels not in (1, 3):
+        raise ValueError(f"--image_channels {channels}: give 1 (grey) or 3 (the digit in each RGB channel)")
+    channel_mult = edm.int_list(args.channel_mult, "channel_mult")
+    if not channel_mult or min(channel_mult) < 1:
+        raise ValueError(f"--channel_mult {args.channel_mult!r}: give positive multipliers, one per resolution")
+    if size % 2 ** (len(channel_mult) - 1):
+        raise ValueError(f"--image_size {size} cannot be halved {len(channel_mult) - 1} times for the "
+                         f"{len(channel_mult)} resolutions of --channel_mult {args.channel_mult}")
+    resolutions = [size >> level for level in range(len(channel_mult))]
+    factors = edm.int_list(args.attention_resolutions, "attention_resolutions")
+    outside = [r for r in factors if r < 1 or size % r or size // r not in resolutions]
+    if outside:
+        raise ValueError(f"--attention_resolutions {args.attention_resolutions!r}: factor {outside[0]} gives no "
+                         f"resolution of the network ({', '.join(map(str, resolutions))}); give factors among "
+                         f"{', '.join(str(size // r) for r in resolutions)}")
+    return {**DIGITS_NETWORK_CONFIG, "img_resolution": size, "img_channels": channels,
+            "model_channels": args.num_channels, "num_blocks": args.num_res_blocks, "channel_mult": channel_mult,
+            "attn_resolutions": sorted({size // r for r in factors}, reverse=True), "dropout": args.dropout}
+
+
 def teacher_training_config(args, log_dir):
-    """The teacher trainer's configuration: the digits DDPM++ with the network flags, and the loop's flags."""
-    network = {**DIGITS_NETWORK_CONFIG, "model_channels": args.num_channels, "num_blocks": args.num_res_blocks,
-               "dropout": args.dropout}
-    return TeacherTrainConfig(log_dir=log_dir, network_config=network, **values_for(TeacherTrainConfig, args))
+    """The teacher trainer's configuration: the teacher's network (`teacher_network_config`) and the loop's flags."""
+    return TeacherTrainConfig(log_dir=log_dir, network_config=teacher_network_config(args),
+                              **values_for(TeacherTrainConfig, args))
 
 
 def _sampling_parser(doc):

@@ -57,6 +57,14 @@ def load_digits(split="all"):
     return images[parts[split]], labels[parts[split]]
 
 
+def at_size(images, size, channels):
+    """Digits images at `size`×`size` (bilinear upsampling: values stay in [−1, 1]) with the grey channel
+    in each of `channels` channels: the data of a teacher at another resolution, or with RGB input."""
+    if size != images.shape[-1]:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images.expand(-1, channels, -1, -1).contiguous()
+
+
 class DigitsClassifier(torch.nn.Module):
     """A small CNN on 1×8×8 images in [−1, 1]: two 3×3 convolution stages, a 64-d feature layer
     (the FID features), a linear layer to the 10 classes."""
@@ -120,10 +128,14 @@ class DigitsDetector(torch.nn.Module):
         self.classifier = classifier.eval().requires_grad_(False)
 
     def _scaled(self, pixels):
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (CHANNELS, RESOLUTION, RESOLUTION):
-            raise ValueError(f"the digits detector expects 1-channel {RESOLUTION}×{RESOLUTION} images, as the digits "
-                             f"teacher makes; got images of shape {tuple(pixels.shape[1:])}")
-        return pixels.to(torch.float32) / 127.5 - 1
+        """Pixels as the classifier sees digits: a larger side (a multiple of 8) is averaged down over
+        each block, three channels are averaged into one (the inverse, nearly, of `at_size`)."""
+        if (pixels.ndim != 4 or pixels.shape[1] not in (CHANNELS, 3) or pixels.shape[2] != pixels.shape[3]
+                or pixels.shape[-1] % RESOLUTION):
+            raise ValueError(f"the digits detector expects square 1- or 3-channel images whose side is a multiple of "
+                             f"{RESOLUTION}, as the digits teachers make; got images of shape {tuple(pixels.shape[1:])}")
+        images = pixels.to(torch.float32).mean(1, keepdim=True) / 127.5 - 1
+        return F.avg_pool2d(images, pixels.shape[-1] // RESOLUTION)
 
     def forward(self, pixels, return_features=True):
         return self.classifier.embed(self._scaled(pixels)).to(torch.float64)

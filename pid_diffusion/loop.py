@@ -356,14 +356,24 @@ class TrainingLoop:
         return loss_sum / len(starts), self._optimizer_step(scale)
 
     def _optimizer_step(self, scale):
-        if self.config.loss_scaling:
-            grads = [p.grad for p in self.network.parameters() if p.grad is not None]
-            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
-            if not bool(finite):  # the original's dynamic loss scale: halve and skip the step
-                self.log2_loss_scale -= 1
-                return False
-            torch._foreach_mul_(grads, 1.0 / scale)
-        self._add_norms()
+        """Unscale, measure and apply the summed gradients. No per-parameter Python loop and, in float32
+        and bf16, no host read: every kernel is queued and the host goes on to the next step. Under fp16
+        loss scaling the overflow check and the unscaling are one multi-tensor kernel (torch.amp's),
+        and the step reads its result once, after the norms are queued too: on a non-finite gradient the
+        original's dynamic loss scale halves and the step is skipped (weights, EMA, optimizer state and
+        norms untouched); the host must know, since the next step's noise follows the step count."""
+        parameters = [p for p in self.network.parameters() if p.grad is not None]
+        grads = [p.grad for p in parameters]
+        if self.config.loss_scaling and grads:
+            found_non_finite = torch.zeros(1, device=self.device)
+            inverse_scale = torch.full((1,), 1.0 / scale, device=self.device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_non_finite, inverse_scale)
+        norms = self._norms(parameters)
+        if self.config.loss_scaling and grads and found_non_finite.item():  # the step's one host read
+            self.log2_loss_scale -= 1
+            return False
+        if norms is not None:
+            self.norm_totals += norms
         self.optimizer.step()
         if self.config.loss_scaling:
             self.log2_loss_scale += self.config.fp16_scale_growth
@@ -375,16 +385,15 @@ class TrainingLoop:
                 group["lr"] = self.config.lr * (1 - fraction)
         return True
 
-    def _add_norms(self):
-        """Add this step's gradient and weight norms (over all parameters, before the update, after
-        unscaling) to the interval's totals on the device: progress.csv logs their means as
-        grad_norm and param_norm, as consistency_models' logger did."""
-        parameters = [p for p in self.network.parameters() if p.grad is not None]
+    @staticmethod
+    def _norms(parameters):
+        """This step's gradient and weight norms (over all parameters, before the update, after
+        unscaling), a device tensor (None without gradients): progress.csv logs their means over the
+        interval as grad_norm and param_norm, as consistency_models' logger did."""
         if not parameters:
-            return
-        norms = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
-                 for tensors in ([p.grad for p in parameters], parameters)]
-        self.norm_totals += torch.stack(norms).detach()
+            return None
+        return torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
+                            for tensors in ([p.grad for p in parameters], parameters)]).detach()
 
     # ----------------------------------------------------------------------------- the loop
     def run(self):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from . import dist
 from .checkpoint import save_teacher
-from .digits import DIGITS_NETWORK_CONFIG, load_digits
+from .digits import DIGITS_NETWORK_CONFIG, at_size, load_digits
 from .losses import EDM_P_MEAN, EDM_P_STD, edm_denoising_loss, edm_training_sigmas
 from .networks import EDMPrecond
 from .loop import LoopConfig, TrainingLoop
@@ -57,7 +57,8 @@ class TeacherTrainer(TrainingLoop):
         super().__init__(config, dist_info)
         load_data, _ = DATASETS[config.dataset]
         images, labels = load_data()
-        self.images = images.to(self.device)
+        network = config.network_config
+        self.images = at_size(images, network["img_resolution"], network["img_channels"]).to(self.device)
         self.label_dim = config.network_config.get("label_dim", 0)
         if self.label_dim and int(labels.max()) >= self.label_dim:
             raise ValueError(f"the {config.dataset} data have {int(labels.max()) + 1} classes, the network "
@@ -68,7 +69,8 @@ class TeacherTrainer(TrainingLoop):
         self.start(self.precond, self.precond.model, dict(config.network_config))
 
     def describe(self):
-        return (f"EDM teacher training on {self.config.dataset} ({len(self.labels)} images), "
+        side, channels = self.images.shape[-1], self.images.shape[1]
+        return (f"EDM teacher training on {self.config.dataset} ({len(self.labels)} images at {channels}×{side}×{side}), "
                 f"{sum(p.numel() for p in self.network.parameters()):,} parameters")
 
     def step_inputs(self, step):

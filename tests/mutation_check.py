@@ -179,6 +179,22 @@ MUTATIONS = (
     M("latents_decoded_without_unscaling", "pid_diffusion/latents.py",
       "unscaled = (latents - self.bias.to(latents.device)) / self.scale.to(latents.device)", "unscaled = latents",
       (EDM2,)),
+    # --- the host-free step and the CIFAR-10 testbed (#25)
+    M("fp16_gradients_left_scaled", "pid_diffusion/loop.py",
+      "inverse_scale = torch.full((1,), 1.0 / scale, device=self.device)",
+      "inverse_scale = torch.full((1,), 1.0, device=self.device)",
+      ("tests/test_trainer.py::test_fp16_gradients_are_unscaled_before_the_update_and_the_norms",)),
+    M("fp16_non_finite_step_applied", "pid_diffusion/loop.py",
+      "if self.config.loss_scaling and grads and found_non_finite.item():",
+      "if self.config.loss_scaling and grads and found_non_finite.item() > 1:",
+      ("tests/test_trainer.py::test_fp16_loss_scale_skips_a_non_finite_gradient_and_grows",)),
+    M("teacher_data_at_native_size", "pid_diffusion/teacher_trainer.py",
+      'at_size(images, network["img_resolution"], network["img_channels"])', "images",
+      ("tests/test_digits.py::test_teacher_trainer_at_another_resolution_makes_the_network_and_data_it_names",)),
+    M("benchmark_default_is_eager", "pid_diffusion/benchmark_modes.py",
+      'preset_values(TrainConfig, "auto", device_type, use_fp16=base == "use_fp16")',
+      'preset_values(TrainConfig, "eager", device_type, use_fp16=base == "use_fp16")',
+      ("tests/test_speed_options.py::test_benchmark_modes_and_overrides",)),
 )
 
 

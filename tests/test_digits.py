@@ -4,6 +4,7 @@ FID / conditional accuracy, and the demo metrics' handling of bad input."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from conftest import tiny_song_config
-from pid_diffusion import digits
+from pid_diffusion import cli, digits
+from pid_diffusion.families import edm
 from pid_diffusion.checkpoint import load_teacher, save_teacher
 from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
 from pid_diffusion.generate import seeded_inputs
@@ -98,6 +100,66 @@ def test_teacher_trainer_draws_real_digits_and_exports_a_loadable_teacher(tmp_pa
     assert all(torch.equal(v, start[k]) for k, v in other.network.state_dict().items())
 
 
+def test_the_digits_at_another_size_and_in_rgb_keep_their_class():
+    """The CIFAR-10 testbed's data: the digits upsampled to 32×32 in three channels; the detector averages
+    them back to grey 8×8, so the shipped classifier judges them as it judges the digits."""
+    images, labels = digits.load_digits("held_out")
+    large = digits.at_size(images, 32, 3)
+    assert large.shape == (len(images), 3, 32, 32) and large.min() >= -1 and large.max() <= 1
+    assert torch.equal(large[:, 0], large[:, 2]) and torch.equal(digits.at_size(images, 8, 1), images)
+    detector = load_detector("digits", SHIPPED_CLASSIFIER)
+    for shape, data in (((1, 8, 8), images), ((3, 32, 32), large), ((3, 16, 16), digits.at_size(images, 16, 3))):
+        tally = DetectorTally(detector, shape)
+        tally.update(data, labels)
+        assert tally.class_accuracy() >= 0.97, shape  # 98.9% at 8×8
+    back = torch.nn.functional.avg_pool2d(large[:, :1], 4)
+    assert (back - images).abs().mean() < 0.3 * (images + 1).abs().mean()  # the digit, slightly blurred
+
+
+def test_teacher_trainer_at_another_resolution_makes_the_network_and_data_it_names(tmp_path):
+    args = cli.parse_teacher_training(["--image_size", "16", "--image_channels", "3", "--num_channels", "8",
+                                       "--num_res_blocks", "1", "--channel_mult", "1,1,2", "--attention_resolutions",
+                                       "4", "--global_batch_size", "4"])
+    config = cli.teacher_training_config(args, str(tmp_path / "run"))
+    network = config.network_config
+    assert (network["img_resolution"], network["img_channels"], network["channel_mult"],
+            network["attn_resolutions"]) == (16, 3, [1, 1, 2], [4])
+    trainer = TeacherTrainer(config)
+    images, labels, sigma, noise = trainer.step_inputs(0)
+    assert images.shape == noise.shape == (4, 3, 16, 16) and labels.shape == (4, 10)
+    assert (trainer.precond.img_resolution, trainer.precond.img_channels) == (16, 3)
+    attention = {name.split(".")[1].split("_")[0] for name, m in trainer.network.named_modules() if hasattr(m, "qkv")}
+    assert attention == {"4x4"}  # image_size // 4
+    loss, applied = trainer.train_step()
+    assert applied and torch.isfinite(loss)
+    trainer.close()
+    # the CIFAR-10 DDPM++ flags give the official CIFAR-10 network, class-conditional, on 3×32×32 digits
+    cifar = cli.teacher_network_config(cli.parse_teacher_training(
+        ["--image_size", "32", "--image_channels", "3", "--num_channels", "128", "--num_res_blocks", "4",
+         "--channel_mult", "2,2,2", "--dropout", "0.13"]))
+    official = edm.config_from_flags(image_size=32, num_channels=128, num_res_blocks=4, attention_resolutions="2",
+                                     class_cond=True)
+    assert {k: cifar[k] for k in official if k not in ("use_fp16", "dropout", "augment_dim")} == \
+        {k: v for k, v in official.items() if k not in ("use_fp16", "dropout", "augment_dim")}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--image_size", "4"], "--image_size 4: the digits are 8×8"),
+    (["--image_channels", "2"], "--image_channels 2: give 1 .grey. or 3"),
+    (["--image_size", "12", "--channel_mult", "1,2,2,2"], "--image_size 12 cannot be halved 3 times"),
+    (["--attention_resolutions", "3"], "--attention_resolutions '3': factor 3 gives no resolution of the network "
+                                       "\\(8, 4\\); give factors among 1, 2"),
+    (["--channel_mult", "1,x"], "--channel_mult must be a comma-separated list of integers"),
+    (["--channel_mult", "0,2"], "--channel_mult '0,2': give positive multipliers"),
+])
+def test_teacher_image_and_network_flags_refuse_what_builds_no_network(flags, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse_teacher_training(flags)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(message, error), error
+
+
 def test_train_teacher_script_refuses_to_replace_an_export(tmp_path):
     existing = tmp_path / "teacher.pt"
     existing.write_bytes(b"keep me")
@@ -136,8 +198,10 @@ def test_digits_detector_fid_and_class_accuracy_on_real_digits():
 
 def test_digits_detector_explains_images_of_another_kind():
     detector = load_detector("digits", SHIPPED_CLASSIFIER)
-    with pytest.raises(ValueError, match="expects 1-channel 8×8 images.*got images of shape \\(3, 32, 32\\)"):
-        DetectorTally(detector, (3, 32, 32))
+    for shape in ((3, 20, 20), (2, 32, 32), (1, 16, 8)):
+        with pytest.raises(ValueError, match="square 1- or 3-channel images whose side is a multiple of 8.*got images "
+                                             f"of shape \\{shape}".replace(")", "\\)").replace(" \\(", " \\(")):
+            DetectorTally(detector, shape)
     with pytest.raises(ValueError, match="needs --detector digits"):
         digits_reference_stats(load_detector("pixels"))
 

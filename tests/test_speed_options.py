@@ -237,11 +237,23 @@ def test_benchmark_modes_and_overrides():
         mode_options(["fast+compile=maybe"])
     with pytest.raises(ValueError, match="unknown mode 'slow'"):
         mode_options(["slow"])
+    # `default` is what cm_train.py runs on the device without a speed flag; use_fp16 adds --use_fp16 True
+    for device_type in ("cuda", "cpu"):
+        script, fp16 = (cli.distillation_config(*cli.parse_distillation(["--teacher_model_path", "t.pt", *flags]), "run",
+                                                device_type=device_type) for flags in ([], ["--use_fp16", "True"]))
+        modes = dict(mode_options(["default", "use_fp16", "eager"], device_type))
+        for name, value in modes["default"].items():
+            assert getattr(script, name) == value, (device_type, name)
+        for name, value in modes["use_fp16"].items():
+            assert getattr(fp16, name) == value, (device_type, name)
+    assert dict(mode_options(["default"], "cuda"))["default"] == fast
+    assert dict(mode_options(["default"], "cpu"))["default"] == dict(mode_options(["eager"], "cuda"))["eager"] != fast
+    assert dict(mode_options(["use_fp16"], "cuda"))["use_fp16"]["mixed_precision"] == "fp16"
 
 
-STUDY_MODES = ("reference,reference+seed=1,default,default+mixed_precision=fp16,default+mixed_precision=bf16,"
-               "default+mixed_precision=bf16+student_precision=fp32_output,"
-               "default+mixed_precision=bf16+student_precision=fp32")
+STUDY_MODES = ("reference,reference+seed=1,eager,eager+mixed_precision=fp16,eager+mixed_precision=bf16,"
+               "eager+mixed_precision=bf16+student_precision=fp32_output,"
+               "eager+mixed_precision=bf16+student_precision=fp32")
 """The configurations of the precision study in docs/precision.md."""
 
 

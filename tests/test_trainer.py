@@ -1,3 +1,4 @@
+import csv
 import os
 import shlex
 import shutil
@@ -16,7 +17,7 @@ from pid_diffusion.checkpoint import load_student, save_teacher
 from pid_diffusion.losses import pid_loss
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.samplers import sample
-from pid_diffusion.loop import TrainingDivergedError, per_process_batch
+from pid_diffusion.loop import FP16_INITIAL_LOG2_SCALE, TrainingDivergedError, per_process_batch
 from pid_diffusion.trainer import PIDTrainer, TrainConfig, train
 from tolerances import between_implementations, network_roundings, pid_step_bounds, rounding_bound
 
@@ -45,6 +46,17 @@ def run_script(args, log_dir, processes=None, timeout=240):
 
 def load(path):
     return torch.load(path, weights_only=True)
+
+
+def total_norm(tensors):
+    """The norm of all the tensors together."""
+    return float(sum(t.double().pow(2).sum() for t in tensors) ** 0.5)
+
+
+def read_csv_column(path, name):
+    """A column of a CSV file, its empty cells left out ([] when the column is absent)."""
+    with open(path, newline="") as f:
+        return [row[name] for row in csv.DictReader(f) if row.get(name)]
 
 
 def assert_same_tensors(a, b):
@@ -81,8 +93,12 @@ def run_difference_bounds(teacher_path, log_dir, steps):
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="no mpirun: install the mpich extra (pip install -e '.[mpich]')")
-def test_two_processes_match_one_process(teacher_path, tmp_path):
-    args = ["--teacher_model_path", teacher_path, *TINY_FLAGS, "--total_training_steps", "3", "--save_interval", "3"]
+@pytest.mark.parametrize("use_fp16", [False, True])
+def test_two_processes_match_one_process(teacher_path, tmp_path, use_fp16):
+    """The same run on one process and two (fp16: loss scaling, the overflow check on the all-reduced
+    gradients), to rounding."""
+    args = ["--teacher_model_path", teacher_path, *TINY_FLAGS, "--total_training_steps", "3", "--save_interval", "3",
+            "--use_fp16", str(use_fp16)]
     single = run_script(args, tmp_path / "one")
     double = run_script([*args, "--ddp_bucket_cap_mb", "0"], tmp_path / "two", processes=2)  # fast's one bucket
     assert single.returncode == 0, single.stderr
@@ -92,8 +108,18 @@ def test_two_processes_match_one_process(teacher_path, tmp_path):
     one, two = load(tmp_path / "one" / "model000003.pt"), load(tmp_path / "two" / "model000003.pt")
     moved = [k for k in one if not torch.equal(one[k], load(teacher_path)["state_dict"]["model." + k])]
     assert len(moved) > len(one) // 2  # training really changed the weights
-    bounds = run_difference_bounds(teacher_path, tmp_path / "bounds", steps=3)
-    assert all((one[k] - two[k]).norm() <= bounds[k] for k in one)
+    if use_fp16:  # float16's rounding, measured: the same run in float32 differs from either by about as much
+        train(make_config(teacher_path, tmp_path / "fp32", total_training_steps=3, save_interval=3))
+        fp32, start = load(tmp_path / "fp32" / "model000003.pt"), load(teacher_path)["state_dict"]
+        rounding = total_norm(one[k] - fp32[k] for k in one)
+        assert rounding <= 0.05 * total_norm(fp32[k] - start["model." + k] for k in one)  # rounding, not another step
+        assert total_norm(one[k] - two[k] for k in one) <= 2 * rounding
+    else:
+        bounds = run_difference_bounds(teacher_path, tmp_path / "bounds", steps=3)
+        assert all((one[k] - two[k]).norm() <= bounds[k] for k in one)
+    if use_fp16:  # fp16 starts at 2^20, which overflows on this network: both runs skipped steps on the way
+        two_scales = read_csv_column(tmp_path / "two" / "progress.csv", "lg_loss_scale")
+        assert len(two_scales) == 2 and float(two_scales[0]) < FP16_INITIAL_LOG2_SCALE - 1
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="no torchrun beside this Python (it comes with torch)")
@@ -268,17 +294,68 @@ def test_disk_full_during_save_keeps_earlier_checkpoints(teacher_path, tmp_path,
     assert load(tmp_path / "model000002.pt").keys() == trainer.student.net.state_dict().keys()
 
 
-def test_fp16_loss_scale_skips_overflowing_steps_and_grows(teacher_path, tmp_path):
+def trainer_state(trainer):
+    """Everything a skipped step must leave as it was: weights, EMA averages, optimizer state, norms."""
+    return ({k: v.clone() for k, v in trainer.student.net.state_dict().items()},
+            {rate: [a.clone() for a in averages] for rate, averages in trainer.ema.averages.items()},
+            {index: {k: torch.as_tensor(v).clone() for k, v in state.items()}
+             for index, state in trainer.optimizer.state_dict()["state"].items()},
+            trainer.norm_totals.clone())
+
+
+def assert_same_state(a, b):
+    (weights_a, ema_a, optimizer_a, norms_a), (weights_b, ema_b, optimizer_b, norms_b) = a, b
+    assert_same_tensors(weights_a, weights_b)
+    assert ema_a.keys() == ema_b.keys() and all(map(torch.equal, sum(ema_a.values(), []), sum(ema_b.values(), [])))
+    assert optimizer_a.keys() == optimizer_b.keys()
+    assert all(torch.equal(v, optimizer_b[i][k]) for i, state in optimizer_a.items() for k, v in state.items())
+    assert torch.equal(norms_a, norms_b)
+
+
+def test_fp16_loss_scale_skips_a_non_finite_gradient_and_grows(teacher_path, tmp_path):
     trainer = PIDTrainer(make_config(teacher_path, tmp_path, mixed_precision="fp16", fp16_scale_growth=0.5))
-    before = {k: v.clone() for k, v in trainer.student.net.state_dict().items()}
+    trainer.log2_loss_scale = 10.0
+    _, applied = trainer.train_step()  # a first step: optimizer state and EMA averages exist
+    assert applied and trainer.step == 1 and trainer.log2_loss_scale == 10.5
+    before = trainer_state(trainer)
+    one_weight = next(trainer.student.net.parameters())
+    hook = one_weight.register_hook(lambda gradient: gradient * float("nan"))  # one NaN gradient tensor
+    _, applied = trainer.train_step()
+    assert not applied and trainer.step == 1 and trainer.log2_loss_scale == 9.5
+    assert_same_state(trainer_state(trainer), before)
+    hook.remove()
     trainer.log2_loss_scale = 200.0  # 2^200 overflows float32: every gradient becomes inf
     _, applied = trainer.train_step()
-    assert not applied and trainer.step == 0 and trainer.log2_loss_scale == 199.0
-    assert all(torch.equal(v, before[k]) for k, v in trainer.student.net.state_dict().items())
+    assert not applied and trainer.step == 1 and trainer.log2_loss_scale == 199.0
+    assert_same_state(trainer_state(trainer), before)
     trainer.log2_loss_scale = 10.0
     _, applied = trainer.train_step()
-    assert applied and trainer.step == 1 and trainer.log2_loss_scale == 10.5
+    assert applied and trainer.step == 2 and trainer.log2_loss_scale == 10.5
     assert all(torch.isfinite(p).all() for p in trainer.student.net.parameters())
+    after = trainer_state(trainer)
+    assert not torch.equal(after[0][next(iter(after[0]))], before[0][next(iter(before[0]))])  # this step applied
+    trainer.close()
+
+
+def test_fp16_gradients_are_unscaled_before_the_update_and_the_norms(teacher_path, tmp_path):
+    """The loss is multiplied by the scale; the update and the logged norms see the gradient of the loss
+    itself, whatever the scale (scales are powers of two here, so unscaling is exact up to fp16's
+    underflow, which the larger scale avoids). RAdam's first steps are not scale-invariant (lr·m̂),
+    so a gradient left scaled would move the weights 2^12 times as far."""
+    updates, norms = [], []
+    for log2_scale in (0.0, 12.0):
+        trainer = PIDTrainer(make_config(teacher_path, tmp_path / str(log2_scale), mixed_precision="fp16"))
+        start = {k: v.clone() for k, v in trainer.student.net.state_dict().items()}
+        trainer.log2_loss_scale = log2_scale
+        _, applied = trainer.train_step()
+        assert applied
+        updates.append({k: v - start[k] for k, v in trainer.student.net.state_dict().items()})
+        norms.append(trainer.norm_totals.clone())
+        trainer.close()
+    assert relative_error(norms[1], norms[0]) < 1e-3
+    for key, update in updates[0].items():
+        ulp = torch.finfo(torch.float32).eps * start[key].norm()  # each updated weight may round either way
+        assert (updates[1][key] - update).norm() <= 1e-3 * update.norm() + ulp, key
 
 
 def test_explicit_resume_checkpoint_from_another_folder(teacher_path, tmp_path):

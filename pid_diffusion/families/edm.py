@@ -53,7 +53,7 @@ class ArchitectureError(ValueError):
     """Flags that describe no supported network, or a network other than the file's."""
 
 
-def _int_list(text, flag):
+def int_list(text, flag):
     if isinstance(text, (list, tuple)):
         return [int(v) for v in text]
     try:
@@ -67,7 +67,7 @@ def channel_mult_for(image_size, channel_mult=""):
         if image_size not in DEFAULT_CHANNEL_MULT:
             raise ArchitectureError(f"no default --channel_mult for image_size {image_size}; give one")
         return list(DEFAULT_CHANNEL_MULT[image_size])
-    return _int_list(channel_mult, "channel_mult")
+    return int_list(channel_mult, "channel_mult")
 
 
 def config_from_flags(**flags):
@@ -81,7 +81,7 @@ def config_from_flags(**flags):
             "(DhariwalUNet). Files that record their architecture (EDM .pkl, our checkpoints) need no flags.")
     if f["learn_sigma"]:
         raise ArchitectureError("--learn_sigma True is not supported: EDM teachers predict 3 channels")
-    factors = _int_list(f["attention_resolutions"], "attention_resolutions")
+    factors = int_list(f["attention_resolutions"], "attention_resolutions")
     if any(r <= 0 or size % r for r in factors):
         raise ArchitectureError(f"--attention_resolutions {f['attention_resolutions']!r}: each entry is a "
                                 f"downsampling factor that must divide image_size {size}")
@@ -112,7 +112,7 @@ def flags_from_config(config):
 
 def _normalised_flag(name, value, image_size):
     if name == "attention_resolutions":
-        return sorted(set(_int_list(value, name)))
+        return sorted(set(int_list(value, name)))
     if name == "channel_mult":
         return channel_mult_for(image_size, value)
     if name == "class_cond":
