@@ -22,8 +22,6 @@ Modes:
 
 import dataclasses
 
-import torch
-
 from .settings import str2bool
 from .speed import preset_values
 from .trainer import TrainConfig
@@ -47,7 +45,6 @@ def option_value(name, text):
 def mode_options(modes, device_type=None):
     """[(label, trainer options)] for the requested modes on `device_type` (default: CUDA when there is a
     GPU, as the scripts choose)."""
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     out = []
     for mode in modes:
         base, *overrides = mode.split("+")

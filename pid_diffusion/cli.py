@@ -11,8 +11,6 @@ import dataclasses
 import datetime
 import os
 
-import torch
-
 from .checkpoint import FLAG_FAMILY
 from .digits import DIGITS_NETWORK_CONFIG, RESOLUTION
 from .families import edm
@@ -150,7 +148,6 @@ def distillation_config(args, given, log_dir, device_type=None):
     """The trainer's configuration: the flags, with the speed and precision options that are not given
     from the --speed preset for `device_type` (default: cuda when a GPU is visible, else cpu) and
     --use_fp16 (the original's fp16 path)."""
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     values = {**values_for(TrainConfig, args), "log_dir": log_dir, "network_flags": network_flags(args, given)}
     presets = preset_values(TrainConfig, args.speed, device_type, args.use_fp16)
     values.update({name: value for name, value in presets.items() if name not in given})

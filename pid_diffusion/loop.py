@@ -364,12 +364,13 @@ class TrainingLoop:
         norms untouched); the host must know, since the next step's noise follows the step count."""
         parameters = [p for p in self.network.parameters() if p.grad is not None]
         grads = [p.grad for p in parameters]
+        found_non_finite = None
         if self.config.loss_scaling and grads:
             found_non_finite = torch.zeros(1, device=self.device)
             inverse_scale = torch.full((1,), 1.0 / scale, device=self.device)
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_non_finite, inverse_scale)
         norms = self._norms(parameters)
-        if self.config.loss_scaling and grads and found_non_finite.item():  # the step's one host read
+        if found_non_finite is not None and found_non_finite.item():  # the step's one host read
             self.log2_loss_scale -= 1
             return False
         if norms is not None:

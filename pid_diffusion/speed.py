@@ -112,10 +112,11 @@ class SpeedSettings:
             keep_compiled_convolutions_channels_last(self.memory_format(device_type) is torch.channels_last)
 
 
-def preset_values(config_class, preset, device_type, use_fp16=False):
-    """The values a --speed preset gives the preset options of `config_class` ('auto': by device), then
-    --use_fp16 (the original's fp16 path: everything, the student too, in float16 autocast with loss
-    scaling)."""
+def preset_values(config_class, preset, device_type=None, use_fp16=False):
+    """The values a --speed preset gives the preset options of `config_class` ('auto': by device; no
+    `device_type`: cuda when a GPU is visible, else cpu, as the scripts choose), then --use_fp16 (the
+    original's fp16 path: everything, the student too, in float16 autocast with loss scaling)."""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     name = DEFAULT_SPEED.get(device_type, "eager") if preset == "auto" else preset
     if name not in PRESET_CHANGES:
         raise ValueError(f"--speed {preset!r} is not supported; valid: auto, {', '.join(PRESET_CHANGES)}")

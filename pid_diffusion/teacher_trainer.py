@@ -59,7 +59,7 @@ class TeacherTrainer(TrainingLoop):
         images, labels = load_data()
         network = config.network_config
         self.images = at_size(images, network["img_resolution"], network["img_channels"]).to(self.device)
-        self.label_dim = config.network_config.get("label_dim", 0)
+        self.label_dim = network.get("label_dim", 0)
         if self.label_dim and int(labels.max()) >= self.label_dim:
             raise ValueError(f"the {config.dataset} data have {int(labels.max()) + 1} classes, the network "
                              f"label_dim {self.label_dim}")
