@@ -7,7 +7,8 @@ Modes are those of pid_diffusion/benchmark_modes.py (reference, eager, default, 
 <mode>+<option>=<value>). Every run: the digits teacher (model_zoo/digits-ddpmpp.pt), the
 quickstart's settings (l2, N = 250, RAdam 1e-3, batch 64, EMA 0.99 and 0.999), one process. Every
 `--eval_every` steps, each checkpoint (model and EMA) makes `--num_samples` one-step samples from the
-same noises and labels (seed 0), scored with the digits classifier. Two runs of `reference` with
+same noises and labels (seed 0), scored with the digits classifier; the teacher's own samplers (35-call
+Heun, 5- and 10-call Euler) are scored the same way first. Two runs of `reference` with
 different seeds give the noise floor: a configuration is quality-neutral when its curves stay within
 their spread. Writes --json with the curves and the loss log, and prints a table.
 """
@@ -27,10 +28,10 @@ import torch.nn.functional as F
 from pid_diffusion import dist
 from pid_diffusion.benchmark_modes import STUDY_SETTINGS, mode_options, study_config
 from pid_diffusion.checkpoint import load_student, load_teacher
-from pid_diffusion.demo import CLIP_DENOISED
+from pid_diffusion.demo import CLIP_DENOISED, DigitsMetrics, format_table, json_ready
 from pid_diffusion.digits import NUM_CLASSES
 from pid_diffusion.evaluation import checkpoints_in
-from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
+from pid_diffusion.fid import DetectorTally, load_detector
 from pid_diffusion.generate import generate
 from pid_diffusion.losses import implied_denoised
 from pid_diffusion.schedules import index_to_sigma, pid_partner_index
@@ -145,13 +146,13 @@ def main(argv=None):
         return
     info = dist.init()
     device = info.device
-    detector = load_detector("digits", device=device)
-    reference = digits_reference_stats(detector, device)
-    teacher = load_teacher(args.teacher)
-    image_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    teacher_metrics = DigitsMetrics(load_teacher(args.teacher), load_detector("digits"), args.num_samples, device=device)
+    detector, reference, image_shape = teacher_metrics.detector, teacher_metrics.reference, teacher_metrics.image_shape
+    teacher_rows = [teacher_metrics.teacher_row, *teacher_metrics.few_step_teacher_rows()]
+    print(format_table(teacher_rows), flush=True)
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
                 date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv), teacher=args.teacher, steps=args.steps,
-                num_samples=args.num_samples, settings=STUDY_SETTINGS)
+                num_samples=args.num_samples, settings=STUDY_SETTINGS, teacher_quality=json_ready(teacher_rows))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, options in mode_options(args.modes.split(",")):

@@ -23,35 +23,41 @@ from .samplers import network_calls, sample
 TEACHER_SAMPLER = dict(sampler="heun_deter", steps=18)
 FEW_STEP_SAMPLERS = (dict(sampler="euler", steps=5), dict(sampler="euler", steps=10))
 METRIC_FIELDS = ("generator", "nfe", "fid", "class_accuracy", "rmse_vs_teacher")
-DIGITS_SHAPE = (CHANNELS, RESOLUTION, RESOLUTION)
 CLIP_DENOISED = True
 """As image_sample.py and fid_evaluation.py by default (the original's --clip_denoised True)."""
 
 
 def check_digits_teacher(teacher, source):
+    """The image shape of a digits teacher: 10 classes, 1×8×8 or the digits at a larger side (a multiple
+    of 8) in 1 or 3 channels, as scripts/train_teacher.py --image_size/--image_channels makes them."""
     shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
-    if shape != DIGITS_SHAPE or teacher.label_dim != NUM_CLASSES:
+    if teacher.label_dim != NUM_CLASSES or shape[0] not in (CHANNELS, 3) or shape[-1] % RESOLUTION:
         raise ValueError(f"{source} is not a digits teacher: it makes {'×'.join(map(str, shape))} images with "
-                         f"{teacher.label_dim} classes, the digits teacher 1×8×8 with 10")
+                         f"{teacher.label_dim} classes, a digits teacher {CHANNELS} or 3 channels at a side that is a "
+                         f"multiple of {RESOLUTION} (1×8×8 as shipped) with {NUM_CLASSES}")
+    return shape
 
 
 class DigitsMetrics:
-    def __init__(self, teacher, detector, num_samples=2000, seed=0, batch_size=500):
-        self.detector = detector
+    def __init__(self, teacher, detector, num_samples=2000, seed=0, batch_size=500, device="cpu"):
+        self.image_shape = check_digits_teacher(teacher, "the teacher")
+        self.device = torch.device(device)
+        self.detector = detector.to(self.device)
         self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
-        self.reference = digits_reference_stats(detector)
-        self.teacher = teacher
+        self.reference = digits_reference_stats(self.detector, self.device)
+        self.teacher = teacher.to(self.device)
         tally, self.teacher_images, self.labels = self._generate(teacher, **TEACHER_SAMPLER)
         self.teacher_row = self._row(f"teacher heun_deter {TEACHER_SAMPLER['steps']} steps", tally,
                                      network_calls(**TEACHER_SAMPLER), rmse_vs_teacher=0.0)
 
     def _generate(self, denoiser, sampler, steps, **options):
-        """(DetectorTally, float images [N, 1, 8, 8], labels [N]) of one generator."""
-        tally = DetectorTally(self.detector, DIGITS_SHAPE)
+        """(DetectorTally, float images [N, *teacher's image shape], labels [N]) of one generator."""
+        tally = DetectorTally(self.detector, self.image_shape, self.device)
         images, labels = [], []
-        for batch in generate(denoiser, self.num_samples, self.batch_size, self.seed, DIGITS_SHAPE, NUM_CLASSES,
-                              sampler=sampler, steps=steps, clip_denoised=CLIP_DENOISED, **options):
-            tally.update(batch.images, batch.labels)
+        for batch in generate(denoiser.to(self.device), self.num_samples, self.batch_size, self.seed, self.image_shape,
+                              NUM_CLASSES, device=self.device, sampler=sampler, steps=steps,
+                              clip_denoised=CLIP_DENOISED, **options):
+            tally.update(batch.images, batch.labels.to(self.device))
             images.append(batch.images)
             labels.append(batch.labels)
         return tally, torch.cat(images), torch.cat(labels)
@@ -61,7 +67,7 @@ class DigitsMetrics:
                     rmse_vs_teacher=rmse_vs_teacher)
 
     def measure(self, name, denoiser, sampler="oneshot", steps=1, **options):
-        """(metrics row, float images [N, 1, 8, 8]) of one generator (`options`: more sampler options)."""
+        """(metrics row, float images [N, C, H, W]) of one generator (`options`: more sampler options)."""
         tally, images, _ = self._generate(denoiser, sampler, steps, **options)
         rmse = float((images - self.teacher_images).square().mean().sqrt())
         return self._row(name, tally, network_calls(sampler, steps), rmse), images
@@ -80,9 +86,11 @@ class DigitsMetrics:
         images for digits 0–9)]."""
         indices = [range(self.num_samples + d * per_digit, self.num_samples + (d + 1) * per_digit)
                    for d in range(NUM_CLASSES)]
-        inputs = [seeded_inputs(self.seed, idx, DIGITS_SHAPE, NUM_CLASSES, class_label=d) for d, idx in enumerate(indices)]
-        noise = torch.stack([n for n, _ in inputs], dim=1).flatten(0, 1)  # row-major: sample k of digits 0..9
-        labels = F.one_hot(torch.stack([l for _, l in inputs], dim=1).flatten(), NUM_CLASSES).to(torch.float32)
+        inputs = [seeded_inputs(self.seed, idx, self.image_shape, NUM_CLASSES, class_label=d)
+                  for d, idx in enumerate(indices)]
+        noise = torch.stack([n for n, _ in inputs], dim=1).flatten(0, 1).to(self.device)  # row-major: k of 0..9
+        labels = F.one_hot(torch.stack([l for _, l in inputs], dim=1).flatten(), NUM_CLASSES).to(self.device, torch.float32)
+        student = student.to(self.device)
         with torch.no_grad():
             teacher_images = sample(self.teacher, noise, class_labels=labels, clip_denoised=CLIP_DENOISED,
                                     **TEACHER_SAMPLER).clamp(-1, 1)
@@ -91,8 +99,8 @@ class DigitsMetrics:
         rows = []
         for k in range(per_digit):
             row = slice(k * NUM_CLASSES, (k + 1) * NUM_CLASSES)
-            rows.append((f"teacher\n{network_calls(**TEACHER_SAMPLER)} calls", to_uint8(teacher_images[row])))
-            rows.append(("PID student\n1 call", to_uint8(student_images[row])))
+            rows.append((f"teacher\n{network_calls(**TEACHER_SAMPLER)} calls", to_uint8(teacher_images[row]).cpu()))
+            rows.append(("PID student\n1 call", to_uint8(student_images[row]).cpu()))
         return rows
 
 

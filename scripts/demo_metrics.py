@@ -6,8 +6,10 @@ Compares, on the same noises and labels, the teacher's 35-call Heun sampler, the
 10-call Euler samplers, the untrained student (the teacher's weights) and the run's newest
 checkpoints (model and every EMA rate): digit FID, conditional accuracy and RMSE to the teacher's
 samples (see pid_diffusion/demo.py). Writes into the run folder: demo_metrics.csv, demo_metrics.json
-and teacher_vs_student.png (the teacher's samples above the best student checkpoint's). A run
-folder whose teacher is not a digits teacher is refused and nothing is written.
+and teacher_vs_student.png (the teacher's samples above the best student checkpoint's). The teacher is
+the shipped 1×8×8 digits teacher or one scripts/train_teacher.py made at a larger side (the CIFAR-10
+testbed: 3×32×32, judged by the digits classifier after averaging back to 8×8). A run folder whose
+teacher is not a digits teacher is refused and nothing is written.
 """
 
 import argparse
@@ -56,7 +58,9 @@ def measure(args):
     teacher = load_teacher(teacher_path)
     check_digits_teacher(teacher, teacher_path)
     checkpoints = newest_checkpoints(args.run_dir)
-    metrics = DigitsMetrics(teacher, load_detector("digits", args.detector_path or None), args.num_samples, args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = DigitsMetrics(teacher, load_detector("digits", args.detector_path or None), args.num_samples, args.seed,
+                            device=device)
     rows = [metrics.teacher_row, *metrics.few_step_teacher_rows()]
     untrained = student_from_teacher(run_config["network_config"], teacher.state_dict(), run_config["sigma_max"],
                                      sigma_min=run_config["sigma_min"])
@@ -78,8 +82,17 @@ def main(argv=None):
     parser.add_argument("--num_samples", type=int, default=2000, help="samples per generator")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noises and labels (sample i from (seed, i))")
     parser.add_argument("--detector_path", default="", help="digits classifier file (default: model_zoo/)")
+    parser.add_argument("--device", default="", help="where to sample and score, e.g. cpu or cuda (default: cuda when "
+                                                     "a GPU is visible, else cpu)")
     parser.add_argument("--show", action="store_true", help="print the table of an earlier run's demo_metrics.json")
     args = parser.parse_args(argv)
+    if args.device:
+        try:
+            device_type = torch.device(args.device).type
+        except RuntimeError:
+            parser.error(f"--device {args.device!r} is not a device; valid: cpu, cuda, cuda:<index>")
+        if device_type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device} asks for a GPU, but none is visible; use --device cpu")
     if args.show:
         try:
             with open(os.path.join(args.run_dir, "demo_metrics.json")) as f:

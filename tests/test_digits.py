@@ -216,13 +216,43 @@ def test_class_label_outside_the_classes_names_the_range():
         seeded_inputs(0, range(4), (1, 8, 8), label_dim=0, class_label=3)
 
 
+def test_demo_metrics_judge_a_larger_rgb_digits_teacher():
+    """The testbed's teachers (digits at 3×16×16 here, 3×32×32 for CIFAR-10's network) are scored like the
+    8×8 one: samples of their shape, the same seed the same samples, another seed others."""
+    from pid_diffusion.demo import DigitsMetrics, check_digits_teacher
+
+    torch.manual_seed(0)
+    teacher = EDMPrecond(**tiny_song_config(img_resolution=16, label_dim=10)).eval()
+    detector = load_detector("digits")
+    metrics = DigitsMetrics(teacher, detector, num_samples=20, batch_size=10)
+    assert metrics.image_shape == (3, 16, 16) and metrics.teacher_images.shape == (20, 3, 16, 16)
+    assert 0 <= metrics.teacher_row["class_accuracy"] <= 1 and math.isfinite(metrics.teacher_row["fid"])
+    again = DigitsMetrics(teacher, detector, num_samples=20, batch_size=10)
+    other_seed = DigitsMetrics(teacher, detector, num_samples=20, seed=1, batch_size=10)
+    assert torch.equal(again.teacher_images, metrics.teacher_images)
+    assert not torch.allclose(other_seed.teacher_images, metrics.teacher_images)
+    from pid_diffusion.checkpoint import student_from_teacher
+
+    student = student_from_teacher(tiny_song_config(img_resolution=16, label_dim=10), teacher.state_dict()).eval()
+    assert metrics.student("untrained", student)["rmse_vs_teacher"] > 0
+    rows = metrics.comparison_rows(student, per_digit=1)
+    assert [label.split("\n")[0] for label, _ in rows] == ["teacher", "PID student"]
+    assert rows[0][1].shape == (10, 16, 16, 3) and rows[0][1].dtype == torch.uint8
+    for config in (tiny_song_config(img_resolution=12, label_dim=10), tiny_song_config(img_resolution=16)):
+        with pytest.raises(ValueError, match="is not a digits teacher"):
+            check_digits_teacher(EDMPrecond(**config), "that file")
+
+
 def test_demo_metrics_script_explains_bad_run_folders(tmp_path):
     script = os.path.join(REPO, "scripts", "demo_metrics.py")
 
-    def run(folder):
-        return subprocess.run([sys.executable, script, "--run_dir", str(folder), "--num_samples", "16"],
+    def run(folder, *flags):
+        return subprocess.run([sys.executable, script, "--run_dir", str(folder), "--num_samples", "16", *flags],
                               capture_output=True, text=True, timeout=120, cwd=REPO)
 
+    bad_device = run(tmp_path / "nothing", "--device", "gpu")
+    assert bad_device.returncode == 2 and "--device 'gpu' is not a device" in bad_device.stderr
+    assert "Traceback" not in bad_device.stderr
     missing = run(tmp_path / "nothing")
     assert missing.returncode == 1 and "run_config.json" in missing.stderr and "Traceback" not in missing.stderr
     config = tiny_song_config(img_resolution=16)
