@@ -46,7 +46,7 @@ class DigitsMetrics:
         self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
         self.reference = digits_reference_stats(self.detector, self.device)
         self.teacher = teacher.to(self.device)
-        tally, self.teacher_images, self.labels = self._generate(teacher, **TEACHER_SAMPLER)
+        tally, self.teacher_images, self.labels = self._generate(self.teacher, **TEACHER_SAMPLER)
         self.teacher_row = self._row(f"teacher heun_deter {TEACHER_SAMPLER['steps']} steps", tally,
                                      network_calls(**TEACHER_SAMPLER), rmse_vs_teacher=0.0)
 

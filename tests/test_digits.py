@@ -14,7 +14,8 @@ import torch
 from conftest import tiny_song_config
 from pid_diffusion import cli, digits
 from pid_diffusion.families import edm
-from pid_diffusion.checkpoint import load_teacher, save_teacher
+from pid_diffusion.checkpoint import load_teacher, save_teacher, student_from_teacher
+from pid_diffusion.demo import DigitsMetrics, check_digits_teacher
 from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
 from pid_diffusion.generate import seeded_inputs
 from pid_diffusion.losses import edm_denoising_loss, edm_loss_weight, edm_training_sigmas
@@ -219,8 +220,6 @@ def test_class_label_outside_the_classes_names_the_range():
 def test_demo_metrics_judge_a_larger_rgb_digits_teacher():
     """The testbed's teachers (digits at 3×16×16 here, 3×32×32 for CIFAR-10's network) are scored like the
     8×8 one: samples of their shape, the same seed the same samples, another seed others."""
-    from pid_diffusion.demo import DigitsMetrics, check_digits_teacher
-
     torch.manual_seed(0)
     teacher = EDMPrecond(**tiny_song_config(img_resolution=16, label_dim=10)).eval()
     detector = load_detector("digits")
@@ -231,8 +230,6 @@ def test_demo_metrics_judge_a_larger_rgb_digits_teacher():
     other_seed = DigitsMetrics(teacher, detector, num_samples=20, seed=1, batch_size=10)
     assert torch.equal(again.teacher_images, metrics.teacher_images)
     assert not torch.allclose(other_seed.teacher_images, metrics.teacher_images)
-    from pid_diffusion.checkpoint import student_from_teacher
-
     student = student_from_teacher(tiny_song_config(img_resolution=16, label_dim=10), teacher.state_dict()).eval()
     assert metrics.student("untrained", student)["rmse_vs_teacher"] > 0
     rows = metrics.comparison_rows(student, per_digit=1)
@@ -253,6 +250,9 @@ def test_demo_metrics_script_explains_bad_run_folders(tmp_path):
     bad_device = run(tmp_path / "nothing", "--device", "gpu")
     assert bad_device.returncode == 2 and "--device 'gpu' is not a device" in bad_device.stderr
     assert "Traceback" not in bad_device.stderr
+    if not torch.cuda.is_available():
+        no_gpu = run(tmp_path / "nothing", "--device", "cuda")
+        assert no_gpu.returncode == 2 and "none is visible; use --device cpu" in no_gpu.stderr
     missing = run(tmp_path / "nothing")
     assert missing.returncode == 1 and "run_config.json" in missing.stderr and "Traceback" not in missing.stderr
     config = tiny_song_config(img_resolution=16)
