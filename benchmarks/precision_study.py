@@ -10,7 +10,8 @@ quickstart's settings (l2, N = 250, RAdam 1e-3, batch 64, EMA 0.99 and 0.999), o
 same noises and labels (seed 0), scored with the digits classifier; the teacher's own samplers (35-call
 Heun, 5- and 10-call Euler) are scored the same way first. Two runs of `reference` with
 different seeds give the noise floor: a configuration is quality-neutral when its curves stay within
-their spread. Writes --json with the curves and the loss log, and prints a table.
+their spread. Writes --json with the curves and the loss log, and prints a table. A SIGTERM (a time
+limit) ends the current run at a checkpoint, which is scored and written before the study stops.
 """
 
 import argparse
@@ -34,6 +35,7 @@ from pid_diffusion.evaluation import checkpoints_in
 from pid_diffusion.fid import DetectorTally, load_detector
 from pid_diffusion.generate import generate
 from pid_diffusion.losses import implied_denoised
+from pid_diffusion.loop import TrainingInterrupted
 from pid_diffusion.schedules import index_to_sigma, pid_partner_index
 from pid_diffusion.trainer import PIDTrainer, float32_call, train
 
@@ -160,23 +162,32 @@ def main(argv=None):
             errors = None if options.get("compile") else probe(study_config(args.teacher, folder + "-probe", 1, 1,
                                                                             options))
             started = time.time()
-            train(study_config(args.teacher, folder, args.steps, args.eval_every, options))
+            try:
+                train(study_config(args.teacher, folder, args.steps, args.eval_every, options))
+                stopped = None
+            except TrainingInterrupted as interruption:  # a time limit's SIGTERM: score what was saved, then end
+                stopped = str(interruption)
             seconds = time.time() - started
             with open(os.path.join(folder, "progress.csv"), newline="") as f:
                 losses = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
             checkpoints = score(folder, detector, reference, args.num_samples, device, image_shape)
             results.append(dict(mode=label, options=options, train_seconds=seconds, losses=losses,
-                                checkpoints=checkpoints, implied_denoised_relative_error=errors))
+                                checkpoints=checkpoints, implied_denoised_relative_error=errors, stopped=stopped))
             with open(args.json, "w") as f:  # after every mode: a run cut short keeps what it measured
                 json.dump(dict(meta=meta, results=results), f, indent=2)
+            last_step = max(row["step"] for row in checkpoints)
             final = {row["name"].rsplit("_", 1)[0] if row["name"].startswith("ema") else "model": row
-                     for row in checkpoints if row["step"] == args.steps}
+                     for row in checkpoints if row["step"] == last_step}
             print(f"{label:<45} {seconds:6.0f} s  final loss {losses[-1][1]:.6f}  " + "  ".join(
                 f"{kind}: FID {row['fid']:.3f} acc {row['class_accuracy']:.4f}" for kind, row in sorted(final.items())),
                 flush=True)
             if errors:
                 print("    implied-denoised error vs float64 by grid index: "
                       + "  ".join(f"{i}: {100 * e:.2f}%" for i, e in errors.items()), flush=True)
+            if stopped:
+                print(f"    {stopped}: the results above are of step {last_step}; the remaining modes are not run",
+                      flush=True)
+                break
     dist.shutdown()
 
 
