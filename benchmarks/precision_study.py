@@ -12,6 +12,7 @@ Heun, 5- and 10-call Euler) are scored the same way first. Two runs of `referenc
 different seeds give the noise floor: a configuration is quality-neutral when its curves stay within
 their spread. Writes --json with the curves and the loss log, and prints a table. A SIGTERM (a time
 limit) ends the current run at a checkpoint, which is scored and written before the study stops.
+`--table` prints a Markdown table of study JSON files, `--plot` draws their curves.
 """
 
 import argparse
@@ -92,9 +93,9 @@ LINE_COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "black"]
 """matplotlib's cycle without its grey (C7), which would read as the float32 band."""
 
 
-def plot(json_paths, path):
-    """Digit FID and loss against step from study JSON files: the float32 `reference` seeds as a band
-    (their range, the noise floor), every other configuration as one line per seed."""
+def plot(json_paths, path, band="reference"):
+    """Digit FID and loss against step from study JSON files: the seeds of the float32 configuration `band`
+    as a band (their range, the noise floor), every other configuration as one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,7 +107,7 @@ def plot(json_paths, path):
     for r in results:
         configuration = configuration_of(r["mode"])
         curve = sorted((c["step"], c["fid"]) for c in r["checkpoints"] if c["name"].startswith("ema_0.99_"))
-        if configuration == "reference":
+        if configuration == band:
             fid_axes.plot(*zip(*curve), color="grey", linewidth=0.8, alpha=0.6)
             loss_axes.plot(*zip(*r["losses"]), color="grey", linewidth=0.8, alpha=0.6)
             continue
@@ -114,13 +115,13 @@ def plot(json_paths, path):
         colour = colours.setdefault(configuration, LINE_COLOURS[len(colours) % len(LINE_COLOURS)])
         fid_axes.plot(*zip(*curve), color=colour, marker="o", markersize=3, label=configuration if first else None)
         loss_axes.plot(*zip(*r["losses"]), color=colour, linewidth=1)
-    floor = [r for r in results if configuration_of(r["mode"]) == "reference"]
+    floor = [r for r in results if configuration_of(r["mode"]) == band]
     if floor:
-        steps = sorted({c["step"] for c in floor[0]["checkpoints"]})
+        steps = sorted(set.intersection(*({c["step"] for c in r["checkpoints"]} for r in floor)))  # runs cut short differ
         by_step = [[c["fid"] for r in floor for c in r["checkpoints"]
                     if c["step"] == step and c["name"].startswith("ema_0.99_")] for step in steps]
         fid_axes.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color="grey", alpha=0.25,
-                              label=f"float32 reference, {len(floor)} seeds (range)")
+                              label=f"float32 {band}, {len(floor)} seeds (range)")
     fid_axes.set(yscale="log", xlabel="PID step", ylabel="digit FID (EMA 0.99, 2,000 samples)",
                  title="quality of the one-step student")
     loss_axes.set(yscale="log", xlabel="PID step", ylabel="logged l2 loss (mean of 50 steps)", title="training loss")
@@ -129,6 +130,21 @@ def plot(json_paths, path):
     fid_axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def table(json_paths):
+    """A Markdown table from study JSON files: per run, the EMA 0.99 digit FID at every step that all runs
+    reached, then its conditional accuracy, the logged loss and the training time at the last of them."""
+    results = [r for p in json_paths for r in json.load(open(p))["results"]]
+    steps = sorted(set.intersection(*({c["step"] for c in r["checkpoints"]} for r in results)))
+    lines = ["| mode | " + " | ".join(str(step) for step in steps) + " | accuracy | loss | train s |",
+             "|---" * (len(steps) + 4) + "|"]
+    for r in results:
+        ema = {c["step"]: c for c in r["checkpoints"] if c["name"].startswith("ema_0.99_")}
+        loss = [value for step, value in r["losses"] if step <= steps[-1]]
+        lines.append(f"| {r['mode']} | " + " | ".join(f"{ema[step]['fid']:.2f}" for step in steps)
+                     + f" | {100 * ema[steps[-1]]['class_accuracy']:.2f}% | {loss[-1]:.5f} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -142,9 +158,16 @@ def main(argv=None):
     parser.add_argument("--json", default="precision_study.json", help="output file")
     parser.add_argument("--plot", default="", help="instead of running: draw this PNG from the comma-separated "
                                                    "--json files")
+    parser.add_argument("--band", default="reference", help="with --plot: the float32 configuration whose seeds are "
+                                                            "drawn as the noise-floor band")
+    parser.add_argument("--table", action="store_true", help="instead of running: print a Markdown table of the "
+                                                             "comma-separated --json files")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.json.split(",")))
+        return
     if args.plot:
-        plot(args.json.split(","), args.plot)
+        plot(args.json.split(","), args.plot, args.band)
         return
     info = dist.init()
     device = info.device
