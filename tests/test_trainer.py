@@ -108,12 +108,13 @@ def test_two_processes_match_one_process(teacher_path, tmp_path, use_fp16):
     one, two = load(tmp_path / "one" / "model000003.pt"), load(tmp_path / "two" / "model000003.pt")
     moved = [k for k in one if not torch.equal(one[k], load(teacher_path)["state_dict"]["model." + k])]
     assert len(moved) > len(one) // 2  # training really changed the weights
-    if use_fp16:  # float16's rounding, measured: the same run in float32 differs from either by about as much
+    if use_fp16:  # each is the float32 run plus float16's rounding: a step skipped or applied on one process
+        # only, or an unsynchronised scale, would move the weights by a third of three steps' movement
         train(make_config(teacher_path, tmp_path / "fp32", total_training_steps=3, save_interval=3))
         fp32, start = load(tmp_path / "fp32" / "model000003.pt"), load(teacher_path)["state_dict"]
-        rounding = total_norm(one[k] - fp32[k] for k in one)
-        assert rounding <= 0.05 * total_norm(fp32[k] - start["model." + k] for k in one)  # rounding, not another step
-        assert total_norm(one[k] - two[k] for k in one) <= 2 * rounding
+        movement = total_norm(fp32[k] - start["model." + k] for k in one)
+        for run in (one, two):  # measured: 0.4% and 0.6% (the rounding depends on the CPU's fp16 kernels)
+            assert total_norm(run[k] - fp32[k] for k in one) <= 0.05 * movement
     else:
         bounds = run_difference_bounds(teacher_path, tmp_path / "bounds", steps=3)
         assert all((one[k] - two[k]).norm() <= bounds[k] for k in one)
