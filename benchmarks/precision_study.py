@@ -16,6 +16,7 @@ limit) ends the current run at a checkpoint, which is scored and written before 
 """
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -191,7 +192,8 @@ def main(argv=None):
             except TrainingInterrupted as interruption:  # a time limit's SIGTERM: score what was saved, then end
                 stopped = str(interruption)
             seconds = time.time() - started
-            with open(os.path.join(folder, "progress.csv"), newline="") as f:
+            progress = os.path.join(folder, "progress.csv")  # absent when a signal came before the first log step
+            with open(progress, newline="") if os.path.exists(progress) else contextlib.nullcontext([]) as f:
                 losses = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
             checkpoints = score(folder, detector, reference, args.num_samples, device, image_shape)
             results.append(dict(mode=label, options=options, train_seconds=seconds, losses=losses,
@@ -201,7 +203,8 @@ def main(argv=None):
             last_step = max(row["step"] for row in checkpoints)
             final = {row["name"].rsplit("_", 1)[0] if row["name"].startswith("ema") else "model": row
                      for row in checkpoints if row["step"] == last_step}
-            print(f"{label:<45} {seconds:6.0f} s  final loss {losses[-1][1]:.6f}  " + "  ".join(
+            loss = f"{losses[-1][1]:.6f}" if losses else "not logged"
+            print(f"{label:<45} {seconds:6.0f} s  final loss {loss}  " + "  ".join(
                 f"{kind}: FID {row['fid']:.3f} acc {row['class_accuracy']:.4f}" for kind, row in sorted(final.items())),
                 flush=True)
             if errors:
