@@ -136,6 +136,11 @@ def _mpi_rendezvous():
     return rank, world, local, address
 
 
+def visible_device_type():
+    """'cuda' when a GPU is visible, else 'cpu': where the scripts run unless told."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def init(device=None):
     """Start the process group for whatever launched us. Returns the DistInfo (also kept for
     `info()`). `device` overrides the default: cuda:<local rank> when CUDA exists, else cpu."""
@@ -155,7 +160,7 @@ def init(device=None):
     else:
         rank, world, local, init_method = 0, 1, 0, None
     if device is None:
-        device = torch.device("cuda", local % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+        device = torch.device("cuda", local % torch.cuda.device_count()) if visible_device_type() == "cuda" else "cpu"
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from .dist import visible_device_type
 from .networks.layers import ATTENTION_IMPLEMENTATIONS
 from .settings import option, preset_options
 
@@ -116,7 +117,7 @@ def preset_values(config_class, preset, device_type=None, use_fp16=False):
     """The values a --speed preset gives the preset options of `config_class` ('auto': by device; no
     `device_type`: cuda when a GPU is visible, else cpu, as the scripts choose), then --use_fp16 (the
     original's fp16 path: everything, the student too, in float16 autocast with loss scaling)."""
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    device_type = device_type or visible_device_type()
     name = DEFAULT_SPEED.get(device_type, "eager") if preset == "auto" else preset
     if name not in PRESET_CHANGES:
         raise ValueError(f"--speed {preset!r} is not supported; valid: auto, {', '.join(PRESET_CHANGES)}")

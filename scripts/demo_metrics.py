@@ -24,6 +24,7 @@ from pid_diffusion.checkpoint import load_student, load_teacher, student_from_te
 from pid_diffusion.demo import (METRIC_FIELDS, DigitsMetrics, check_digits_teacher, format_table, from_json,
                                 json_ready)
 from pid_diffusion.digits import DigitsUnavailableError
+from pid_diffusion.dist import visible_device_type
 from pid_diffusion.evaluation import checkpoints_in
 from pid_diffusion.fid import load_detector
 from pid_diffusion.files import atomic_output
@@ -58,7 +59,7 @@ def measure(args):
     teacher = load_teacher(teacher_path)
     check_digits_teacher(teacher, teacher_path)
     checkpoints = newest_checkpoints(args.run_dir)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or visible_device_type()
     metrics = DigitsMetrics(teacher, load_detector("digits", args.detector_path or None), args.num_samples, args.seed,
                             device=device)
     rows = [metrics.teacher_row, *metrics.few_step_teacher_rows()]
