@@ -8,7 +8,7 @@ checkpoints (model and every EMA rate): digit FID, conditional accuracy and RMSE
 samples (see pid_diffusion/demo.py). Writes into the run folder: demo_metrics.csv, demo_metrics.json
 and teacher_vs_student.png (the teacher's samples above the best student checkpoint's). The teacher is
 the shipped 1×8×8 digits teacher or one scripts/train_teacher.py made at a larger side (the CIFAR-10
-testbed: 3×32×32, judged by the digits classifier after averaging back to 8×8). A run folder whose
+testbed: 3×32×32, judged by the digits classifier after the upsampling is undone, back to 8×8). A run folder whose
 teacher is not a digits teacher is refused and nothing is written.
 """
 
