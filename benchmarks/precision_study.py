@@ -94,6 +94,15 @@ LINE_COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "black"]
 """matplotlib's cycle without its grey (C7), which would read as the float32 band."""
 
 
+def load_results(json_paths):
+    """The runs of study JSON files, in order."""
+    results = []
+    for path in json_paths:
+        with open(path) as f:
+            results += json.load(f)["results"]
+    return results
+
+
 def plot(json_paths, path, band="reference"):
     """Digit FID and loss against step from study JSON files: the seeds of the float32 configuration `band`
     as a band (their range, the noise floor), every other configuration as one line per seed."""
@@ -102,7 +111,7 @@ def plot(json_paths, path, band="reference"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [r for p in json_paths for r in json.load(open(p))["results"]]
+    results = load_results(json_paths)
     figure, (fid_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = {}
     for r in results:
@@ -134,17 +143,19 @@ def plot(json_paths, path, band="reference"):
 
 
 def table(json_paths):
-    """A Markdown table from study JSON files: per run, the EMA 0.99 digit FID at every step that all runs
-    reached, then its conditional accuracy, the logged loss and the training time at the last of them."""
-    results = [r for p in json_paths for r in json.load(open(p))["results"]]
-    steps = sorted(set.intersection(*({c["step"] for c in r["checkpoints"]} for r in results)))
-    lines = ["| mode | " + " | ".join(str(step) for step in steps) + " | accuracy | loss | train s |",
-             "|---" * (len(steps) + 4) + "|"]
+    """A Markdown table from study JSON files: per run, the EMA 0.99 digit FID at every checkpoint step of
+    any run ("—" where a run cut short has none), then at the run's last step its conditional accuracy and
+    logged loss, and its training time."""
+    results = load_results(json_paths)
+    steps = sorted({c["step"] for r in results for c in r["checkpoints"]})
+    lines = ["| mode | " + " | ".join(str(step) for step in steps) + " | last step | accuracy | loss | train s |",
+             "|---" * (len(steps) + 5) + "|"]
     for r in results:
         ema = {c["step"]: c for c in r["checkpoints"] if c["name"].startswith("ema_0.99_")}
-        loss = [value for step, value in r["losses"] if step <= steps[-1]]
-        lines.append(f"| {r['mode']} | " + " | ".join(f"{ema[step]['fid']:.2f}" for step in steps)
-                     + f" | {100 * ema[steps[-1]]['class_accuracy']:.2f}% | {loss[-1]:.5f} | {r['train_seconds']:.0f} |")
+        last = max(ema)
+        loss = f"{r['losses'][-1][1]:.5f}" if r["losses"] else "—"
+        lines.append(f"| {r['mode']} | " + " | ".join(f"{ema[step]['fid']:.2f}" if step in ema else "—" for step in steps)
+                     + f" | {last} | {100 * ema[last]['class_accuracy']:.2f}% | {loss} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 

@@ -34,7 +34,8 @@ if [ "$PART" = teacher ]; then
   PID=$!
   while kill -0 $PID 2>/dev/null && [ "$(elapsed)" -lt "$DEADLINE" ]; do sleep 2; done
   kill -0 $PID 2>/dev/null && kill -TERM $PID
-  wait $PID
+  wait $PID; RC=$?  # 0: done; 143 (128 + SIGTERM): stopped at the deadline after a checkpoint
+  if [ $RC -ne 0 ] && [ $RC -ne 143 ]; then echo "the teacher's training failed (exit $RC; see $LOG)" >&2; exit 1; fi
   LAST=$(ls "$RUN" | sed -n 's/^model0*\([0-9][0-9]*\)\.pt$/\1/p' | sort -n | tail -1)
   [ -n "$LAST" ] || { echo "no checkpoint was saved in $RUN (see $LOG)" >&2; exit 1; }
   echo "== training ended at $(elapsed) s; exporting step $LAST" >> "$LOG"
