@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from pid_diffusion import dist
+from pid_diffusion.settings import str2bool
 from pid_diffusion.benchmark_modes import STUDY_SETTINGS, mode_options, study_config
 from pid_diffusion.checkpoint import load_student, load_teacher
-from pid_diffusion.demo import CLIP_DENOISED, DigitsMetrics, format_table, json_ready
+from pid_diffusion.demo import CLIP_DENOISED, DigitsMetrics, check_digits_teacher, format_table, json_ready
 from pid_diffusion.digits import NUM_CLASSES
 from pid_diffusion.evaluation import checkpoints_in
-from pid_diffusion.fid import DetectorTally, load_detector
+from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
 from pid_diffusion.generate import generate
 from pid_diffusion.losses import implied_denoised
 from pid_diffusion.loop import TrainingInterrupted
@@ -172,6 +173,8 @@ def main(argv=None):
                                                    "--json files")
     parser.add_argument("--band", default="reference", help="with --plot: the float32 configuration whose seeds are "
                                                             "drawn as the noise-floor band")
+    parser.add_argument("--score_teacher", type=str2bool, default=True, help="score the teacher's samplers first (a "
+                        "study split over several processes needs it from one of them only)")
     parser.add_argument("--table", action="store_true", help="instead of running: print a Markdown table of the "
                                                              "comma-separated --json files")
     args = parser.parse_args(argv)
@@ -183,10 +186,16 @@ def main(argv=None):
         return
     info = dist.init()
     device = info.device
-    teacher_metrics = DigitsMetrics(load_teacher(args.teacher), load_detector("digits"), args.num_samples, device=device)
-    detector, reference, image_shape = teacher_metrics.detector, teacher_metrics.reference, teacher_metrics.image_shape
-    teacher_rows = [teacher_metrics.teacher_row, *teacher_metrics.few_step_teacher_rows()]
-    print(format_table(teacher_rows), flush=True)
+    started = time.time()
+    teacher, detector = load_teacher(args.teacher), load_detector("digits").to(device)
+    if args.score_teacher:
+        teacher_metrics = DigitsMetrics(teacher, detector, args.num_samples, device=device)
+        teacher_rows = [teacher_metrics.teacher_row, *teacher_metrics.few_step_teacher_rows()]
+        print(format_table(teacher_rows), flush=True)
+    else:
+        teacher_rows = []
+    image_shape, reference = check_digits_teacher(teacher, "the teacher"), digits_reference_stats(detector, device)
+    print(f"teacher and detector ready in {time.time() - started:.0f} s", flush=True)
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
                 date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv), teacher=args.teacher, steps=args.steps,
                 num_samples=args.num_samples, settings=STUDY_SETTINGS, teacher_quality=json_ready(teacher_rows))

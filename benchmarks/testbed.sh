@@ -6,7 +6,8 @@
 #
 # Environment: TEACHER (default experiment/digits32c64-ddpmpp.pt), RESULTS (default experiment/testbed-study),
 # DEADLINE (seconds from the start; then SIGTERM: the teacher's run saves a checkpoint and is exported
-# from it, each study run scores what it saved), STEPS (teacher: 8000, study: 2000). With $OUT set (the
+# from it, each study run scores what it saved), STEPS (teacher: 8000, study: 2000); for the study also
+# SEEDS (default "0 1 2") and COMPILE (0: eager, the default; 1: compiled with CUDA graphs). With $OUT set (the
 # GPU machines' return folder) the teacher is also split into 15-MB pieces there (`cat` joins them) and
 # the study's results are packed there as study.tgz.
 set -u
@@ -52,15 +53,24 @@ RESULTS=${RESULTS:-experiment/testbed-study}
 if ls "$RESULTS"/*.json > /dev/null 2>&1; then echo "$RESULTS already holds a study; set RESULTS to another folder" >&2; exit 2; fi
 mkdir -p "$RESULTS"
 { machine; sha256sum "$TEACHER"; } > "$RESULTS/meta.txt"
-# uncompiled: nine cold compilations at once outlast a ten-minute call on 16 cores
-MODES=(default+compile=false use_fp16+compile=false use_fp16+compile=false+student_precision=fp32_output)
+# COMPILE=0: eager (nine cold compilations at once outlast a ten-minute call on 16 cores); COMPILE=1: CUDA graphs
+case "${COMPILE:-0}" in
+  0) SPEED=+compile=false ;;
+  1) SPEED=+compile_mode=reduce-overhead ;;
+  *) echo "COMPILE is 0 (eager) or 1 (compiled with CUDA graphs), not ${COMPILE}" >&2; exit 2 ;;
+esac
+SEEDS=(${SEEDS:-0 1 2})
+MODES=(default use_fp16 use_fp16+student_precision=fp32_output)
 NAMES=(default use_fp16 use_fp16-fp32_output)
+# the CPU's threads shared out, so that the runs do not oversubscribe it
+export OMP_NUM_THREADS=$(( $(nproc) / (${#SEEDS[@]} * ${#MODES[@]}) > 0 ? $(nproc) / (${#SEEDS[@]} * ${#MODES[@]}) : 1 ))
 PIDS=()
-for seed in 0 1 2; do
-  for i in 0 1 2; do
-    python benchmarks/precision_study.py --teacher "$TEACHER" --modes "${MODES[$i]}+seed=$seed" --steps "$STEPS" \
-        --eval_every 250 --num_samples 2000 --json "$RESULTS/${NAMES[$i]}-seed$seed.json" \
-        > "$RESULTS/${NAMES[$i]}-seed$seed.log" 2>&1 &
+for seed in "${SEEDS[@]}"; do
+  for i in "${!MODES[@]}"; do
+    # the teacher's own samplers are scored once, by the first run
+    python benchmarks/precision_study.py --teacher "$TEACHER" --modes "${MODES[$i]}$SPEED+seed=$seed" --steps "$STEPS" \
+        --eval_every 250 --num_samples 2000 --score_teacher "$([ ${#PIDS[@]} -eq 0 ] && echo True || echo False)" \
+        --json "$RESULTS/${NAMES[$i]}-seed$seed.json" > "$RESULTS/${NAMES[$i]}-seed$seed.log" 2>&1 &
     PIDS+=($!)
   done
 done

@@ -1,6 +1,8 @@
 """The speed options compute the same function as the original's structure (`--speed reference`)."""
 
 import argparse
+import importlib.util
+import json
 import math
 import os
 import shutil
@@ -269,3 +271,29 @@ def test_precision_study_configurations_build_and_step(tmp_path):
         # fp16 starts at the original's loss scale 2^20, whose first steps overflow and are skipped
         assert torch.isfinite(loss) and (applied or config.mixed_precision == "fp16"), label
         trainer.close()
+
+
+def load_precision_study():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "precision_study.py")
+    spec = importlib.util.spec_from_file_location("precision_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("score_teacher", [True, False])
+def test_precision_study_scores_the_teacher_only_when_asked_and_each_seed_trains_its_own_run(tmp_path, score_teacher):
+    study = load_precision_study()
+    path = tmp_path / "study.json"
+    study.main(["--modes", "eager,eager+seed=1", "--steps", "2", "--eval_every", "2", "--num_samples", "32",
+                "--score_teacher", str(score_teacher), "--json", str(path)])
+    with open(path) as f:
+        written = json.load(f)
+    generators = [row["generator"] for row in written["meta"]["teacher_quality"]]
+    assert generators == (["teacher heun_deter 18 steps", "teacher euler 5 steps", "teacher euler 10 steps"]
+                          if score_teacher else [])
+    first, second = written["results"]
+    assert [r["mode"] for r in written["results"]] == ["eager", "eager+seed=1"]
+    assert {c["step"] for c in first["checkpoints"]} == {c["step"] for c in second["checkpoints"]} == {2}
+    assert first["losses"] != second["losses"]  # the seed is honoured: another seed, another run
+    assert all(math.isfinite(c["fid"]) for c in first["checkpoints"] + second["checkpoints"])
