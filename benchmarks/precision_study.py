@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from pid_diffusion import dist
-from pid_diffusion.settings import str2bool
 from pid_diffusion.benchmark_modes import STUDY_SETTINGS, mode_options, study_config
 from pid_diffusion.checkpoint import load_student, load_teacher
 from pid_diffusion.demo import CLIP_DENOISED, DigitsMetrics, check_digits_teacher, format_table, json_ready
@@ -40,6 +39,7 @@ from pid_diffusion.generate import generate
 from pid_diffusion.losses import implied_denoised
 from pid_diffusion.loop import TrainingInterrupted
 from pid_diffusion.schedules import index_to_sigma, pid_partner_index
+from pid_diffusion.settings import str2bool
 from pid_diffusion.trainer import PIDTrainer, float32_call, train
 
 
@@ -188,13 +188,14 @@ def main(argv=None):
     device = info.device
     started = time.time()
     teacher, detector = load_teacher(args.teacher), load_detector("digits").to(device)
-    if args.score_teacher:
+    if args.score_teacher:  # DigitsMetrics has the image shape and the reference statistics already
         teacher_metrics = DigitsMetrics(teacher, detector, args.num_samples, device=device)
+        image_shape, reference = teacher_metrics.image_shape, teacher_metrics.reference
         teacher_rows = [teacher_metrics.teacher_row, *teacher_metrics.few_step_teacher_rows()]
         print(format_table(teacher_rows), flush=True)
     else:
+        image_shape, reference = check_digits_teacher(teacher, "the teacher"), digits_reference_stats(detector, device)
         teacher_rows = []
-    image_shape, reference = check_digits_teacher(teacher, "the teacher"), digits_reference_stats(detector, device)
     print(f"teacher and detector ready in {time.time() - started:.0f} s", flush=True)
     meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
                 date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv), teacher=args.teacher, steps=args.steps,

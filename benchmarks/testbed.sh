@@ -51,8 +51,6 @@ fi
 DEADLINE=${DEADLINE:-100000}; STEPS=${STEPS:-2000}
 RESULTS=${RESULTS:-experiment/testbed-study}
 if ls "$RESULTS"/*.json > /dev/null 2>&1; then echo "$RESULTS already holds a study; set RESULTS to another folder" >&2; exit 2; fi
-mkdir -p "$RESULTS"
-{ machine; sha256sum "$TEACHER"; } > "$RESULTS/meta.txt"
 # COMPILE=0: eager (nine cold compilations at once outlast a ten-minute call on 16 cores); COMPILE=1: CUDA graphs
 case "${COMPILE:-0}" in
   0) SPEED=+compile=false ;;
@@ -60,10 +58,16 @@ case "${COMPILE:-0}" in
   *) echo "COMPILE is 0 (eager) or 1 (compiled with CUDA graphs), not ${COMPILE}" >&2; exit 2 ;;
 esac
 SEEDS=(${SEEDS:-0 1 2})
+for seed in "${SEEDS[@]}"; do
+  [[ "$seed" =~ ^[0-9]+$ ]] || { echo "SEEDS holds whole numbers separated by spaces (e.g. \"0 1 2\"), not $seed" >&2; exit 2; }
+done
+mkdir -p "$RESULTS"
+{ machine; sha256sum "$TEACHER"; } > "$RESULTS/meta.txt"
 MODES=(default use_fp16 use_fp16+student_precision=fp32_output)
 NAMES=(default use_fp16 use_fp16-fp32_output)
 # the CPU's threads shared out, so that the runs do not oversubscribe it
-export OMP_NUM_THREADS=$(( $(nproc) / (${#SEEDS[@]} * ${#MODES[@]}) > 0 ? $(nproc) / (${#SEEDS[@]} * ${#MODES[@]}) : 1 ))
+THREADS=$(( $(nproc) / (${#SEEDS[@]} * ${#MODES[@]}) ))
+export OMP_NUM_THREADS=$(( THREADS > 0 ? THREADS : 1 ))
 PIDS=()
 for seed in "${SEEDS[@]}"; do
   for i in "${!MODES[@]}"; do
