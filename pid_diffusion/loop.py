@@ -453,6 +453,7 @@ class TrainingLoop:
             bad = ~torch.isfinite(loss) & (first_bad_step < 0)
             first_bad_step = torch.where(bad, torch.full_like(first_bad_step, target_step), first_bad_step)
             if not applied:
+                self._check_skipped_step(loss, target_step, last_saved)
                 continue
             loss_total += loss.nan_to_num(0.0, 0.0, 0.0)
             largest_loss = torch.maximum(largest_loss, loss.detach().nan_to_num(0.0, 0.0, 0.0))
@@ -497,6 +498,19 @@ class TrainingLoop:
             where = (f"in the update to step {int(first_bad_step.item())}" if first_bad_step.item() >= 0
                      else "on another process")
             raise TrainingDivergedError(f"the loss became NaN or infinite {where}; {self._divergence_advice(last_saved)}")
+
+    def _check_skipped_step(self, loss, step, last_saved):
+        """An fp16 step skipped for a non-finite gradient is retried with a halved loss scale and the same
+        noise (the noise follows the step count). If its loss itself is not finite, the forward pass
+        overflowed float16, which no loss scale mends: the retries would go on forever, so stop. A read
+        on skipped steps only (every process skips together: the gradients are all-reduced)."""
+        if int(dist.all_reduce_sum((~torch.isfinite(loss)).long()).item()):
+            saved = (f"The same command with one of these continues from model{last_saved:06d}.pt in "
+                     f"{self.config.log_dir}." if last_saved else "No checkpoint was written.")
+            raise TrainingDivergedError(
+                f"the loss of step {step} is NaN or infinite under fp16 autocast: the forward pass overflowed "
+                f"float16 (largest value 65504), which no loss scale can mend. Run with --use_fp16 False or "
+                f"--mixed_precision bf16 (or fp32). {saved}")
 
     def _check_weights(self, last_saved, largest_loss):
         """Before a checkpoint is written: the weights are finite and give a finite loss on the next

@@ -217,10 +217,16 @@ def test_official_cifar10_command_parses_and_runs(teacher_path, tmp_path):
     assert command[:3] == ["mpirun", "-np", "8"] and printed[0] == "OPENAI_LOGDIR=./experiment/pid_cifar10"
     flags = command[command.index("./scripts/cm_train.py") + 1:]
     args, given = cli.parse_distillation(flags)
-    config = cli.distillation_config(args, given, "unused")
+    config = cli.distillation_config(args, given, "unused", "cuda")
     assert (config.global_batch_size, config.lr, config.start_scales, config.loss_norm, config.total_training_steps,
-            config.ema_rates, config.weight_schedule, config.mixed_precision) == (
-        512, 2e-4, 250, "lpips", 800000, (0.999, 0.9999, 0.99995), "uniform", "fp32")
+            config.ema_rates, config.weight_schedule) == (
+        512, 2e-4, 250, "lpips", 800000, (0.999, 0.9999, 0.99995), "uniform")
+    # fp16 everywhere (docs/precision.md: neutral on CIFAR-10's architecture); --use_fp16 False appended: float32 student
+    assert (config.mixed_precision, config.student_precision, config.loss_scaling) == ("fp16", "autocast", True)
+    args, given = cli.parse_distillation(flags + ["--use_fp16", "False"])
+    float32_student = cli.distillation_config(args, given, "unused", "cuda")
+    assert (float32_student.mixed_precision, float32_student.student_precision, float32_student.loss_scaling) == (
+        "bf16", "fp32", False)
     assert config.network_flags == dict(image_size=32, num_channels=128, num_res_blocks=4,
                                         attention_resolutions="2", class_cond=False)
     # The same line with a tiny teacher for a CPU: the teacher's recorded architecture replaces the flags.
@@ -272,6 +278,35 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(teacher_path, t
     with pytest.raises(TrainingDivergedError, match="in the update to step 4.*model000002.pt"):
         trainer.run()
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("model")) == ["model000002.pt"]
+
+
+def test_fp16_forward_overflow_stops_instead_of_retrying_the_step_forever(teacher_path, tmp_path, monkeypatch):
+    """A skipped fp16 step is retried with the same noise; one whose loss overflowed (not only its
+    gradients) would overflow again at every scale. Gradients that overflow with a finite loss are the
+    ordinary skip and the run goes on."""
+    config = make_config(teacher_path, tmp_path, total_training_steps=6, save_interval=2, log_interval=1,
+                         mixed_precision="fp16")
+    trainer = PIDTrainer(config)
+    trainer.log2_loss_scale = 40.0  # the gradients overflow, the loss does not: skipped, then trained on
+    trainer.run()
+    assert trainer.step == 6 and trainer.log2_loss_scale < 40.0 - 10
+    trainer.close()
+    config = make_config(teacher_path, tmp_path, total_training_steps=8, save_interval=2, log_interval=1,
+                         mixed_precision="fp16")
+    trainer = PIDTrainer(config)  # resumes at step 6
+    trainer.log2_loss_scale = 8.0
+    real_loss = trainer_module.pid_loss
+
+    def overflowing(*args, **kwargs):
+        losses = real_loss(*args, **kwargs)
+        return losses * float("inf") if trainer.step >= 7 else losses
+
+    monkeypatch.setattr(trainer_module, "pid_loss", overflowing)
+    with pytest.raises(TrainingDivergedError, match="loss of step 8 is NaN or infinite under fp16.*--use_fp16 False"
+                                                     ".*continues from model000006.pt"):
+        trainer.run()
+    assert trainer.step == 7 and sorted(n for n in os.listdir(tmp_path) if n.startswith("model")) == \
+        ["model000002.pt", "model000004.pt", "model000006.pt"]
 
 
 def test_disk_full_during_save_keeps_earlier_checkpoints(teacher_path, tmp_path, monkeypatch):
