@@ -300,20 +300,30 @@ def test_precision_study_scores_the_teacher_only_when_asked_and_each_seed_trains
     assert all(math.isfinite(c["fid"]) for c in first["checkpoints"] + second["checkpoints"])
 
 
+TESTBED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "testbed.sh")
+
+
+def run_testbed_study(tmp_path, **settings):
+    """`testbed.sh study` with an empty teacher file (the checks come before the teacher is read)."""
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"")
+    environment = {**os.environ, "TEACHER": str(teacher), "RESULTS": str(tmp_path / "results"), **settings}
+    return subprocess.run(["bash", TESTBED, "study"], env=environment, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("setting, message", [({"SEEDS": "0 x"}, "SEEDS holds whole numbers"),
                                               ({"COMPILE": "2"}, "COMPILE is 0 (eager) or 1")])
 def test_testbed_study_refuses_bad_settings_before_it_creates_its_results_folder(tmp_path, setting, message):
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "testbed.sh")
-    teacher = tmp_path / "teacher.pt"
-    teacher.write_bytes(b"")  # the checks come before the teacher is read
-    results = tmp_path / "results"
-    environment = {**os.environ, "TEACHER": str(teacher), "RESULTS": str(results), **setting}
-    done = subprocess.run(["bash", script, "study"], env=environment, capture_output=True, text=True, timeout=60)
+    done = run_testbed_study(tmp_path, **setting)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert not results.exists()
-    # the other side: good settings pass the checks and the study starts (its runs fail on the empty teacher)
-    done = subprocess.run(["bash", script, "study"], env={**environment, "SEEDS": "0", "COMPILE": "0"},
-                          capture_output=True, text=True, timeout=300)
+    assert not (tmp_path / "results").exists()
+
+
+def test_testbed_study_starts_with_good_settings(tmp_path):
+    """The other side of the refusals: good settings pass the checks and the study starts (its runs fail on
+    the empty teacher)."""
+    done = run_testbed_study(tmp_path, SEEDS="0", COMPILE="0")
+    results = tmp_path / "results"
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(results)) == ["default-seed0.log", "meta.txt", "table.md", "use_fp16-fp32_output-seed0.log",
                                            "use_fp16-seed0.log"]
