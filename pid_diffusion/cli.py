@@ -20,6 +20,7 @@ from .generate import GenerationRequest
 from .guidance import GuidanceOptions
 from .latents import LatentOptions
 from .loop import ema_rates
+from .presets import PresetOptions
 from .schedules import NoiseLevels
 from .settings import OptionParser, option, options_of, values_for
 from .speed import preset_values
@@ -46,7 +47,7 @@ class ModelFlags:
 
 
 @dataclasses.dataclass(kw_only=True)
-class DistillationFlags:
+class DistillationFlags(PresetOptions):
     """cm_train.py's flags that are not settings of the trainer."""
     training_mode: str = option(DISTILLATION_MODE, f"must be {DISTILLATION_MODE} (PID); the original's default "
                                                    "consistency_distillation is not part of this package")
@@ -66,10 +67,12 @@ class DistillationFlags:
 
 
 @dataclasses.dataclass(kw_only=True)
-class SamplingFlags(NoiseLevels, GuidanceOptions, LatentOptions):
-    """image_sample.py's and fid_evaluation.py's flags of the model and how it is sampled."""
+class SamplingFlags(NoiseLevels, GuidanceOptions, LatentOptions, PresetOptions):
+    """image_sample.py's and fid_evaluation.py's flags of the model and how it is sampled. The defaults shown are
+    the original's, which EDM teachers and their students keep; EDM2's models take EDM2's protocol for the flags
+    not given (FAMILY_PROTOCOL_HELP)."""
     training_mode: str = option(ONE_SHOT_MODE, f"{ONE_SHOT_MODE} (the PID student, one step) or {TEACHER_MODE} (the "
-                                               "EDM teacher with any sampler)")
+                                               "teacher with any sampler)")
     generator: str = option("determ", "accepted for compatibility: noise is always seeded per sample")
     clip_denoised: bool = option(True, "clamp every denoiser output and the result to [-1, 1], as the original")
     num_samples: int = option(10000, "number of images")
@@ -99,7 +102,11 @@ class SampleFolderFlags:
 @dataclasses.dataclass(kw_only=True)
 class FIDFlags(DetectorOptions):
     """fid_evaluation.py's flags of what is evaluated and what is written."""
-    exp_dir: str = option("", "folder of checkpoints to evaluate (a training run folder)")
+    exp_dir: str = option("", "folder of checkpoints to evaluate (a training run folder); with --preset, where the "
+                              "preset teacher's results go")
+    seed_ranges: int = option(1, "evaluate each checkpoint K times on disjoint sample ranges (samples k·N … (k+1)·N − 1 "
+                                 "for k < K, N = --num_samples), a row each, and report each FID and the minimum "
+                                 "(EDM2's protocol: 3)")
     checkpoints: str = option("", "comma-separated checkpoint files to evaluate (in --exp_dir, or paths); default: every "
                                   "*.pt of --exp_dir but optimizer and trainer-state files, as the original")
     save_samples: bool = option(True, "write FID/{name}_samples_NxHxWx3.npz with every sample, as the original")
@@ -133,10 +140,32 @@ def _model_parser(doc, presets=False):
     return OptionParser(doc, FLAG_FAMILY.architecture_flags, ModelFlags, presets=presets)
 
 
+FAMILY_PROTOCOL_HELP = (
+    "EDM2 models (teachers and their students) take EDM2's protocol for the flags not given: --sampler heun_deter "
+    "--steps 32 --clip_denoised False --seed 0 --num_samples 50000, and in fid_evaluation.py --detector_feed uint8 "
+    "--seed_ranges 3. EDM teachers and their students keep the original's defaults, shown with each flag "
+    "(docs/usage.md).")
+
+
+def apply_preset(parser, args, given, model_flag):
+    """Set what --preset names (teacher, guide, weight, reference statistics) for the flags not given; the
+    teacher's own flag `model_flag` beside a preset is refused."""
+    try:
+        values = PresetOptions(preset=args.preset).preset_values(model_flag)
+    except ValueError as e:
+        parser.error(str(e))
+    if values and model_flag in given:
+        parser.error(f"--preset {args.preset} names the teacher; drop --{model_flag} {getattr(args, model_flag)}")
+    for name, value in values.items():
+        if name in parser.declared and name not in given:
+            setattr(args, name, value)
+
+
 def parse_distillation(argv=None, doc=None):
     """cm_train.py's (namespace, names given)."""
     parser = _model_parser(doc, presets=True).add_options(TrainConfig).add_options(DistillationFlags)
     args, given = parser.parse(argv)
+    apply_preset(parser, args, given, "teacher_model_path")
     if args.training_mode != DISTILLATION_MODE:
         parser.error(f"--training_mode {args.training_mode!r} is not supported; valid: {DISTILLATION_MODE}")
     if not args.teacher_model_path:
@@ -207,20 +236,37 @@ def teacher_training_config(args, log_dir):
 
 def _sampling_parser(doc):
     parser = _model_parser(doc).add_options(SamplingFlags)
+    parser.epilog = FAMILY_PROTOCOL_HELP
     return parser.add_options(TrainConfig, only=SAMPLING_IGNORED, ignored=True)
+
+
+def _teacher_preset(parser, args, given, model_flag):
+    """--preset for the sampling scripts: it names a teacher, sampled in teacher mode."""
+    if not args.preset:
+        return
+    if "training_mode" in given and args.training_mode != TEACHER_MODE:
+        parser.error(f"--preset {args.preset} names a teacher: drop --training_mode {args.training_mode}")
+    apply_preset(parser, args, given, model_flag)
+    args.training_mode = TEACHER_MODE
 
 
 def parse_sampling(argv=None, doc=None):
     """image_sample.py's (namespace, names given)."""
-    return _sampling_parser(doc).add_options(SampleFolderFlags).parse(argv)
+    parser = _sampling_parser(doc).add_options(SampleFolderFlags)
+    args, given = parser.parse(argv)
+    _teacher_preset(parser, args, given, "model_path")
+    return args, given
 
 
 def parse_fid(argv=None, doc=None):
     """fid_evaluation.py's (namespace, names given)."""
     parser = _sampling_parser(doc).add_options(FIDFlags)
     args, given = parser.parse(argv)
+    _teacher_preset(parser, args, given, "checkpoints")
     if not args.exp_dir:
-        parser.error("--exp_dir is required: the folder of checkpoints to evaluate")
+        parser.error("--exp_dir is required: the folder of checkpoints to evaluate (with --preset: where its results go)")
+    if args.seed_ranges < 1:
+        parser.error(f"--seed_ranges must be at least 1, got {args.seed_ranges}")
     return args, given
 
 
@@ -242,10 +288,13 @@ def guidance(args):
     return GuidanceOptions(**values_for(GuidanceOptions, args))
 
 
-def generation_request(args):
-    """The samples the sampling flags ask for."""
-    return GenerationRequest(args.num_samples, args.batch_size, args.seed, args.use_fp16,
-                             None if args.class_label == -1 else args.class_label)
+def generation_request(args, given, loaded=None, first_index=0):
+    """The samples the sampling flags ask for, from sample `first_index` on; of a loaded model
+    (evaluation.SamplingModel), with its family's seed and sample count where they were not given."""
+    def value(name):
+        return getattr(args, name) if loaded is None else loaded.setting(name, args, given)
+    return GenerationRequest(value("num_samples"), args.batch_size, value("seed"), args.use_fp16,
+                             None if args.class_label == -1 else args.class_label, first_index)
 
 
 def default_log_dir():

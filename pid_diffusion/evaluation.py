@@ -13,6 +13,7 @@ import torch
 
 from . import dist
 from .checkpoint import load_student, read_denoiser
+from .download import is_url, local_file
 from .families import family_of
 from .fid import DetectorTally
 from .files import FileLock, atomic_output
@@ -33,12 +34,18 @@ RESULT_FIELDS = ("model_name", "FID", "step")
 @dataclasses.dataclass
 class SamplingModel:
     """What a sampling mode loads: the denoiser, the shape of its samples (C, H, W), its label count, the
-    sampler options (the student's own noise levels), and for a latent model the decoder of its samples."""
+    sampler options (the student's own noise levels; a teacher's family protocol for the options not given),
+    for a latent model the decoder of its samples, and its family's sampling protocol (families.TeacherFamily)."""
     model: torch.nn.Module
     shape: tuple
     label_dim: int
     options: dict
     decode: object = None
+    protocol: dict = dataclasses.field(default_factory=dict)
+
+    def setting(self, name, args, given):
+        """The value of the flag `name` of `args`: as given, else the family protocol's, else its default."""
+        return getattr(args, name) if name in given or name not in self.protocol else self.protocol[name]
 
     def output_shape(self, device="cpu"):
         """The shape of the images its samples become."""
@@ -47,8 +54,9 @@ class SamplingModel:
 
 def load_sampling_model(training_mode, model_path, network_flags, device, options, given=(), guidance=None,
                         vae_path=""):
-    """The SamplingModel of a sampling mode: the frozen teacher (autoguided when `guidance`, a
-    guidance.GuidanceOptions, names a guide), or the PID student with the sampling options set to the noise
+    """The SamplingModel of a sampling mode: the frozen teacher (guided when `guidance`, a
+    guidance.GuidanceOptions, names a guide) sampled with its family's protocol for the sampler options not
+    `given` (EDM2: Heun, 32 steps, no clamping), or the PID student with the sampling options set to the noise
     levels it was trained at (see student_options). A latent model's samples are decoded (`vae_path`: a
     local VAE) and not clamped before decoding."""
     if training_mode not in SAMPLING_MODES:
@@ -70,13 +78,18 @@ def load_sampling_model(training_mode, model_path, network_flags, device, option
         config = model.network_config
         shape = (model.net.img_channels, model.net.img_resolution, model.net.img_resolution)
         label_dim = model.net.label_dim
-    decode = family_of(config).image_decoder(config, vae_path)
+    family = family_of(config)
+    if training_mode == TEACHER_MODE:  # a student samples in one step: the teachers' sampler options are not its
+        protocol = {name: value for name, value in family.sampling_protocol.items() if name in options and name not in given}
+        if protocol:
+            options = sampler_options(training_mode, **{**options, **protocol})
+    decode = family.image_decoder(config, vae_path)
     if decode is not None:
         if options.get("clip_denoised") and "clip_denoised" in given:
             raise ValueError(f"{model_path} samples latents, which are not clamped: drop --clip_denoised True (the "
-                             "decoded images are clamped to [-1, 1])")
+                             "decoded pixels are clamped to [0, 255], as EDM2 decodes them)")
         options = {**options, "clip_denoised": False}
-    return SamplingModel(model.to(device), shape, label_dim, options, decode)
+    return SamplingModel(model.to(device), shape, label_dim, options, decode, family.sampling_protocol)
 
 
 def student_options(student, options, given, source):
@@ -120,7 +133,7 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
     info = dist.info()
     batches = generate(model, request.num_samples, request.batch_size, request.seed, image_shape, label_dim, info.rank,
                        info.world_size, device, autocast_dtype=autocast_dtype(request.use_fp16, device),
-                       class_label=request.class_label, decode=decode, **options)
+                       class_label=request.class_label, decode=decode, first_index=request.first_index, **options)
     image_size = output_shape(decode, image_shape, device)
     # every process needs the statistics, also one that gets no batch
     tally = None if detector is None else DetectorTally(detector, image_size, device, feed)
@@ -173,15 +186,16 @@ def save_samples_npz(images_uint8, labels, folder, prefix=""):
 def checkpoints_in(folder, names=()):
     """[(name, step, path)] of the models to evaluate, as the original selects them: every *.pt file of
     the folder except optimizer and trainer-state files (and temporary files of interrupted saves),
-    or only the files `names` (in the folder, or paths); in step order, then name."""
+    or only the files `names` (in the folder, paths, or http(s) URLs fetched once); in step order, then name."""
     if names:
-        paths = [os.path.join(folder, name) if os.path.isfile(os.path.join(folder, name)) else name for name in names]
+        paths = [local_file(name, "the checkpoint") if is_url(name) else
+                 os.path.join(folder, name) if os.path.isfile(os.path.join(folder, name)) else name for name in names]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(f"checkpoint file(s) not found in {folder} nor as paths: {', '.join(missing)}")
     else:
         paths = [os.path.join(folder, n) for n in model_file_names(folder)]
-    found = [(os.path.basename(p)[:-3], checkpoint_step(p), p) for p in paths]
+    found = [(os.path.splitext(os.path.basename(p))[0], checkpoint_step(p), p) for p in paths]
     return sorted(found, key=lambda item: (item[1], item[0]))
 
 
@@ -191,9 +205,12 @@ QUESTION_FIELDS = ("num_samples", "seed", "sampling", "detector", "detector_sha2
 
 
 def sampling_description(options, request):
-    """The sampling part of a question, as one text: the sampler, its options, the label and precision."""
+    """The sampling part of a question, as one text: the sampler, its options, the label and precision, and
+    the first sample index where it is not 0 (the other ranges of a repeated evaluation)."""
     items = {**options, "class_label": -1 if request.class_label is None else request.class_label,
              "use_fp16": request.use_fp16}
+    if request.first_index:
+        items["first_sample"] = request.first_index
     return ";".join(f"{key}={items[key]}" for key in sorted(items))
 
 

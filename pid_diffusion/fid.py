@@ -42,6 +42,8 @@ REFERENCE_STATS = {
 """--fid_dataset → (file under model_zoo/, where to download it): EDM's .npz files, and EDM2's .pkl files (the
 statistics EDM2's published FIDs are measured against)."""
 FEEDS = ("float", "uint8")
+ORIGINAL_FEED, FAMILY_FEED = "float", "auto"
+"""The original PID code's feed, and the default: the teacher family's (families.TeacherFamily.sampling_protocol)."""
 DETECTORS = ("inception", "digits", "pixels")
 DIGITS_CLASSIFIER_FILE = "digits-classifier.pt"
 DIGITS_DATASET = "digits"
@@ -59,7 +61,14 @@ class DetectorOptions:
                                         "classifier's features; also gives class accuracy) or pixels (raw pixels)")
     detector_path: str = option("", "path or http(s) URL of inception-2015-12-05.pt or digits-classifier.pt (default: "
                                     "model_zoo/, torch hub cache)")
-    detector_feed: str = option("float", "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM")
+    detector_feed: str = option(FAMILY_FEED, "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM "
+                                             "and EDM2; auto: the teacher family's (float for EDM teachers and their "
+                                             "students, uint8 for EDM2's)")
+
+
+def resolve_feed(feed, protocol):
+    """The detector feed to use: `feed`, or for FAMILY_FEED the family protocol's (ORIGINAL_FEED if it has none)."""
+    return protocol.get("detector_feed", ORIGINAL_FEED) if feed == FAMILY_FEED else feed
 
 
 class PixelDetector(torch.nn.Module):
@@ -102,9 +111,12 @@ def load_detector(name="inception", path=None, device="cpu"):
 
 
 def detector_input(images, feed="float"):
-    """[-1, 1] float NCHW → what the detector eats: float pixels in [0, 255]."""
+    """Generated images → what the detector eats: float pixels in [0, 255]. Floats in [-1, 1] are mapped
+    (rounded first with the uint8 feed); uint8 pixels (a latent model's decoding) are taken as they are."""
     if feed not in FEEDS:
         raise ValueError(f"unknown detector feed {feed!r}; valid: {', '.join(FEEDS)}")
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32)
     if feed == "uint8":  # exactly the integer pixels of the saved images
         return to_uint8(images.to(torch.float32)).permute(0, 3, 1, 2).to(torch.float32)
     return ((images.to(torch.float32) + 1) * 127.5).clamp(0, 255)

@@ -78,38 +78,48 @@ def shard_batches(num_samples, batch_size, rank=0, world_size=1):
 
 
 def to_uint8(images):
-    """[-1, 1] float NCHW → uint8 NHWC with rounding (EDM's protocol; the original truncated)."""
+    """Generated images (float NCHW in [-1, 1], or pixels a latent model's codec decoded: uint8 NCHW) → uint8
+    NHWC. Floats are rounded (EDM's and EDM2's protocol; the original truncated); pixels stay as they are."""
+    if images.dtype == torch.uint8:
+        return images.permute(0, 2, 3, 1)
     return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 @dataclasses.dataclass
 class GenerationRequest:
-    """Which samples to make: sample i's noise and label depend only on (seed, i); `class_label`
-    fixes every label; `use_fp16` runs the network under float16 autocast on CUDA."""
+    """Which samples to make: samples first_index … first_index + num_samples − 1 of `seed` (sample i's noise
+    and label depend only on (seed, i)); `class_label` fixes every label; `use_fp16` runs the network under
+    float16 autocast on CUDA."""
     num_samples: int
     batch_size: int
     seed: int
     use_fp16: bool = False
     class_label: int = None
+    first_index: int = 0
 
     def __post_init__(self):
         for name in ("num_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.first_index < 0:
+            raise ValueError(f"the first sample index must be ≥ 0, got {self.first_index}")
 
 
 @dataclasses.dataclass
 class GeneratedBatch:
     indices: list
-    images: torch.Tensor        # float NCHW in [-1, 1] (clamped), on the device
+    images: torch.Tensor        # float NCHW in [-1, 1] (clamped), or a latent model's decoded uint8 pixels
     labels: torch.Tensor = None  # int64 [N] or None
 
 
 def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, rank=0, world_size=1,
-             device="cpu", sampler="oneshot", autocast_dtype=None, class_label=None, decode=None, **sampler_options):
-    """Yield this process's GeneratedBatch objects in order (labels drawn, or all `class_label`). A latent
-    model's samples (`image_shape` is its latents') are turned into images by `decode`."""
-    for indices in shard_batches(num_samples, batch_size, rank, world_size):
+             device="cpu", sampler="oneshot", autocast_dtype=None, class_label=None, decode=None, first_index=0,
+             **sampler_options):
+    """Yield this process's GeneratedBatch objects of samples first_index … first_index + num_samples − 1, in
+    order (labels drawn, or all `class_label`). A latent model's samples (`image_shape` is its latents') are
+    turned into uint8 pixels by `decode`."""
+    for batch in shard_batches(num_samples, batch_size, rank, world_size):
+        indices = [first_index + index for index in batch]
         generators = sample_generators(seed, indices)
         noise, labels = draw_inputs(generators, image_shape, label_dim, class_label)
         noise = noise.to(device)
@@ -119,9 +129,7 @@ def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, 
         with torch.no_grad(), context:
             images = sample(denoiser, noise, sampler, class_labels=one_hot, randn_like=per_sample_randn_like(generators),
                             **sampler_options)
-        if decode is not None:
-            images = decode(images)
-        yield GeneratedBatch(indices, images.clamp(-1, 1), labels)
+        yield GeneratedBatch(indices, images.clamp(-1, 1) if decode is None else decode(images), labels)
 
 
 def image_grid(images_uint8, columns=8):

@@ -1,11 +1,18 @@
 """Latent-space teachers (EDM2's ImageNet-512 models): their samples are latents of Stable Diffusion's
-VAE, decoded into images for grids, sample files and FID.
+VAE, turned into pixels for grids, sample files and FID by the convention of EDM2's StabilityVAEEncoder.
 
-EDM2's StabilityVAEEncoder stores a latent as scale·(VAE latent) + bias per channel; decoding undoes
-that, x = (latents − bias)/scale, and runs the VAE's decoder (diffusers' `AutoencoderKL`, the optional
-`[latent]` extra), whose images are in [−1, 1] like every other sample here. The VAE is loaded when
-first needed, from the name the teacher file records (fetched once into Hugging Face's cache) or from
-a local folder (`--vae_path`).
+EDM2's convention (not Stable Diffusion's pipelines'): the VAE sees images in [0, 1] (pixels/255) and its
+decoder's output is read as [0, 1]. A model's latent is scale·(VAE latent) + bias per channel:
+
+    encode_pixels:  uint8 pixels → the VAE encoder on pixels/255 → (mean, std) of its latent distribution
+    encode_latents: (mean, std) → (mean + std·noise)·scale + bias
+    decode:         latents → the VAE decoder on (latents − bias)/scale → clamp(0, 1)·255, truncated to uint8
+
+`decode` returns EDM2's own pixels (uint8 NCHW): every consumer (sample files, grids, FID) takes them as
+they are. scale and bias come from the statistics of the data's raw latents (`codec_constants`), as EDM2
+derives its ImageNet-512 constants. The VAE (diffusers' `AutoencoderKL`, the optional `[latent]` extra) is
+loaded when first needed, from the name the teacher file records (fetched once into Hugging Face's cache)
+or from a local folder (`--vae_path`).
 """
 
 import dataclasses
@@ -15,6 +22,8 @@ import torch
 from .settings import option
 
 LATENT_EXTRA_HINT = "pip install -e '.[latent]' (diffusers decodes Stable Diffusion latents)"
+PIXEL_LEVELS = 255
+DEFAULT_BATCH_SIZE = 8
 
 
 class LatentsUnavailableError(ImportError):
@@ -47,16 +56,27 @@ def load_autoencoder(name_or_path):
     return vae.eval().requires_grad_(False)
 
 
-class LatentDecoder:
-    """latents [N, C, h, w] → images [N, 3, H, W] in [−1, 1], `batch_size` latents at a time."""
+def codec_constants(raw_mean, raw_std, final_mean=0.0, final_std=0.5):
+    """EDM2's per-channel (scale, bias) that map raw latents of mean `raw_mean` and standard deviation
+    `raw_std` to final latents of `final_mean` and `final_std`: scale = final_std/raw_std,
+    bias = final_mean − raw_mean·scale (float32, as EDM2 computes them)."""
+    raw_mean, raw_std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (raw_mean, raw_std))
+    scale = torch.as_tensor(final_std, dtype=torch.float32) / raw_std
+    bias = torch.as_tensor(final_mean, dtype=torch.float32) - raw_mean * scale
+    return scale, bias
 
-    def __init__(self, vae_name, scale, bias, batch_size=8):
+
+class LatentCodec:
+    """EDM2's latent codec (see the module docstring) around a VAE; `codec(latents)` decodes."""
+
+    def __init__(self, vae_name, scale, bias, batch_size=DEFAULT_BATCH_SIZE, vae=None):
         self.vae_name, self.batch_size = vae_name, int(batch_size)
         self.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.bias = torch.as_tensor(bias, dtype=torch.float32).reshape(1, -1, 1, 1)
-        self.vae = None
+        self.vae = vae
         self.image_shapes = {}  # latent shape → decoded image shape, found by decoding once
-        autoencoder_class()  # without diffusers a latent model stops here, before any work
+        if vae is None:
+            autoencoder_class()  # without diffusers a latent model stops here, before any work
 
     def _autoencoder(self, device):
         if self.vae is None:
@@ -64,12 +84,36 @@ class LatentDecoder:
         return self.vae.to(device)
 
     @torch.no_grad()
-    def __call__(self, latents):
+    def encode_pixels(self, pixels):
+        """uint8 images [N, 3, H, W] → raw latents [N, 2C, h, w]: the mean and standard deviation of the VAE's
+        latent distribution of pixels/255."""
+        vae = self._autoencoder(pixels.device)
+        images = pixels.to(torch.float32) / PIXEL_LEVELS
+        parts = []
+        for part in images.split(self.batch_size):
+            distribution = vae.encode(part).latent_dist
+            parts.append(torch.cat([distribution.mean, distribution.std], dim=1))
+        return torch.cat(parts)
+
+    def encode_latents(self, raw_latents, noise=None, generator=None):
+        """Raw latents (mean, std) → final latents (mean + std·noise)·scale + bias; `noise` (unit normal, the
+        shape of the mean) is drawn from `generator` when not given."""
+        mean, std = raw_latents.to(torch.float32).chunk(2, dim=1)
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        latents = mean + noise.to(mean) * std
+        latents = latents * self.scale.to(latents.device)
+        return latents + self.bias.to(latents.device)
+
+    @torch.no_grad()
+    def decode(self, latents):
+        """Final latents [N, C, h, w] → EDM2's pixels: uint8 [N, 3, H, W]."""
         vae = self._autoencoder(latents.device)
-        latents = latents.to(torch.float32)
-        unscaled = (latents - self.bias.to(latents.device)) / self.scale.to(latents.device)
-        parts = [vae.decode(part).sample for part in unscaled.split(self.batch_size)]
-        return torch.cat(parts).to(torch.float32).clamp(-1, 1)
+        unscaled = (latents.to(torch.float32) - self.bias.to(latents.device)) / self.scale.to(latents.device)
+        decoded = torch.cat([vae.decode(part).sample for part in unscaled.split(self.batch_size)])
+        return decoded.to(torch.float32).clamp(0, 1).mul(PIXEL_LEVELS).to(torch.uint8)
+
+    __call__ = decode
 
     def image_shape(self, latent_shape, device="cpu"):
         """(channels, height, width) of the images that latents of `latent_shape` (C, h, w) decode into."""

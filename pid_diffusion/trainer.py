@@ -18,8 +18,8 @@ from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
 from .evaluation import ONE_SHOT_MODE, run_generation, sampler_options
 from .families import family_of
-from .fid import (DETECTORS, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension, load_detector,
-                  reference_name, reference_stats)
+from .fid import (DETECTORS, FAMILY_FEED, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension,
+                  load_detector, reference_name, reference_stats, resolve_feed)
 from .generate import GenerationRequest, generate, save_grid, to_uint8
 from .guidance import GuidanceOptions
 from .latents import LatentOptions, output_shape
@@ -74,7 +74,8 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, Lat
 
     def choices(self):
         return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,
-                "student_precision": STUDENT_PRECISION, "detector": DETECTORS, "detector_feed": FEEDS}
+                "student_precision": STUDENT_PRECISION, "detector": DETECTORS,
+                "detector_feed": (*FEEDS, FAMILY_FEED)}
 
     def validate(self):
         super().validate()
@@ -143,11 +144,12 @@ class PIDTrainer(TrainingLoop):
             self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
                 self.device, memory_format=self.memory_format)
         self.detector = self.reference = None
+        self.detector_feed = resolve_feed(config.detector_feed, family.sampling_protocol)
         if config.eval_interval:  # refused before the run folder is touched when they cannot be loaded
             self.detector = load_detector(config.detector, config.detector_path or None, self.device)
             self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,
                                              device=self.device)
-            dimension = DetectorTally(self.detector, self.output_shape(), self.device, config.detector_feed).dimension
+            dimension = DetectorTally(self.detector, self.output_shape(), self.device, self.detector_feed).dimension
             check_stats_dimension(*self.reference, dimension, reference_name(config.fid_dataset, config.ref_path))
         self.preview = None  # an eval-mode copy of the student for sample grids and evaluations
         self.latest_fids = {}
@@ -223,7 +225,7 @@ class PIDTrainer(TrainingLoop):
             for name, rate in self.shown_networks():
                 tallies[name] = run_generation(self._preview_with(self.shown_state(rate)), self.image_shape,
                                                self.label_dim, request, self.one_step_options(), self.device,
-                                               detector=self.detector, feed=self.config.detector_feed,
+                                               detector=self.detector, feed=self.detector_feed,
                                                keep_images=False, progress=False, decode=self.decode)[3]
         except Exception as e:  # noqa: BLE001 (an evaluation never stops the training)
             problem = f"{type(e).__name__}: {e}"

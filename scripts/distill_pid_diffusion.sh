@@ -3,9 +3,12 @@
 #
 #   bash scripts/distill_pid_diffusion.sh cifar10     # DDPM++ teacher, 8 GPUs, global batch 512, fp16
 #   bash scripts/distill_pid_diffusion.sh imagenet64  # ADM teacher, class-conditional, fp16, batch 2048
-#   bash scripts/distill_pid_diffusion.sh edm2-img64-s  # EDM2 teachers: edm2-img64-{s,m,l,xl}, edm2-img64-s-autog
-#                                                      # (autoguided by EDM2's XS), edm2-img512-{xs,s,m,l,xl,xxl}
-#                                                      # (Stable Diffusion latents; pip install -e '.[latent]')
+#   bash scripts/distill_pid_diffusion.sh edm2-img64-s-fid  # EDM2 teachers: any of EDM2's presets by name
+#                                                      # (pid_diffusion/presets.py: edm2-img512-xs-fid,
+#                                                      # edm2-img512-s-guid-fid, edm2-img64-s-autog-fid, ...; the
+#                                                      # img512 ones model Stable Diffusion latents:
+#                                                      # pip install -e '.[latent]'); the older names edm2-img64-s,
+#                                                      # edm2-img512-xs, edm2-img64-s-autog, ... stay as aliases
 #
 # EDM2 has no PID settings in the paper: ours are the ImageNet-64 run's (batch 2048, N = 250, LPIPS, the three
 # EMA rates) with RAdam at lr 1e-3, since EDM2's weights are normalised to unit scale (docs/usage.md, "EDM2").
@@ -51,14 +54,8 @@ IMAGENET64_FLAGS=(
   --eval_interval 10000 --eval_samples 10000 --fid_dataset imagenet
 )
 
-# EDM2's post-hoc EMA reconstructions with the best FID (EDM2's generate_images.py presets), files in model_zoo/
-declare -A EDM2_FILES=(
-  [edm2-img64-s]=edm2-img64-s-1073741-0.075.pkl [edm2-img64-m]=edm2-img64-m-2147483-0.060.pkl
-  [edm2-img64-l]=edm2-img64-l-1073741-0.040.pkl [edm2-img64-xl]=edm2-img64-xl-0671088-0.040.pkl
-  [edm2-img512-xs]=edm2-img512-xs-2147483-0.135.pkl [edm2-img512-s]=edm2-img512-s-2147483-0.130.pkl
-  [edm2-img512-m]=edm2-img512-m-2147483-0.100.pkl [edm2-img512-l]=edm2-img512-l-1879048-0.085.pkl
-  [edm2-img512-xl]=edm2-img512-xl-1342177-0.085.pkl [edm2-img512-xxl]=edm2-img512-xxl-0939524-0.070.pkl
-)
+# EDM2's presets name the teacher, its guide and the weight (cm_train.py --preset; model_zoo/ files, else EDM2's
+# addresses) and the reference statistics
 EDM2_FLAGS=(
   --total_training_steps 400000 --global_batch_size 2048 --microbatch 32 --lr 0.001 --use_fp16 False
   --eval_interval 10000 --eval_samples 10000
@@ -67,20 +64,12 @@ EDM2_FLAGS=(
 case "$DATASET" in
   cifar10) RUN_NAME=pid_cifar10; FLAGS=("${COMMON_FLAGS[@]}" "${CIFAR10_FLAGS[@]}") ;;
   imagenet64) RUN_NAME=pid_imagenet; FLAGS=("${COMMON_FLAGS[@]}" "${IMAGENET64_FLAGS[@]}") ;;
-  edm2-img64-s-autog)  # EDM2's autoguidance preset (FID 1.01 with 63 calls): S guided by XS at w = 1.7
-    RUN_NAME=pid_$DATASET
-    FLAGS=("${COMMON_FLAGS[@]}" "${EDM2_FLAGS[@]}" --teacher_model_path ./model_zoo/edm2-img64-s-1073741-0.045.pkl
-           --guide_model_path ./model_zoo/edm2-img64-xs-0134217-0.110.pkl --guidance 1.7 --fid_dataset edm2-img64) ;;
-  edm2-img64-*|edm2-img512-*)
-    if [[ -z "${EDM2_FILES[$DATASET]:-}" ]]; then
-      echo "unknown EDM2 teacher $DATASET; valid: ${!EDM2_FILES[*]} edm2-img64-s-autog" >&2; exit 2
-    fi
+  edm2-*)
     RUN_NAME=pid_$DATASET
     # LPIPS compares RGB images: the latent (ImageNet-512) students learn with the l2 distance between latents
-    case "$DATASET" in edm2-img64-*) SPACE=(--fid_dataset edm2-img64) ;; *) SPACE=(--fid_dataset edm2-img512 --loss_norm l2) ;; esac
-    FLAGS=("${COMMON_FLAGS[@]}" "${EDM2_FLAGS[@]}" --teacher_model_path "./model_zoo/${EDM2_FILES[$DATASET]}"
-           "${SPACE[@]}") ;;
-  *) echo "usage: bash $0 [cifar10|imagenet64|edm2-img64-s|...] [extra cm_train.py flags]" >&2; exit 2 ;;
+    case "$DATASET" in edm2-img512-*) SPACE=(--loss_norm l2) ;; *) SPACE=() ;; esac
+    FLAGS=("${COMMON_FLAGS[@]}" "${EDM2_FLAGS[@]}" --preset "$DATASET" "${SPACE[@]}") ;;
+  *) echo "usage: bash $0 [cifar10|imagenet64|edm2-img64-s-fid|<an EDM2 preset>] [extra cm_train.py flags]" >&2; exit 2 ;;
 esac
 
 # srun counts its processes with --ntasks, mpirun with -np

@@ -2,22 +2,28 @@
 
     python scripts/fid_evaluation.py --exp_dir experiment/pid_cifar10 --fid_dataset cifar10 \
         --num_samples 50000 --batch_size 500 --seed 0
+    python scripts/fid_evaluation.py --preset edm2-img64-s-autog-fid --exp_dir experiment/edm2-teachers
 
 Evaluates every *.pt of the folder but optimizer and trainer-state files, as the original (or the
-files --checkpoints names), in step order with the same noise for every checkpoint; a file without
-run_config.json beside it (e.g. the released pid_cifar.pt) is built from the architecture flags, and
-EMA files of a save that was interrupted before its model file are skipped. Each result is a row of
-<exp_dir>/fid_results_{seed}.csv: `model_name,FID,step` (the original's columns first), what it
-measured (sample count, seed, sampling options, detector and a digest of its weights, detector feed,
-reference statistics and their digest) and `class_accuracy` with the digits detector (the share of
-samples the classifier assigns to the label they were generated for). A checkpoint is skipped only
-when a row answers the same question; rows of other questions (and the original's, which record
-none) are kept. Walks beside each other on one folder share the file: each row is added under its
-lock. NaN statistics are refused, never recorded. Writes FID/{name}_{seed-tag}_samples.png,
-FID/{name}_{seed-tag}_samples_NxHxWx3.npz (every sample; --save_samples False skips it; the tag names
-the seed and a digest of the sampling options, so other samples never replace them), FID/log.txt
-and <exp_dir>/fid_vs_step.png. A checkpoint that cannot be read is reported and skipped. Runs under
-mpirun, torchrun or alone.
+files --checkpoints names; --preset names an EDM2 teacher and its guide), in step order with the same
+noise for every checkpoint; a file without run_config.json beside it (e.g. the released pid_cifar.pt)
+is built from the architecture flags, and EMA files of a save that was interrupted before its model
+file are skipped. Each result is a row of <exp_dir>/fid_results_{seed}.csv: `model_name,FID,step` (the
+original's columns first), what it measured (sample count, seed, sampling options, detector and a
+digest of its weights, detector feed, reference statistics and their digest) and `class_accuracy` with
+the digits detector (the share of samples the classifier assigns to the label they were generated
+for). A checkpoint is skipped only when a row answers the same question; rows of other questions (and
+the original's, which record none) are kept. Walks beside each other on one folder share the file:
+each row is added under its lock. NaN statistics are refused, never recorded. Writes
+FID/{name}_{seed-tag}_samples.png, FID/{name}_{seed-tag}_samples_NxHxWx3.npz (every sample;
+--save_samples False skips it; the tag names the seed and a digest of the sampling options, so other
+samples never replace them), FID/log.txt and <exp_dir>/fid_vs_step.png. A checkpoint that cannot be
+read is reported and skipped. Runs under mpirun, torchrun or alone.
+
+--seed_ranges K measures each checkpoint on K disjoint ranges of samples (0 … N − 1, N … 2N − 1, ...), a
+row each, and reports each FID and the minimum, as EDM2 reports its FIDs. EDM2 models (teachers and their
+students) follow EDM2's protocol for the flags not given: Heun with 32 steps and no clamping, seed 0,
+50,000 samples, uint8 pixels to the detector, 3 ranges.
 
 Digits: --detector digits --fid_dataset digits (features of the shipped digits classifier, reference
 statistics computed from the 1,797 real digits).
@@ -28,7 +34,8 @@ import os
 
 from pid_diffusion import cli, dist, evaluation
 from pid_diffusion.digits import DigitsUnavailableError
-from pid_diffusion.fid import DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats
+from pid_diffusion.fid import (DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats,
+                               resolve_feed)
 from pid_diffusion.files import digest_of_arrays
 from pid_diffusion.generate import save_grid
 from pid_diffusion.log import RunLogger
@@ -38,10 +45,13 @@ from pid_diffusion.run_folder import incomplete_step_files
 
 
 def evaluate_folder(args, given, device):
+    if args.preset and dist.is_main():  # a preset's teacher is evaluated into a folder that need not exist yet
+        os.makedirs(args.exp_dir, exist_ok=True)
+    dist.barrier()
     if not os.path.isdir(args.exp_dir):
         raise FileNotFoundError(f"--exp_dir {args.exp_dir}: no such folder")
     options = cli.sampling_options(args)
-    request = cli.generation_request(args)
+    cli.generation_request(args, given)  # its values are checked before any model is loaded
     guidance = cli.guidance(args)
     guidance.check_guidance()
     # a guided teacher's rows answer their own question (unguided descriptions stay as they were)
@@ -52,19 +62,19 @@ def evaluate_folder(args, given, device):
     if not checkpoints:
         raise FileNotFoundError(f"no checkpoints (*.pt files but opt*.pt and trainer_state*.pt) in {args.exp_dir}")
     reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
-    measurement = dict(num_samples=request.num_samples, seed=request.seed, detector=args.detector,
-                       detector_sha256=digest_of_arrays(detector.state_dict().values()), feed=args.detector_feed,
-                       reference=reference_name(args.fid_dataset, args.ref_path), reference_sha256=digest_of_arrays(reference))
-    results_path = os.path.join(args.exp_dir, f"fid_results_{args.seed}.csv")
-    evaluation.read_results(results_path)  # a damaged results file stops the walk before any sampling
+    measured_with = dict(detector=args.detector, detector_sha256=digest_of_arrays(detector.state_dict().values()),
+                         reference=reference_name(args.fid_dataset, args.ref_path),
+                         reference_sha256=digest_of_arrays(reference))
     sample_dir = os.path.join(args.exp_dir, "FID")
     if dist.is_main():
         os.makedirs(sample_dir, exist_ok=True)
     log = RunLogger(sample_dir).log  # the terminal and FID/log.txt, as the original's logger
-    unreadable, failed, checked_dimension = [], [], False
+    walk = Walk(args, detector, reference, sample_dir, log, device)
+    unreadable = []
     for name in incomplete_step_files(args.exp_dir):
         if name.startswith("ema_") and not args.checkpoints:
             log(f"{name[:-3]}: skipped, its checkpoint's save was interrupted (no model file of its step)")
+    measurement = None
     for name, step, path in checkpoints:
         try:
             loaded = evaluation.load_sampling_model(args.training_mode, path, cli.network_flags(args, given), device,
@@ -73,56 +83,90 @@ def evaluate_folder(args, given, device):
             log(f"{name}: skipped, cannot be loaded ({e})")
             unreadable.append(name)
             continue
-        sampling = evaluation.sampling_description({**loaded.options, **guided}, request)
-        question = {**measurement, "sampling": sampling}
-        known = evaluation.answer(evaluation.read_results(results_path), name, question) if dist.is_main() else None
-        known = dist.broadcast_object(known)  # read again: another walk may have answered it meanwhile
+        first = cli.generation_request(args, given, loaded)
+        measurement = dict(num_samples=first.num_samples, seed=first.seed,
+                           feed=resolve_feed(args.detector_feed, loaded.protocol), **measured_with)
+        fids = []
+        for k in range(loaded.setting("seed_ranges", args, given)):  # disjoint ranges of samples, a row each
+            request = cli.generation_request(args, given, loaded, first_index=k * first.num_samples)
+            sampling = evaluation.sampling_description({**loaded.options, **guided}, request)
+            fids.append(walk.measure(name, step, loaded, request, {**measurement, "sampling": sampling}))
+        if len(fids) > 1 and None not in fids:
+            ranges = ", ".join(f"samples {k * first.num_samples}–{(k + 1) * first.num_samples - 1}: {fid:.4f}"
+                               for k, fid in enumerate(fids))
+            log(f"{name}: FID over {len(fids)} disjoint sample ranges ({ranges}); minimum {min(fids):.4f}")
+    if len(unreadable) == len(checkpoints):
+        raise ValueError(f"nothing could be evaluated: none of the {len(checkpoints)} checkpoints in {args.exp_dir} "
+                         "can be loaded (see the reasons above)")
+    if dist.is_main():  # every answer to this measurement's first sample range, also those of walks beside this one
+        results = os.path.join(args.exp_dir, f"fid_results_{measurement['seed']}.csv")
+        same = [r for r in evaluation.read_results(results) if all(r.get(k) == str(v) for k, v in measurement.items())
+                and "first_sample=" not in r.get("sampling", "")]
+        plot_fid_vs_step(same, os.path.join(args.exp_dir, "fid_vs_step.png"),
+                         title=f"FID ({args.detector} detector) by step")
+    failed = dist.broadcast_object(walk.failed)
+    if failed:
+        raise ValueError(f"no finite FID for {', '.join(failed)}: not recorded (see {os.path.join(sample_dir, 'log.txt')})")
+
+
+class Walk:
+    """One FID measurement after another, each a row of <exp_dir>/fid_results_{seed}.csv answering its question."""
+
+    def __init__(self, args, detector, reference, sample_dir, log, device):
+        self.args, self.detector, self.reference, self.sample_dir, self.log = args, detector, reference, sample_dir, log
+        self.device = device
+        self.checked_dimension, self.failed = False, []
+
+    def measure(self, name, step, loaded, request, question):
+        """The FID of checkpoint `name` for `question` (from its row if one answers it, else measured and recorded);
+        None when it is not finite."""
+        args, log, device = self.args, self.log, self.device
+        results_path = os.path.join(args.exp_dir, f"fid_results_{request.seed}.csv")
+        rows = evaluation.read_results(results_path)  # read again each time: another walk may have answered it
+        known = dist.broadcast_object(evaluation.answer(rows, name, question) if dist.is_main() else None)
         if known is not None:
-            log(f"{name}: already evaluated (FID {known['FID']}, {request.num_samples} samples, seed {request.seed})")
-            continue
-        if not checked_dimension:  # before the first sampling, against the detector's feature size
-            dimension = DetectorTally(detector, loaded.output_shape(device), device, args.detector_feed).dimension
-            check_stats_dimension(*reference, dimension, measurement["reference"])
-            checked_dimension = True
+            log(f"{name}: already evaluated (FID {known['FID']}, {request.num_samples} samples from sample "
+                f"{request.first_index}, seed {request.seed})")
+            return float(known["FID"])
+        if not self.checked_dimension:  # before the first sampling, against the detector's feature size
+            dimension = DetectorTally(self.detector, loaded.output_shape(device), device, question["feed"]).dimension
+            check_stats_dimension(*self.reference, dimension, question["reference"])
+            self.checked_dimension = True
         images, labels, indices, tally = evaluation.run_generation(
-            loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, device, detector=detector,
-            feed=args.detector_feed, keep_images=args.save_samples, decode=loaded.decode)
+            loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, device, detector=self.detector,
+            feed=question["feed"], keep_images=args.save_samples, decode=loaded.decode)
         tally.all_reduce()
         grid = images[:100]
         if args.save_samples:
             images, labels = evaluation.gather_in_order(images, labels, indices)
+        fid = None
         if dist.is_main():
-            fid = tally.fid(reference)
+            fid = tally.fid(self.reference)
             if not math.isfinite(fid):
                 log(f"{name}: FID is {fid} (the samples or their features hold NaN or infinite values): not recorded")
-                failed.append(name)
+                self.failed.append(name)
+                fid = None
             else:
-                row = dict(model_name=name, step=step, FID=f"{fid:.6f}")
-                accuracy = tally.class_accuracy()
-                if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional model
-                    row["class_accuracy"] = f"{accuracy:.6f}"
-                tag = f"{name}_{evaluation.samples_tag(request, sampling)}_"  # what the files measured
-                save_grid(grid, os.path.join(sample_dir, f"{tag}samples.png"), columns=10)
-                if args.save_samples:
-                    evaluation.save_samples_npz(images, labels, sample_dir, prefix=tag)
-                # the row last: a row in the results file means its samples are written too
-                evaluation.record_result(results_path, row, question,
-                                         on_wait=lambda holder: log(f"waiting for {holder} to finish writing "
-                                                                    f"{results_path}"))
-                extra = f", class accuracy {accuracy:.4f}" if "class_accuracy" in row else ""
-                log(f"{name}: FID {fid:.4f}{extra} ({int(tally.stats.count)} samples, seed {request.seed}, "
-                    f"{args.detector} detector)")
+                self.record(name, step, fid, tally, request, question, grid, images, labels, results_path)
         dist.barrier()
-    if len(unreadable) == len(checkpoints):
-        raise ValueError(f"nothing could be evaluated: none of the {len(checkpoints)} checkpoints in {args.exp_dir} "
-                         "can be loaded (see the reasons above)")
-    if dist.is_main():  # every answer to this measurement, also those of walks beside this one
-        same = [r for r in evaluation.read_results(results_path) if all(r.get(k) == str(v) for k, v in measurement.items())]
-        plot_fid_vs_step(same, os.path.join(args.exp_dir, "fid_vs_step.png"),
-                         title=f"FID ({args.detector} detector) by step")
-    failed = dist.broadcast_object(failed)
-    if failed:
-        raise ValueError(f"no finite FID for {', '.join(failed)}: not recorded (see {os.path.join(sample_dir, 'log.txt')})")
+        return dist.broadcast_object(fid)
+
+    def record(self, name, step, fid, tally, request, question, grid, images, labels, results_path):
+        args, log = self.args, self.log
+        row = dict(model_name=name, step=step, FID=f"{fid:.6f}")
+        accuracy = tally.class_accuracy()
+        if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional model
+            row["class_accuracy"] = f"{accuracy:.6f}"
+        tag = f"{name}_{evaluation.samples_tag(request, question['sampling'])}_"  # what the files measured
+        save_grid(grid, os.path.join(self.sample_dir, f"{tag}samples.png"), columns=10)
+        if args.save_samples:
+            evaluation.save_samples_npz(images, labels, self.sample_dir, prefix=tag)
+        # the row last: a row in the results file means its samples are written too
+        evaluation.record_result(results_path, row, question,
+                                 on_wait=lambda holder: log(f"waiting for {holder} to finish writing {results_path}"))
+        extra = f", class accuracy {accuracy:.4f}" if "class_accuracy" in row else ""
+        log(f"{name}: FID {fid:.4f}{extra} ({int(tally.stats.count)} samples from sample {request.first_index}, seed "
+            f"{request.seed}, {args.detector} detector)")
 
 
 def main(argv=None):

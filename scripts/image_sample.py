@@ -1,9 +1,10 @@
-"""Sample images from a PID student (one step) or its EDM teacher (any official sampler).
+"""Sample images from a PID student (one step) or its teacher (any official sampler).
 
     python scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_one_shot \
         --model_path experiment/pid_cifar10/ema_0.99995_800000.pt --num_samples 50000 --batch_size 500
     mpirun -np 4 python scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_teacher \
         --model_path model_zoo/edm-cifar10-32x32-uncond-vp.pkl --sampler heun_deter --steps 18
+    python scripts/image_sample.py --preset edm2-img512-s-guid-fid --num_samples 64 --batch_size 16
 
 Writes $OPENAI_LOGDIR/samples_{N}x{H}x{W}x3.npz (arr_0: uint8 NHWC, arr_1: labels when
 class-conditional) and samples_grid.png; a folder that holds either already is refused unless
@@ -25,9 +26,10 @@ GRID_FILE = "samples_grid.png"
 
 def sample_to_folder(args, given, info):
     options = cli.sampling_options(args)
-    request = cli.generation_request(args)
+    cli.generation_request(args, given)  # its values are checked before the model is loaded
     loaded = evaluation.load_sampling_model(args.training_mode, args.model_path, cli.network_flags(args, given),
                                             info.device, options, given, cli.guidance(args), args.vae_path)
+    request = cli.generation_request(args, given, loaded)
     check_class_label(request.class_label, loaded.label_dim)  # before the output folder is made
     out_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
     outputs = (evaluation.samples_npz_path(out_dir, request.num_samples, loaded.output_shape(info.device)),
@@ -44,7 +46,7 @@ def sample_to_folder(args, given, info):
     if dist.is_main():
         path = evaluation.save_samples_npz(images, labels, out_dir)
         save_grid(images[:64], outputs[1])
-        print(f"wrote {path} and {GRID_FILE} ({loaded.options['sampler']}, seed {args.seed})", flush=True)
+        print(f"wrote {path} and {GRID_FILE} ({loaded.options['sampler']}, seed {request.seed})", flush=True)
 
 
 def main(argv=None):

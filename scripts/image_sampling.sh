@@ -7,7 +7,7 @@
 # Student checkpoints carry their architecture in run_config.json, so they need no network flags.
 #
 #   bash scripts/image_sampling.sh cifar10-teacher | cifar10-pid | imagenet64-teacher | imagenet64-pid [extra flags]
-#   bash scripts/image_sampling.sh edm2-img64-s-teacher | edm2-img64-s-autog-teacher | edm2-img512-xs-teacher | edm2-pid
+#   bash scripts/image_sampling.sh edm2-img64-s-fid-teacher | edm2-img512-s-guid-fid-teacher | <EDM2 preset>-teacher | edm2-pid
 # NUM_GPUS (default 1), STUDENT (a model*.pt / ema_*.pt), MPIRUN and DRY_RUN=1 as in distill_pid_diffusion.sh.
 set -euo pipefail
 
@@ -33,19 +33,14 @@ case "$WHAT" in
       --steps 79 --model_path ./model_zoo/edm-imagenet-64x64-cond-adm.pkl "${IMAGENET64_NET[@]}") ;;
   imagenet64-pid) RUN=ImageNetPID; FLAGS=(--training_mode one_shot_pinn_edm_edm_one_shot --sampler oneshot
       --model_path "${STUDENT:-./experiment/pid_imagenet/ema_0.99995_400000.pt}" "${IMAGENET64_NET[@]}") ;;
-  # EDM2 teachers record their architecture (no network flags); EDM2's sampler is heun_deter with 32 steps (63 calls)
-  # and no clamping (EDM2 clamps only the final images, and latents not at all)
-  edm2-img64-s-teacher) RUN=EDM2S; FLAGS=(--training_mode one_shot_pinn_edm_edm_teacher --sampler heun_deter --steps 32
-      --clip_denoised False --model_path ./model_zoo/edm2-img64-s-1073741-0.075.pkl) ;;
-  edm2-img64-s-autog-teacher) RUN=EDM2SAutog; FLAGS=(--training_mode one_shot_pinn_edm_edm_teacher --sampler heun_deter
-      --steps 32 --clip_denoised False --model_path ./model_zoo/edm2-img64-s-1073741-0.045.pkl
-      --guide_model_path ./model_zoo/edm2-img64-xs-0134217-0.110.pkl --guidance 1.7) ;;
-  edm2-img512-xs-teacher) RUN=EDM2XS512; FLAGS=(--training_mode one_shot_pinn_edm_edm_teacher --sampler heun_deter
-      --steps 32 --clip_denoised False --model_path ./model_zoo/edm2-img512-xs-2147483-0.135.pkl) ;;
+  # EDM2 teachers: <an EDM2 preset>-teacher (pid_diffusion/presets.py names the teacher, its guide and the weight);
+  # they record their architecture (no network flags) and are sampled with EDM2's protocol (Heun, 32 steps, no
+  # clamping) unless flags say otherwise
+  edm2-*-teacher) RUN=$WHAT; FLAGS=(--preset "${WHAT%-teacher}") ;;
   edm2-pid) RUN=EDM2PID; FLAGS=(--training_mode one_shot_pinn_edm_edm_one_shot --sampler oneshot
       --model_path "${STUDENT:-./experiment/pid_edm2-img64-s/ema_0.99995_400000.pt}") ;;
-  *) echo "usage: bash $0 cifar10-teacher|cifar10-pid|imagenet64-teacher|imagenet64-pid|edm2-img64-s-teacher|"\
-"edm2-img64-s-autog-teacher|edm2-img512-xs-teacher|edm2-pid [extra flags]" >&2; exit 2 ;;
+  *) echo "usage: bash $0 cifar10-teacher|cifar10-pid|imagenet64-teacher|imagenet64-pid|<EDM2 preset>-teacher|"\
+"edm2-pid [extra flags]" >&2; exit 2 ;;
 esac
 
 # shellcheck disable=SC2206

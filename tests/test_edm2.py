@@ -162,7 +162,47 @@ def test_release_pickles_load_without_running_anything(kind):
                                   atol=0), name
 
 
-# ------------------------------------------------------------------ without the fixtures
+# ------------------------------------------------------------------ without the fixtures: oracles written out
+def test_magnitude_preserving_operations_keep_unit_variance():
+    from pid_diffusion.networks.edm2 import mp_cat, mp_silu, mp_sum
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 400_000, generator=generator, dtype=torch.float64)
+    for t in (0.3, 0.5, 0.8):  # EDM2's res_balance, label and concat balances: unit in, unit out
+        assert abs(mp_sum(a, b, t).var().item() - 1) < 0.01, t
+        wide = mp_cat(a.reshape(-1, 40), b.reshape(-1, 40)[:, :25], dim=1, t=t)  # parts of unequal width
+        assert abs(wide.pow(2).mean().item() - 1) < 0.01, t
+    assert abs(mp_silu(a).pow(2).mean().item() - 1) < 0.01
+    assert torch.equal(mp_sum(a, b, 0.0), a) and torch.allclose(mp_sum(a, b, 0.5), (a + b) / 2 ** 0.5)
+
+
+def test_the_denoiser_is_its_written_out_preconditioning():
+    """D(x; σ) = c_skip·x + c_out·F(c_in·x, ln(σ)/4, labels), σ_data = 0.5 (EDM2 = EDM here), on a network whose
+    every gain is set: an input of x, not c_in·x, gives other numbers."""
+    net = tiny_edm2()
+    x, sigma, labels = 3 * torch.randn(3, 3, 8, 8), torch.tensor([0.02, 1.0, 40.0]), torch.eye(10)[[1, 4, 7]]
+    scale = (sigma ** 2 + 0.25).reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        raw = net.unet(x / scale.sqrt(), sigma.log() / 4, labels)
+        expected = 0.25 / scale * x + sigma.reshape(-1, 1, 1, 1) * 0.5 / scale.sqrt() * raw
+        assert relative_error(net(x, sigma, labels), expected) <= rounding_bound(8)
+        assert relative_error(net.unet(x, sigma.log() / 4, labels), raw) > 0.01  # c_in matters
+
+
+def test_the_u_net_sees_the_image_and_a_constant_channel_of_ones():
+    net = tiny_edm2()
+    seen = []
+    first = net.unet.enc["8x8_conv"]
+    handle = first.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        net.unet(x, torch.zeros(2), torch.eye(10)[:2])
+    handle.remove()
+    assert seen[0].shape == (2, 4, 8, 8) and torch.equal(seen[0][:, :3], x)
+    assert torch.equal(seen[0][:, 3], torch.ones(2, 8, 8))
+
+
+# ------------------------------------------------------------------ without the fixtures: behaviour
 def test_training_mode_rewrites_weights_normalised_and_eval_mode_does_not():
     torch.manual_seed(0)
     conv = MPConv(6, 4, [3, 3])
@@ -249,7 +289,11 @@ def test_an_edm2_style_pickle_is_read_and_foreign_objects_refused(tmp_path, monk
                   bias=np.float32([-0.5, 0.0, 0.5, 1.0]), batch_size=8, _vae=None)
     write_edm2_release_pickle(tmp_path / "latent.pkl", net, LATENT_ENCODER, latent, monkeypatch)
     config, state = read_teacher_file(tmp_path / "latent.pkl")
+    # every field of the encoder that decoding reads
     assert config[ENCODER_KEY]["scale"] == pytest.approx([0.1, 0.2, 0.3, 0.4], rel=1e-7)
+    assert config[ENCODER_KEY]["bias"] == pytest.approx([-0.5, 0.0, 0.5, 1.0], rel=1e-7)
+    assert (config[ENCODER_KEY]["kind"], config[ENCODER_KEY]["vae_name"], config[ENCODER_KEY]["batch_size"]) == (
+        LATENT_ENCODER, "stabilityai/sd-vae-ft-mse", 8)
     assert state["unet.out_gain"].dtype == torch.float16  # EDM2 stores the EMA network in float16
     teacher = load_teacher(tmp_path / "latent.pkl")
     x, sigma = torch.randn(2, 4, 8, 8), torch.tensor([0.5, 5.0])
@@ -308,14 +352,69 @@ def test_autoguided_distillation_targets_the_guided_teacher(tmp_path):
     assert not (tmp_path / "bad" / "run_config.json").exists()
 
 
-def write_tiny_vae(folder, seed=0):
+def write_tiny_vae(folder, seed=0, constant_output=None):
+    """A tiny random AutoencoderKL saved in `folder`; `constant_output`: its decoder gives that value everywhere."""
     diffusers = pytest.importorskip("diffusers", reason="the [latent] extra (diffusers) is not installed")
     torch.manual_seed(seed)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
                                   down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                                   layers_per_block=1, norm_num_groups=4, sample_size=16)
+    if constant_output is not None:
+        with torch.no_grad():  # the decoder's last layer: a constant
+            vae.decoder.conv_out.weight.zero_()
+            vae.decoder.conv_out.bias.fill_(constant_output)
     vae.save_pretrained(folder)
     return vae
+
+
+def edm2_pixels(vae, latents, encoder):
+    """EDM2's decoding, written out: the VAE on (latents − bias)/scale, its output read as [0, 1]."""
+    bias, scale = (torch.tensor(encoder[k]).reshape(1, -1, 1, 1) for k in ("bias", "scale"))
+    with torch.no_grad():
+        return (vae.decode((latents - bias) / scale).sample.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def test_latent_codec_matches_edm2():
+    from conftest import fixture_path
+    from pid_diffusion.latents import LatentCodec, codec_constants
+
+    diffusers = pytest.importorskip("diffusers", reason="the [latent] extra (diffusers) is not installed")
+    codec = torch.load(fixture_path("../edm2/edm2_latent_codec_seed0.pt"), weights_only=True)
+    vae = diffusers.AutoencoderKL(**codec["vae_config"])
+    vae.load_state_dict(codec["vae_state_dict"])
+    scale, bias = codec_constants(codec["raw_mean"], codec["raw_std"], codec["final_mean"], codec["final_std"])
+    assert torch.equal(scale, codec["scale"]) and torch.equal(bias, codec["bias"])  # EDM2's constants, float32
+    ours = LatentCodec("fixture", scale, bias, vae=vae.eval())
+    decoded = ours.decode(codec["latents"])
+    assert decoded.dtype == torch.uint8 and torch.equal(decoded, codec["decoded"])  # EDM2's pixels, exactly
+    assert ((codec["decoded"] == 0) | (codec["decoded"] == 255)).float().mean() > 0.05  # the clamp mattered
+    raw = ours.encode_pixels(codec["pixels"])
+    assert relative_error(raw, codec["raw_latents"]) <= PARITY_ORDER
+    final = ours.encode_latents(codec["raw_latents"], noise=codec["noise"])
+    assert relative_error(final, codec["final_latents"]) <= PARITY_ORDER
+    # a batch of one sums the VAE's float32 convolutions in another order: a pixel at a truncation edge may move
+    ours.batch_size = 1
+    assert (ours.decode(codec["latents"]).int() - codec["decoded"].int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("decoder_value,pixel", [(0.25, 63), (0.75, 191)])
+def test_image_sample_writes_edm2_pixels_of_a_latent_teacher(tmp_path, decoder_value, pixel):
+    import numpy as np
+
+    write_tiny_vae(tmp_path / "vae", constant_output=decoder_value)
+    encoder = dict(kind=LATENT_ENCODER, vae_name=str(tmp_path / "vae"), scale=[0.5] * 4, bias=[0.0] * 4, batch_size=2)
+    teacher = save_edm2_teacher(tmp_path / "latent.pt", tiny_edm2(img_channels=4), encoder)
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "image_sample.py"), "--training_mode",
+                           TEACHER_MODE, "--model_path", teacher, "--steps", "2", "--num_samples", "3",
+                           "--batch_size", "3"], env={**os.environ, "OPENAI_LOGDIR": str(tmp_path / "out")},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "out" / "samples_3x16x16x3.npz") as samples:
+        assert samples["arr_0"].dtype == np.uint8 and set(np.unique(samples["arr_0"])) == {pixel}  # EDM2: 0.25 → 63
+    loaded = load_sampling_model(TEACHER_MODE, teacher, {}, "cpu", dict(sampler="euler", steps=2))
+    tally = run_generation(loaded.model, loaded.shape, loaded.label_dim, GenerationRequest(2, 2, 0), loaded.options,
+                           "cpu", detector=load_detector("pixels"), progress=False, decode=loaded.decode)[3]
+    assert np.allclose(tally.stats.mean_cov()[0], pixel / 255, rtol=0, atol=1e-12)  # the detector sees them as they are
 
 
 def test_a_latent_teacher_distils_and_its_samples_are_decoded_for_fid(tmp_path):
@@ -333,22 +432,16 @@ def test_a_latent_teacher_distils_and_its_samples_are_decoded_for_fid(tmp_path):
     images, _, _, tally = run_generation(loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, "cpu",
                                          detector=load_detector("pixels"), progress=False, decode=loaded.decode)
     assert images.shape == (4, 16, 16, 3) and int(tally.stats.count) == 4
-    # the decoded images are the VAE's decoding of (latents − bias)/scale
-    with torch.no_grad():
-        z = torch.randn(1, 4, 8, 8)
-        expected = vae.decode((z - torch.tensor(encoder["bias"]).reshape(1, 4, 1, 1))
-                              / torch.tensor(encoder["scale"]).reshape(1, 4, 1, 1)).sample.clamp(-1, 1)
-    assert torch.allclose(loaded.decode(z), expected, atol=1e-6)
+    # the decoded images are EDM2's pixels of (latents − bias)/scale
+    z = torch.randn(2, 4, 8, 8)
+    assert torch.equal(loaded.decode(z), edm2_pixels(vae, z, encoder))
     # --vae_path replaces the VAE the file names
     other = write_tiny_vae(tmp_path / "other_vae", seed=1)
     replaced = load_sampling_model("one_shot_pinn_edm_edm_one_shot", str(tmp_path / "run" / "ema_0.9_000002.pt"), {},
                                    "cpu", dict(sampler="oneshot", sigma_min=0.002, sigma_max=80.0, clip_denoised=True),
                                    vae_path=str(tmp_path / "other_vae"))
-    with torch.no_grad():
-        expected_other = other.decode((z - torch.tensor(encoder["bias"]).reshape(1, 4, 1, 1))
-                                      / torch.tensor(encoder["scale"]).reshape(1, 4, 1, 1)).sample.clamp(-1, 1)
-    assert torch.allclose(replaced.decode(z), expected_other, atol=1e-6)
-    assert not torch.allclose(replaced.decode(z), expected, atol=1e-3)
+    assert torch.equal(replaced.decode(z), edm2_pixels(other, z, encoder))
+    assert not torch.equal(replaced.decode(z), loaded.decode(z))
 
 
 def test_a_latent_teacher_without_diffusers_is_refused_in_one_line(tmp_path, monkeypatch):
@@ -380,7 +473,7 @@ def test_sampling_an_edm2_teacher_with_autoguidance_from_its_flags(tmp_path):
         loaded = load_sampling_model(args.training_mode, args.model_path, {}, "cpu", cli.sampling_options(args), given,
                                      cli.guidance(args))
         assert isinstance(loaded.model, GuidedDenoiser) == (name == "guided")
-        images[name] = run_generation(loaded.model, loaded.shape, loaded.label_dim, cli.generation_request(args),
+        images[name] = run_generation(loaded.model, loaded.shape, loaded.label_dim, cli.generation_request(args, given, loaded),
                                       loaded.options, "cpu", progress=False)[0]
     assert images["plain"].shape == (2, 8, 8, 3) and not torch.equal(images["plain"], images["guided"])
     args, given = cli.parse_sampling([*base, "--guidance", "2"])
@@ -409,12 +502,8 @@ def test_edm2_reference_statistics_pickle_is_read_without_running_it(tmp_path):
         load_reference_stats(str(tmp_path / "other.pkl"))
 
 
-@pytest.mark.parametrize("name,teacher,reference", [
-    ("edm2-img64-s", "edm2-img64-s-1073741-0.075.pkl", "edm2-img64"),
-    ("edm2-img512-xxl", "edm2-img512-xxl-0939524-0.070.pkl", "edm2-img512"),
-    ("edm2-img64-s-autog", "edm2-img64-s-1073741-0.045.pkl", "edm2-img64"),
-])
-def test_the_distill_script_names_edm2_teachers_and_their_statistics(name, teacher, reference):
+def distill_script_config(name):
+    """The cm_train.py configuration that scripts/distill_pid_diffusion.sh runs for `name` (DRY_RUN)."""
     import shlex
 
     from pid_diffusion import cli
@@ -423,16 +512,92 @@ def test_the_distill_script_names_edm2_teachers_and_their_statistics(name, teach
                              env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True).stdout
     command = shlex.split(printed.splitlines()[1])
     args, given = cli.parse_distillation(command[command.index("./scripts/cm_train.py") + 1:])
-    config = cli.distillation_config(args, given, "unused", "cuda")
-    assert (config.teacher_model_path, config.fid_dataset) == (f"./model_zoo/{teacher}", reference)
+    return cli.distillation_config(args, given, "unused", "cuda")
+
+
+@pytest.mark.parametrize("name,teacher,guide,guidance,reference", [
+    ("edm2-img64-s", "edm2-img64-s-1073741-0.075.pkl", "", 1.0, "edm2-img64"),  # the older names stay
+    ("edm2-img512-xxl", "edm2-img512-xxl-0939524-0.070.pkl", "", 1.0, "edm2-img512"),
+    ("edm2-img64-s-autog", "edm2-img64-s-1073741-0.045.pkl", "edm2-img64-xs-0134217-0.110.pkl", 1.7, "edm2-img64"),
+    ("edm2-img512-s-guid-fid", "edm2-img512-s-2147483-0.025.pkl", "edm2-img512-xs-uncond-2147483-0.025.pkl", 1.4,
+     "edm2-img512"),
+    ("edm2-img512-xxl-autog-dino", "edm2-img512-xxl-0939524-0.130.pkl", "edm2-img512-m-0268435-0.205.pkl", 2.3,
+     "edm2-img512"),
+])
+def test_the_distill_script_names_edm2_presets_and_their_statistics(name, teacher, guide, guidance, reference):
+    from pid_diffusion.presets import EDM2_RELEASES
+
+    config = distill_script_config(name)
+    assert (config.teacher_model_path, config.guide_model_path, config.guidance, config.fid_dataset) == (
+        f"{EDM2_RELEASES}/{teacher}", f"{EDM2_RELEASES}/{guide}" if guide else "", guidance, reference)
     assert config.network_flags == {}  # EDM2 files record their architecture
-    assert (config.global_batch_size, config.lr, config.start_scales, config.guidance) == (
-        2048, 1e-3, 250, 1.7 if "autog" in name else 1.0)
+    assert (config.global_batch_size, config.lr, config.start_scales) == (2048, 1e-3, 250)
     assert config.loss_norm == ("l2" if "img512" in name else "lpips")  # latents are no RGB images for LPIPS
     config.check_guidance()
-    unknown = subprocess.run(["bash", os.path.join(REPO, "scripts", "distill_pid_diffusion.sh"), "edm2-img64-q"],
-                             env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True)
-    assert unknown.returncode == 2 and "unknown EDM2 teacher edm2-img64-q" in unknown.stderr
+
+
+def test_every_edm2_preset_resolves_and_explicit_flags_win(tmp_path, monkeypatch, capsys):
+    from pid_diffusion import cli
+    from pid_diffusion.presets import ALIASES, EDM2_RELEASES, PRESETS, preset_named
+
+    assert len(PRESETS) == 36 and all(preset_named(alias) is PRESETS[name] for alias, name in ALIASES.items())
+    for name, preset in PRESETS.items():
+        args, given = cli.parse_sampling(["--preset", name])
+        assert (args.training_mode, args.model_path, args.guidance) == (TEACHER_MODE, preset.teacher_path,
+                                                                         preset.guidance)
+        assert args.guide_model_path == (f"{EDM2_RELEASES}/{preset.guide}" if preset.guide else "")
+        assert ("-guid-" in name or "-autog-" in name) == bool(preset.guide) == (preset.guidance != 1)
+        assert "uncond" in preset.guide or "-guid-" not in name  # classifier-free: an unconditional guide
+    # a file in model_zoo/ is used instead of the address
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model_zoo").mkdir()
+    (tmp_path / "model_zoo" / "edm2-img64-s-1073741-0.045.pkl").write_bytes(b"")
+    args, given = cli.parse_fid(["--preset", "edm2-img64-s-autog-fid", "--exp_dir", "out", "--guidance", "2.5"])
+    assert args.checkpoints == os.path.join("model_zoo", "edm2-img64-s-1073741-0.045.pkl")
+    assert args.guidance == 2.5 and args.fid_dataset == "edm2-img64"  # the explicit weight wins
+    args, _ = cli.parse_distillation(["--preset", "edm2-img512-xs-guid-fid", "--fid_dataset", "digits"])
+    assert args.teacher_model_path.endswith("edm2-img512-xs-2147483-0.045.pkl") and args.fid_dataset == "digits"
+    for argv, message in ((["--preset", "edm2-img64-q"], "unknown --preset 'edm2-img64-q'; EDM2's presets: "
+                                                          "edm2-img512-xs-fid, "),
+                          (["--preset", "edm2-img64-s-fid", "--teacher_model_path", "t.pkl"],
+                           "--preset edm2-img64-s-fid names the teacher; drop --teacher_model_path t.pkl")):
+        with pytest.raises(SystemExit):
+            cli.parse_distillation(argv)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse_sampling(["--preset", "edm2-img64-s-fid", "--training_mode", "one_shot_pinn_edm_edm_one_shot"])
+    assert "--preset edm2-img64-s-fid names a teacher: drop --training_mode" in capsys.readouterr().err
+
+
+def test_edm2_models_take_edm2_s_protocol_and_edm_models_the_original_s(tmp_path, teacher_path):
+    from pid_diffusion import cli
+    from pid_diffusion.families.edm2 import EDM2Family
+
+    edm2 = save_edm2_teacher(tmp_path / "edm2.pt", tiny_edm2(), {"kind": PIXEL_ENCODER})
+    for path, expected in ((edm2, dict(sampler="heun_deter", steps=32, clip_denoised=False, seed=0, num_samples=50000,
+                                       feed="uint8", ranges=3)),
+                           (teacher_path, dict(sampler="heun", steps=40, clip_denoised=True, seed=42, num_samples=10000,
+                                               feed="float", ranges=1))):
+        args, given = cli.parse_fid(["--exp_dir", "d", "--training_mode", TEACHER_MODE, "--model_path", path])
+        loaded = load_sampling_model(TEACHER_MODE, path, {}, "cpu", cli.sampling_options(args), given)
+        request = cli.generation_request(args, given, loaded)
+        from pid_diffusion.fid import resolve_feed
+
+        assert {k: loaded.options[k] for k in ("sampler", "steps", "clip_denoised")} == {
+            k: expected[k] for k in ("sampler", "steps", "clip_denoised")}
+        assert (request.seed, request.num_samples, resolve_feed(args.detector_feed, loaded.protocol),
+                loaded.setting("seed_ranges", args, given)) == (expected["seed"], expected["num_samples"],
+                                                                 expected["feed"], expected["ranges"])
+    # flags given win over the family's protocol
+    argv = ["--exp_dir", "d", "--training_mode", TEACHER_MODE, "--sampler", "euler", "--steps", "5", "--seed", "42",
+            "--num_samples", "7", "--clip_denoised", "True", "--detector_feed", "float", "--seed_ranges", "1"]
+    args, given = cli.parse_fid(argv)
+    loaded = load_sampling_model(TEACHER_MODE, edm2, {}, "cpu", cli.sampling_options(args), given)
+    request = cli.generation_request(args, given, loaded)
+    assert (loaded.options["sampler"], loaded.options["steps"], loaded.options["clip_denoised"]) == ("euler", 5, True)
+    assert (request.seed, request.num_samples, args.detector_feed, loaded.setting("seed_ranges", args, given)) == (
+        42, 7, "float", 1)
+    assert EDM2Family.sampling_protocol["sigma_min"] == 0.002 and EDM2Family.sampling_protocol["rho"] == 7
 
 
 def test_the_fid_walk_measures_an_autoguided_teacher_as_its_own_question(tmp_path):
@@ -455,5 +620,88 @@ def test_the_fid_walk_measures_an_autoguided_teacher_as_its_own_question(tmp_pat
         assert done.returncode == 0, done.stderr
     with open(folder / "fid_results_0.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and rows[0]["FID"] != rows[1]["FID"]  # two questions, two answers
-    assert [("guidance=1.7" in row["sampling"]) for row in rows] == [False, True]
+    # EDM2's protocol: three disjoint ranges of samples for each question (plain, guided), a row each
+    assert [("guidance=1.7" in row["sampling"]) for row in rows] == [False] * 3 + [True] * 3
+    assert [row["sampling"].count("first_sample=") and row["sampling"].split("first_sample=")[1].split(";")[0]
+            for row in rows] == [0, "4", "8"] * 2
+    assert len({row["FID"] for row in rows}) == 6  # other samples, other FIDs
+    assert {row["feed"] for row in rows} == {"uint8"}  # EDM2's protocol, not the original's float feed
+    log = (folder / "FID" / "log.txt").read_text()
+    minimum = min(float(row["FID"]) for row in rows[3:])
+    assert f"teacher: FID over 3 disjoint sample ranges (samples 0–3: " in log and f"minimum {minimum:.4f}" in log
+
+
+# ------------------------------------------------------------------ classifier-free guidance (an unconditional guide)
+def cfg_pair():
+    from conftest import fixture_path
+
+    return (fixture_path("../edm2/edm2-tiny-cond-seed0.pkl"), fixture_path("../edm2/edm2-tiny-uncond-seed0.pkl"),
+            torch.load(fixture_path("../edm2/edm2-tiny-cfg-seed0.expected.pt"), weights_only=True))
+
+
+@pytest.mark.parametrize("which", ["output", "guided_output", "uncond_output"])
+def test_classifier_free_guidance_samples_as_edm2(which):
+    from pid_diffusion.checkpoint import read_denoiser
+
+    conditional, unconditional, expected = cfg_pair()
+    guidance = GuidanceOptions(guide_model_path=unconditional, guidance=expected["guidance"])
+    path, labels, options = conditional, expected["class_labels"], (guidance if which == "guided_output" else None)
+    if which == "uncond_output":
+        path, labels = unconditional, None
+    denoiser = read_denoiser(path, options)[0]
+    with torch.no_grad():
+        out = sample(denoiser, expected["latents"], "heun_deter", steps=expected["num_steps"], class_labels=labels,
+                     sigma_min=expected["sigma_min"], sigma_max=expected["sigma_max"], rho=expected["rho"])
+    calls = (2 * expected["num_steps"] - 1) * (2 if which == "guided_output" else 1)
+    net = denoiser.denoiser if which == "guided_output" else denoiser
+    assert relative_error(out, expected[which]) <= min(between_implementations(calls * network_roundings(net, 16)),
+                                                       PARITY_ORDER)
+    if which == "guided_output":  # the guide changes the images
+        assert relative_error(out, expected["output"]) > 100 * PARITY_ORDER
+
+
+def test_image_sample_guides_a_conditional_teacher_by_an_unconditional_one(tmp_path):
+    import numpy as np
+
+    from pid_diffusion.checkpoint import read_denoiser
+    from pid_diffusion.generate import seeded_inputs, to_uint8
+
+    conditional, unconditional, expected = cfg_pair()
+    flags = ["--training_mode", TEACHER_MODE, "--model_path", conditional, "--guide_model_path", unconditional,
+             "--guidance", "1.4", "--steps", "3", "--num_samples", "4", "--batch_size", "2", "--seed", "5"]
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "image_sample.py"), *flags],
+                          env={**os.environ, "OPENAI_LOGDIR": str(tmp_path)}, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "samples_4x16x16x3.npz") as written:
+        images, labels = torch.from_numpy(written["arr_0"]), torch.from_numpy(written["arr_1"])
+    # what the library gives for the same samples (EDM2's sampler, proven above): Heun, no clamping
+    guided = read_denoiser(conditional, GuidanceOptions(guide_model_path=unconditional, guidance=1.4))[0]
+    noise, drawn = seeded_inputs(5, range(4), (3, 16, 16), 10)
+    with torch.no_grad():
+        out = sample(guided, noise, "heun_deter", steps=3, class_labels=torch.eye(10)[drawn])
+    assert torch.equal(labels, drawn)
+    assert torch.equal(to_uint8(out.clamp(-1, 1)), images)
+
+
+def test_an_unconditional_guide_distils_and_real_mismatches_are_refused(tmp_path):
+    teacher = save_edm2_teacher(tmp_path / "teacher.pt", tiny_edm2(seed=0), {"kind": PIXEL_ENCODER})
+    unconditional_config = dict(TINY, label_dim=0)
+    torch.manual_seed(1)
+    unconditional = EDM2Precond(img_channels=3, **unconditional_config).eval()
+    save_teacher(unconditional, tmp_path / "uncond.pt", dict(unconditional_config, img_channels=3, family="edm2",
+                                                            **{ENCODER_KEY: {"kind": PIXEL_ENCODER}}))
+    trainer = train(tiny_run(teacher, tmp_path / "cfg", guide_model_path=str(tmp_path / "uncond.pt"), guidance=1.4))
+    x, sigma, labels = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 5.0]), torch.eye(10)[:2]
+    with torch.no_grad():  # the guide is called without labels: D_uncond + 1.4·(D_cond − D_uncond)
+        expected = unconditional(x, sigma).lerp(trainer.teacher.denoiser(x, sigma, labels), 1.4)
+        assert torch.allclose(trainer.teacher(x, sigma, labels), expected, rtol=0, atol=1e-5)
+    assert trainer.step == 2 and (tmp_path / "cfg" / "ema_0.9_000002.pt").exists()
+    # an unconditional teacher with a conditional guide, and two different label counts, are refused
+    with pytest.raises(ValueError, match="the guiding network has label_dim 10, the teacher 0; the teacher is "
+                                         "unconditional: its guide must be too"):
+        GuidedDenoiser(unconditional, tiny_edm2(), 1.4)
+    other = EDM2Precond(img_channels=3, **dict(TINY, label_dim=5))
+    with pytest.raises(ValueError, match="label_dim 5, the teacher 10; a guide has the teacher's 10 labels"):
+        GuidedDenoiser(tiny_edm2(), other, 1.4)
+    with pytest.raises(ValueError, match="img_resolution 16, the teacher 8"):
+        GuidedDenoiser(tiny_edm2(), EDM2Precond(img_channels=3, **dict(TINY, img_resolution=16)), 1.4)

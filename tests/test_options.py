@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pid_diffusion import cli, digits
-from pid_diffusion.evaluation import TEACHER_MODE, run_generation
+from pid_diffusion.evaluation import TEACHER_MODE, SamplingModel, run_generation
 from pid_diffusion.fid import detector_input, digits_reference_stats, load_detector
 from pid_diffusion.generate import GenerationRequest, draw_inputs, per_sample_randn_like, sample_generators, to_uint8
 from pid_diffusion.guidance import GuidanceOptions
@@ -84,7 +84,8 @@ def test_every_sampling_flag_reaches_the_sampler_and_the_request(parse):
     options = cli.sampling_options(args)
     assert options == dict(sampler="dpm", steps=7, sigma_min=0.01, sigma_max=50.0, rho=4.0, s_churn=3.0, s_tmin=0.1,
                            s_tmax=20.0, s_noise=1.01, ts="", clip_denoised=False)
-    assert cli.generation_request(args) == GenerationRequest(5, 3, 9, True, 1)
+    assert cli.generation_request(args, given, SamplingModel(None, (3, 8, 8), 0, options)) == GenerationRequest(
+        5, 3, 9, True, 1)
     args, _ = parse(["--guide_model_path", "g.pt", "--guidance", "1.5", "--vae_path", "vae", *extra])
     assert cli.guidance(args) == GuidanceOptions(guide_model_path="g.pt", guidance=1.5) and args.vae_path == "vae"
     args, _ = parse(["--training_mode", TEACHER_MODE, "--sampler", "multistep", "--ts", "0,3,6", *extra])

@@ -29,6 +29,11 @@ class TeacherFamily:
     """Class names of the network stored in the family's snapshot `.pkl` files."""
     architecture_flags = None
     """The dataclass of the flags that describe the family's networks for files that do not record one."""
+    sampling_protocol = {}
+    """The sampling and evaluation defaults of the family's models (teachers and their students) where they differ
+    from the original PID code's, by flag name (sampler, steps, clip_denoised, seed, num_samples, detector_feed,
+    seed_ranges, ...): image_sample.py, fid_evaluation.py and FID during training take them for the flags not
+    given."""
     rewrites_weights_in_training = False
     """Whether its networks rewrite their own weights in every training-mode call (EDM2's forced weight
     normalisation): a student of such a family is called once per step (--batched_student True)."""
@@ -69,8 +74,8 @@ class TeacherFamily:
         raise NotImplementedError
 
     def image_decoder(self, config, vae_path=""):
-        """None for a network of pixels; for one of latents, the callable that turns its samples into
-        images in [−1, 1] (pid_diffusion/latents.py); `vae_path` replaces the autoencoder the file names."""
+        """None for a network of pixels; for one of latents, the codec whose call turns its samples into
+        uint8 pixels (pid_diffusion/latents.py); `vae_path` replaces the autoencoder the file names."""
         return None
 
 

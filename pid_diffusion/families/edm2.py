@@ -15,6 +15,7 @@ import numpy as np
 from ..edm_pickle import PersistentRecord, snapshot_network
 from ..files import TeacherLoadError
 from ..networks.edm2 import EDM2Precond, unet_from_config
+from ..schedules import RHO, SIGMA_MAX, SIGMA_MIN
 from . import FAMILY_KEY, TeacherFamily, load_strictly
 
 ENCODER_KEY = "encoder"
@@ -62,6 +63,10 @@ class EDM2Family(TeacherFamily):
     snapshot_classes = ("Precond",)
     architecture_flags = None
     rewrites_weights_in_training = True
+    sampling_protocol = dict(sampler="heun_deter", steps=32, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
+                             clip_denoised=False, seed=0, num_samples=50000, detector_feed="uint8", seed_ranges=3)
+    """EDM2's: its Heun sampler with 32 steps (63 network calls, 126 with a guide), no clamping (EDM2 clamps only
+    the decoded pixels), samples 0 … 49,999 as uint8 pixels, the FID the minimum over three disjoint ranges."""
 
     def config_from_flags(self, flags):
         raise TeacherLoadError("EDM2 networks are described by their files, not by the official flags")
@@ -106,8 +111,8 @@ class EDM2Family(TeacherFamily):
         encoder = config.get(ENCODER_KEY, {"kind": PIXEL_ENCODER})
         if encoder["kind"] != LATENT_ENCODER:
             return None
-        from ..latents import LatentDecoder
-        return LatentDecoder(vae_path or encoder["vae_name"], encoder["scale"], encoder["bias"], encoder["batch_size"])
+        from ..latents import LatentCodec
+        return LatentCodec(vae_path or encoder["vae_name"], encoder["scale"], encoder["bias"], encoder["batch_size"])
 
 
 EDM2 = EDM2Family()
