@@ -12,7 +12,7 @@ import datetime
 import os
 
 from .checkpoint import FLAG_FAMILY
-from .digits import DIGITS_NETWORK_CONFIG, RESOLUTION
+from .digits import DIGITS_NETWORK_CONFIG, NUM_CLASSES, RESOLUTION
 from .families import edm
 from .evaluation import ONE_SHOT_MODE, TEACHER_MODE, sampler_options
 from .fid import DetectorOptions
@@ -24,7 +24,7 @@ from .presets import PresetOptions
 from .schedules import NoiseLevels
 from .settings import OptionParser, option, options_of, values_for
 from .speed import preset_values
-from .teacher_trainer import TeacherTrainConfig
+from .teacher_trainer import TeacherTrainConfig, log_normal_sigmas, teacher_family_config
 from .trainer import TrainConfig
 
 DISTILLATION_MODE = "one_shot_pinn_edm_edm"
@@ -119,6 +119,8 @@ class TeacherFlags:
                                 "bilinearly upsampled to it (32 with --image_channels 3 and CIFAR-10's network flags "
                                 "is the CIFAR-10 testbed, model_zoo/README.md)")
     image_channels: int = option(1, "1 (grey), or 3 (the grey digit in each of three channels, as an RGB teacher sees it)")
+    class_cond: bool = option(True, "class-conditional (the digit's label); False: an unconditional teacher (e.g. the "
+                                    "guide of classifier-free guidance)")
     num_channels: int = option(16, "base channel count of the DDPM++ (model_channels)")
     num_res_blocks: int = option(2, "residual blocks per resolution")
     channel_mult: str = option("1,2", "channel multiplier per resolution, from the image side down (CIFAR-10's "
@@ -183,14 +185,21 @@ def distillation_config(args, given, log_dir, device_type=None):
     return TrainConfig(**values)
 
 
+EDM2_TEACHER_EMA = "0.05,0.1"
+"""--ema_rate of an EDM2 teacher unless given: power-function EMAs of σ_rel 0.05 and 0.1."""
+
+
 def parse_teacher_training(argv=None, doc=None):
     """train_teacher.py's namespace (--export_ema_rate resolved to a rate)."""
     parser = OptionParser(doc, TeacherTrainConfig, TeacherFlags)
-    args, _ = parser.parse(argv)
+    parser.epilog = f"--family edm2 without --ema_rate: --ema_rate {EDM2_TEACHER_EMA} (σ_rel of power-function EMAs)."
+    args, given = parser.parse(argv)
+    if args.family == "edm2" and "ema_rate" not in given:
+        args.ema_rate = EDM2_TEACHER_EMA
     if args.export and os.path.exists(args.export):
         parser.error(f"--export {args.export} exists; choose another name or remove it first")
     try:
-        teacher_network_config(args)  # its errors are the command line's
+        teacher_training_config(args, "").validate()  # its errors are the command line's
     except ValueError as e:
         parser.error(str(e))
     rates = ema_rates(args.ema_rate)
@@ -223,15 +232,19 @@ def teacher_network_config(args):
         raise ValueError(f"--attention_resolutions {args.attention_resolutions!r}: factor {outside[0]} gives no "
                          f"resolution of the network ({', '.join(map(str, resolutions))}); give factors among "
                          f"{', '.join(str(size // r) for r in resolutions)}")
-    return {**DIGITS_NETWORK_CONFIG, "img_resolution": size, "img_channels": channels,
-            "model_channels": args.num_channels, "num_blocks": args.num_res_blocks, "channel_mult": channel_mult,
-            "attn_resolutions": sorted({size // r for r in factors}, reverse=True), "dropout": args.dropout}
+    ddpmpp = {**DIGITS_NETWORK_CONFIG, "img_resolution": size, "img_channels": channels,
+              "label_dim": NUM_CLASSES if args.class_cond else 0, "model_channels": args.num_channels,
+              "num_blocks": args.num_res_blocks, "channel_mult": channel_mult,
+              "attn_resolutions": sorted({size // r for r in factors}, reverse=True), "dropout": args.dropout}
+    return teacher_family_config(args.family, ddpmpp)
 
 
 def teacher_training_config(args, log_dir):
-    """The teacher trainer's configuration: the teacher's network (`teacher_network_config`) and the loop's flags."""
-    return TeacherTrainConfig(log_dir=log_dir, network_config=teacher_network_config(args),
-                              **values_for(TeacherTrainConfig, args))
+    """The teacher trainer's configuration: the teacher's network (`teacher_network_config`), its family's
+    training σ distribution and the loop's flags."""
+    p_mean, p_std = log_normal_sigmas(args.family, args.latent_vae)
+    return TeacherTrainConfig(log_dir=log_dir, network_config=teacher_network_config(args), p_mean=p_mean,
+                              p_std=p_std, **values_for(TeacherTrainConfig, args))
 
 
 def _sampling_parser(doc):

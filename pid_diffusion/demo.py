@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from .digits import CHANNELS, NUM_CLASSES, RESOLUTION
 from .fid import DetectorTally, digits_reference_stats
 from .generate import generate, seeded_inputs, to_uint8
+from .guidance import GuidedDenoiser
+from .latents import output_shape
 from .samplers import network_calls, sample
 
 TEACHER_SAMPLER = dict(sampler="heun_deter", steps=18)
@@ -28,37 +30,58 @@ CLIP_DENOISED = True
 
 
 def check_digits_teacher(teacher, source):
-    """The image shape of a digits teacher: 10 classes, 1×8×8 or the digits at a larger side (a multiple
-    of 8) in 1 or 3 channels, as scripts/train_teacher.py --image_size/--image_channels makes them."""
-    shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
-    if teacher.label_dim != NUM_CLASSES or shape[0] not in (CHANNELS, 3) or shape[-1] % RESOLUTION:
+    """The image shape of a digits teacher (pixels): see check_digits_images."""
+    return check_digits_images((teacher.img_channels, teacher.img_resolution, teacher.img_resolution),
+                               teacher.label_dim, source)
+
+
+def check_digits_images(shape, label_dim, source):
+    """`shape` if a teacher of `label_dim` classes making images of `shape` (its pixels, or its latents decoded)
+    is a digits teacher: 10 classes, 1×8×8 or the digits at a larger side (a multiple of 8) in 1 or 3
+    channels, as scripts/train_teacher.py --image_size/--image_channels makes them."""
+    shape = tuple(shape)
+    if label_dim != NUM_CLASSES or shape[0] not in (CHANNELS, 3) or shape[-1] % RESOLUTION:
         raise ValueError(f"{source} is not a digits teacher: it makes {'×'.join(map(str, shape))} images with "
-                         f"{teacher.label_dim} classes, a digits teacher {CHANNELS} or 3 channels at a side that is a "
+                         f"{label_dim} classes, a digits teacher {CHANNELS} or 3 channels at a side that is a "
                          f"multiple of {RESOLUTION} (1×8×8 as shipped) with {NUM_CLASSES}")
     return shape
 
 
+def unit_range(images):
+    """Generated images as floats in [−1, 1]: as they are, or a latent model's uint8 pixels mapped back."""
+    return images / 127.5 - 1 if images.dtype == torch.uint8 else images
+
+
 class DigitsMetrics:
-    def __init__(self, teacher, detector, num_samples=2000, seed=0, batch_size=500, device="cpu"):
-        self.image_shape = check_digits_teacher(teacher, "the teacher")
+    """`teacher`: a denoiser of digits (guided or not); `decode`: its codec when it models latents (the
+    samples are then decoded into pixels before they are judged); `clip_denoised`: whether the samplers clamp
+    (the original's True; EDM2's protocol and every latent model: False)."""
+
+    def __init__(self, teacher, detector, num_samples=2000, seed=0, batch_size=500, device="cpu", decode=None,
+                 clip_denoised=CLIP_DENOISED):
         self.device = torch.device(device)
+        self.sample_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+        self.decode, self.clip_denoised = decode, clip_denoised
+        self.image_shape = check_digits_images(output_shape(decode, self.sample_shape, self.device), teacher.label_dim,
+                                               "the teacher")
         self.detector = detector.to(self.device)
         self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
         self.reference = digits_reference_stats(self.detector, self.device)
         self.teacher = teacher.to(self.device)
+        self.calls_per_step = 2 if isinstance(teacher, GuidedDenoiser) else 1  # a guided teacher calls its guide too
         tally, self.teacher_images, self.labels = self._generate(self.teacher, **TEACHER_SAMPLER)
         self.teacher_row = self._row(f"teacher heun_deter {TEACHER_SAMPLER['steps']} steps", tally,
-                                     network_calls(**TEACHER_SAMPLER), rmse_vs_teacher=0.0)
+                                     self.calls_per_step * network_calls(**TEACHER_SAMPLER), rmse_vs_teacher=0.0)
 
     def _generate(self, denoiser, sampler, steps, **options):
-        """(DetectorTally, float images [N, *teacher's image shape], labels [N]) of one generator."""
+        """(DetectorTally, float images [N, *image shape] in [−1, 1], labels [N]) of one generator."""
         tally = DetectorTally(self.detector, self.image_shape, self.device)
         images, labels = [], []
-        for batch in generate(denoiser.to(self.device), self.num_samples, self.batch_size, self.seed, self.image_shape,
+        for batch in generate(denoiser.to(self.device), self.num_samples, self.batch_size, self.seed, self.sample_shape,
                               NUM_CLASSES, device=self.device, sampler=sampler, steps=steps,
-                              clip_denoised=CLIP_DENOISED, **options):
+                              clip_denoised=self.clip_denoised, decode=self.decode, **options):
             tally.update(batch.images, batch.labels.to(self.device))
-            images.append(batch.images)
+            images.append(unit_range(batch.images))
             labels.append(batch.labels)
         return tally, torch.cat(images), torch.cat(labels)
 
@@ -67,10 +90,12 @@ class DigitsMetrics:
                     rmse_vs_teacher=rmse_vs_teacher)
 
     def measure(self, name, denoiser, sampler="oneshot", steps=1, **options):
-        """(metrics row, float images [N, C, H, W]) of one generator (`options`: more sampler options)."""
+        """(metrics row, float images [N, C, H, W]) of one generator (`options`: more sampler options); the
+        teacher's samplers cost its calls per step (two when guided)."""
         tally, images, _ = self._generate(denoiser, sampler, steps, **options)
         rmse = float((images - self.teacher_images).square().mean().sqrt())
-        return self._row(name, tally, network_calls(sampler, steps), rmse), images
+        calls = network_calls(sampler, steps) * (self.calls_per_step if denoiser is self.teacher else 1)
+        return self._row(name, tally, calls, rmse), images
 
     def few_step_teacher_rows(self):
         return [self.measure(f"teacher {spec['sampler']} {spec['steps']} steps", self.teacher, **spec)[0]
@@ -86,22 +111,27 @@ class DigitsMetrics:
         images for digits 0–9)]."""
         indices = [range(self.num_samples + d * per_digit, self.num_samples + (d + 1) * per_digit)
                    for d in range(NUM_CLASSES)]
-        inputs = [seeded_inputs(self.seed, idx, self.image_shape, NUM_CLASSES, class_label=d)
+        inputs = [seeded_inputs(self.seed, idx, self.sample_shape, NUM_CLASSES, class_label=d)
                   for d, idx in enumerate(indices)]
         noise = torch.stack([n for n, _ in inputs], dim=1).flatten(0, 1).to(self.device)  # row-major: k of 0..9
         labels = F.one_hot(torch.stack([l for _, l in inputs], dim=1).flatten(), NUM_CLASSES).to(self.device, torch.float32)
         student = student.to(self.device)
         with torch.no_grad():
-            teacher_images = sample(self.teacher, noise, class_labels=labels, clip_denoised=CLIP_DENOISED,
-                                    **TEACHER_SAMPLER).clamp(-1, 1)
-            student_images = sample(student, noise, "oneshot", class_labels=labels, clip_denoised=CLIP_DENOISED,
-                                    **student.noise_levels).clamp(-1, 1)
+            teacher_images = self._images(sample(self.teacher, noise, class_labels=labels,
+                                                 clip_denoised=self.clip_denoised, **TEACHER_SAMPLER))
+            student_images = self._images(sample(student, noise, "oneshot", class_labels=labels,
+                                                 clip_denoised=self.clip_denoised, **student.noise_levels))
         rows = []
+        teacher_calls = self.calls_per_step * network_calls(**TEACHER_SAMPLER)
         for k in range(per_digit):
             row = slice(k * NUM_CLASSES, (k + 1) * NUM_CLASSES)
-            rows.append((f"teacher\n{network_calls(**TEACHER_SAMPLER)} calls", to_uint8(teacher_images[row]).cpu()))
+            rows.append((f"teacher\n{teacher_calls} calls", to_uint8(teacher_images[row]).cpu()))
             rows.append(("PID student\n1 call", to_uint8(student_images[row]).cpu()))
         return rows
+
+    def _images(self, samples):
+        """Samples as images: clamped to [−1, 1], or a latent model's decoded pixels."""
+        return samples.clamp(-1, 1) if self.decode is None else self.decode(samples)
 
 
 def format_table(rows):

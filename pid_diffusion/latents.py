@@ -123,6 +123,19 @@ class LatentCodec:
         return self.image_shapes[latent_shape]
 
 
+def fitted_codec(vae_name, pixels, batch_size=DEFAULT_BATCH_SIZE):
+    """(LatentCodec, raw latents) of a data set of uint8 pixels [N, C, H, W]: the codec's scale and bias make its
+    latents zero-mean with standard deviation 0.5 per channel (EDM2's targets), from the mean and variance of
+    the raw latents (mean + std·noise: the variance of the means plus the mean variance)."""
+    unscaled = LatentCodec(vae_name, torch.ones(1), torch.zeros(1), batch_size)
+    raw = unscaled.encode_pixels(pixels)
+    mean, std = raw.chunk(2, dim=1)
+    channels = (0, 2, 3)
+    variance = mean.var(channels, unbiased=False) + std.square().mean(channels)
+    scale, bias = codec_constants(mean.mean(channels), variance.sqrt())
+    return LatentCodec(vae_name, scale, bias, batch_size, vae=unscaled.vae), raw
+
+
 def output_shape(decode, sample_shape, device="cpu"):
     """The shape of the images that samples of `sample_shape` become: their own, or their decoding's."""
     return tuple(sample_shape) if decode is None else decode.image_shape(sample_shape, device)

@@ -240,8 +240,9 @@ class TrainingLoop:
         if self.recorded and steps and not config.resume_checkpoint:
             self.changes += check_resumed_settings(config.log_dir, self.recorded, self.run_config(),
                                                    self.defining_settings(), config.allow_changed_settings, steps[0])
-        self.ema = EMA(network, config.ema_rates)
+        self.ema = EMA(network, config.ema_rates, power_function=self.power_function_ema)
         self._resume(steps)
+        self._set_learning_rate()  # the schedule's, also after a resume
         self._note_process_count()
         if dist.is_main():
             for table in self.logged_tables:
@@ -309,6 +310,8 @@ class TrainingLoop:
         """Columns of progress.csv that the evaluations fill (the same keys in every row)."""
         return {}
 
+    power_function_ema = False
+    """Whether the --ema_rate values are σ_rel of power-function averages (EDM2's), not exponential rates."""
     run_kind = None
     """What run_config.json's run_kind records (run_folder.RUN_KINDS); every trainer names its own."""
     logged_tables = (PROGRESS_FILE,)
@@ -378,13 +381,21 @@ class TrainingLoop:
         self.optimizer.step()
         if self.config.loss_scaling:
             self.log2_loss_scale += self.config.fp16_scale_growth
-        self.ema.update()
+        self.ema.update(self.step)
         self.step += 1
-        if self.config.lr_anneal_steps:
-            fraction = min(self.step / self.config.lr_anneal_steps, 1.0)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.lr * (1 - fraction)
+        self._set_learning_rate()
         return True
+
+    def learning_rate(self, step):
+        """The learning rate of the update from `step` to step + 1: --lr, decayed linearly to 0 over
+        --lr_anneal_steps when it is given (a trainer may define another schedule)."""
+        if not self.config.lr_anneal_steps:
+            return self.config.lr
+        return self.config.lr * (1 - min(step / self.config.lr_anneal_steps, 1.0))
+
+    def _set_learning_rate(self):
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
 
     @staticmethod
     def _norms(parameters):

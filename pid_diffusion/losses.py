@@ -62,6 +62,22 @@ def edm_denoising_loss(denoiser, images, sigma, noise, class_labels=None, sigma_
     return edm_loss_weight(sigma, sigma_data) * _mean_over_pixels((denoised.to(images.dtype) - images) ** 2)
 
 
+EDM2_PIXEL_P_MEAN, EDM2_PIXEL_P_STD = -0.8, 1.6
+"""EDM2's log-normal σ distribution for pixels (its ImageNet-64 configurations)."""
+EDM2_LATENT_P_MEAN, EDM2_LATENT_P_STD = -0.4, 1.0
+"""EDM2's log-normal σ distribution for latents (its ImageNet-512 configurations)."""
+
+
+def edm2_denoising_loss(precond, images, sigma, noise, class_labels=None, sigma_data=SIGMA_DATA):
+    """Per-sample EDM2 loss: the mean over C,H,W of λ(σ)/e^u(σ)·(D(y + σ·n; σ) − y)² + u(σ), where u(σ) is the
+    network's learned log-variance (EDM2's uncertainty weighting: minimising over u makes e^u the expected
+    weighted error at σ, so every σ contributes alike) and λ(σ) EDM's weight."""
+    noisy = images + sigma.reshape(-1, 1, 1, 1) * noise
+    denoised, logvar = precond(noisy, sigma, class_labels, return_logvar=True)
+    weight = edm_loss_weight(sigma, sigma_data).reshape(-1, 1, 1, 1)
+    return _mean_over_pixels(weight / logvar.exp() * (denoised.to(images.dtype) - images) ** 2 + logvar)
+
+
 def implied_denoised(x_t, x_t_next, t, t_next):
     """x − t·dx/dt with a finite-difference derivative: the denoised image the student's own
     trajectory implies. Per-sample t, t_next broadcast over C, H, W."""

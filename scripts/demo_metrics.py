@@ -3,13 +3,16 @@
     python scripts/demo_metrics.py --run_dir experiment/quickstart-...
 
 Compares, on the same noises and labels, the teacher's 35-call Heun sampler, the teacher's 5- and
-10-call Euler samplers, the untrained student (the teacher's weights) and the run's newest
+10-call Euler samplers (a guided teacher calls twice per step: 70, 10, 20), the untrained student (the
+teacher's weights) and the run's newest
 checkpoints (model and every EMA rate): digit FID, conditional accuracy and RMSE to the teacher's
 samples (see pid_diffusion/demo.py). Writes into the run folder: demo_metrics.csv, demo_metrics.json
 and teacher_vs_student.png (the teacher's samples above the best student checkpoint's). The teacher is
 the shipped 1×8×8 digits teacher or one scripts/train_teacher.py made at a larger side (the CIFAR-10
-testbed: 3×32×32, judged by the digits classifier after the upsampling is undone, back to 8×8). A run folder whose
-teacher is not a digits teacher is refused and nothing is written.
+testbed: 3×32×32, judged by the digits classifier after the upsampling is undone, back to 8×8), or an EDM2
+digits teacher (scripts/edm2_digits.py): guided as the run was, its latents decoded into pixels, sampled
+without clamping as EDM2 samples. A run folder whose teacher is not a digits teacher is refused and nothing
+is written.
 """
 
 import argparse
@@ -20,9 +23,12 @@ import sys
 
 import torch
 
-from pid_diffusion.checkpoint import load_student, load_teacher, student_from_teacher
-from pid_diffusion.demo import (METRIC_FIELDS, DigitsMetrics, check_digits_teacher, format_table, from_json,
-                                json_ready)
+from pid_diffusion.checkpoint import load_student, read_denoiser, student_from_teacher
+from pid_diffusion.demo import (CLIP_DENOISED, METRIC_FIELDS, DigitsMetrics, check_digits_images, format_table,
+                                from_json, json_ready)
+from pid_diffusion.families import family_of
+from pid_diffusion.guidance import NO_GUIDANCE, GuidanceOptions
+from pid_diffusion.latents import output_shape
 from pid_diffusion.digits import DigitsUnavailableError
 from pid_diffusion.dist import visible_device_type
 from pid_diffusion.evaluation import checkpoints_in
@@ -56,14 +62,20 @@ def measure(args):
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     run_config = pid_run_config(args.run_dir)
     teacher_path = run_config["teacher_model_path"]
-    teacher = load_teacher(teacher_path)
-    check_digits_teacher(teacher, teacher_path)
+    guidance = GuidanceOptions(guide_model_path=run_config.get("guide_model_path", ""),
+                               guidance=run_config.get("guidance", NO_GUIDANCE))
+    teacher, teacher_config, teacher_state = read_denoiser(teacher_path, guidance)  # the teacher the run distilled
+    family = family_of(teacher_config)
+    decode = family.image_decoder(teacher_config)
+    sample_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    check_digits_images(output_shape(decode, sample_shape), teacher.label_dim, teacher_path)
     checkpoints = newest_checkpoints(args.run_dir)
     device = args.device or visible_device_type()
     metrics = DigitsMetrics(teacher, load_detector("digits", args.detector_path or None), args.num_samples, args.seed,
-                            device=device)
+                            device=device, decode=decode,
+                            clip_denoised=family.sampling_protocol.get("clip_denoised", CLIP_DENOISED))
     rows = [metrics.teacher_row, *metrics.few_step_teacher_rows()]
-    untrained = student_from_teacher(run_config["network_config"], teacher.state_dict(), run_config["sigma_max"],
+    untrained = student_from_teacher(run_config["network_config"], teacher_state, run_config["sigma_max"],
                                      sigma_min=run_config["sigma_min"])
     rows.append(metrics.student("student untrained (step 0)", untrained.eval()))
     best = None
@@ -112,7 +124,7 @@ def main(argv=None):
         writer.writerows(rows)
     write_json_atomic(os.path.join(args.run_dir, "demo_metrics.json"), json_ready(rows))
     paired_sample_grid(figure_rows, [str(d) for d in range(10)], os.path.join(args.run_dir, "teacher_vs_student.png"),
-                       title=f"same noise and label: teacher (35 calls) above {best} (1 call)")
+                       title=f"same noise and label: teacher ({rows[0]['nfe']} calls) above {best} (1 call)")
     print(format_table(rows))
 
 

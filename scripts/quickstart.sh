@@ -7,6 +7,9 @@
 #
 #   bash scripts/quickstart.sh                 # a new run folder experiment/quickstart-<time>
 #   bash scripts/quickstart.sh --resume DIR    # continue the run in DIR
+#   bash scripts/quickstart.sh --edm2          # the EDM2 route: PID of the shipped EDM2 digits teachers (pixel,
+#                                              # autoguided, classifier-free guided, latent; pip install -e
+#                                              # '.[latent]'), QUICKSTART_STEPS (default 300) each, and their tables
 # Sizes: QUICKSTART_STEPS (default 2000), QUICKSTART_BATCH (64), QUICKSTART_SAMPLES (2000), NUM_PROCESSES (2);
 # QUICKSTART_RUN_DIR names a new run folder.
 set -euo pipefail
@@ -19,7 +22,12 @@ SAMPLES=${QUICKSTART_SAMPLES:-2000}
 NUM_PROCESSES=${NUM_PROCESSES:-2}
 TEACHER=model_zoo/digits-ddpmpp.pt
 
-if [[ "${1:-}" == "--resume" ]]; then
+if [[ "${1:-}" == "--edm2" ]]; then
+  RUN_DIR=${QUICKSTART_RUN_DIR:-experiment/quickstart-edm2-$(date +%Y%m%d-%H%M%S)-$$}
+  [[ ! -e "$RUN_DIR" ]] || { echo "error: $RUN_DIR exists; give another QUICKSTART_RUN_DIR" >&2; exit 2; }
+  exec "$PYTHON" scripts/edm2_digits.py --distil_only --out "$RUN_DIR" --pid_steps "${QUICKSTART_STEPS:-300}" \
+    --samples "${QUICKSTART_SAMPLES:-500}" --processes "$NUM_PROCESSES"
+elif [[ "${1:-}" == "--resume" ]]; then
   RUN_DIR=${2:?usage: bash scripts/quickstart.sh --resume RUN_DIR}
   [[ -f "$RUN_DIR/run_config.json" ]] || { echo "error: $RUN_DIR is not a run folder" >&2; exit 2; }
 else
