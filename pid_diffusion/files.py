@@ -51,7 +51,7 @@ def find_weight_file(names):
     return None
 
 
-def _umask():
+def current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -81,7 +81,7 @@ def atomic_output(path):
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file follows the user's umask
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the final file follows the user's umask
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

@@ -18,6 +18,7 @@ import tempfile
 
 import torch
 
+from .files import current_umask
 from .generate import to_uint8
 from .latents import PIXEL_LEVELS, autoencoder_class
 
@@ -90,6 +91,7 @@ def save_autoencoder(vae, folder, report=None):
         if report is not None:
             with open(os.path.join(scratch, REPORT_FILE), "w") as f:
                 json.dump(report, f, indent=2)
+        os.chmod(scratch, 0o777 & ~current_umask())  # mkdtemp makes 0700; the folder follows the user's umask
         os.rename(scratch, folder)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)

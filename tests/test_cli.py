@@ -90,7 +90,7 @@ def test_what_defines_a_run_and_the_teachers_defaults_are_declared_with_the_opti
         "sigma_max", "rho", "seed", "lr", "optimizer", "ema_rate", "global_batch_size", "guide_model_path", "guidance"}
     assert set(defining_settings(TeacherTrainConfig)) == {
         "dataset", "network_config", "p_mean", "p_std", "sigma_data", "seed", "lr", "optimizer", "ema_rate",
-        "global_batch_size"}
+        "global_batch_size", "family", "lr_ref_steps", "lr_rampup_steps", "latent_vae"}
     # teacher training has its own defaults for the loop's options, LoopConfig keeps the distillation's
     args = cli.parse_teacher_training([])
     assert (args.lr, TeacherTrainConfig(log_dir="x").lr, LoopConfig(log_dir="x").lr) == (2e-3, 2e-3, 1e-4)
