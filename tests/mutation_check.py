@@ -45,8 +45,8 @@ WATCHING = "tests/test_watching.py"
 EDM2 = "tests/test_edm2.py"
 MUTATIONS = (
     # --- the table of the tests issue, row by row
-    M("ema_rate", "pid_diffusion/ema.py", "torch._foreach_lerp_(averages, params, 1.0 - rate)",
-      "torch._foreach_lerp_(averages, params, rate)", (FORMULAS,)),
+    M("ema_rate", "pid_diffusion/ema.py", "torch._foreach_lerp_(averages, params, 1.0 - self.rate(rate, updates_before))",
+      "torch._foreach_lerp_(averages, params, self.rate(rate, updates_before))", (FORMULAS,)),
     M("loss_norm", "pid_diffusion/trainer.py", "labels, self.config.loss_norm,", "labels, \"l2\",", (FORMULAS,)),
     M("weight_schedule", "pid_diffusion/trainer.py", "self.config.weight_schedule, lpips,", "\"karras\", lpips,",
       (FORMULAS,)),
@@ -84,8 +84,8 @@ MUTATIONS = (
     M("sampling_s_noise_ignored", "pid_diffusion/cli.py", "s_noise=args.s_noise,", "s_noise=1.0,", (OPTIONS,)),
     M("clip_denoised_ignored", "pid_diffusion/cli.py", "clip_denoised=args.clip_denoised)", "clip_denoised=True)",
       (OPTIONS,)),
-    M("detector_feed_ignored", "scripts/fid_evaluation.py", "feed=args.detector_feed, keep_images",
-      "feed=\"float\", keep_images", (FID_QUESTIONS,)),
+    M("detector_feed_ignored", "scripts/fid_evaluation.py", "feed=resolve_feed(args.detector_feed, loaded.protocol)",
+      "feed=resolve_feed(\"float\", loaded.protocol)", (FID_QUESTIONS,)),
     M("student_dropout_zero", "pid_diffusion/families/edm.py", "\"dropout\": dropout,", "\"dropout\": 0.0,", (FORMULAS,)),
     M("one_point_grid_at_sigma_min", "pid_diffusion/schedules.py", "torch.tensor([float(sigma_max)]",
       "torch.tensor([float(sigma_min)]", (SAMPLERS,)),
@@ -144,7 +144,7 @@ MUTATIONS = (
       "sigma_max=80.0, rho=args.rho,", (OPTIONS,)),
     M("sampling_rho_ignored", "pid_diffusion/cli.py", "rho=args.rho, s_churn", "rho=7.0, s_churn", (OPTIONS,)),
     M("sampling_churn_ignored", "pid_diffusion/cli.py", "s_churn=args.s_churn,", "s_churn=0.0,", (OPTIONS,)),
-    M("num_samples_ignored", "pid_diffusion/cli.py", "GenerationRequest(args.num_samples,", "GenerationRequest(8,",
+    M("num_samples_ignored", "pid_diffusion/cli.py", "GenerationRequest(value(\"num_samples\"),", "GenerationRequest(8,",
       (OPTIONS,)),
     M("detector_ignored", "scripts/fid_evaluation.py", "detector = load_detector(args.detector,",
       "detector = load_detector(\"inception\",", (FID_QUESTIONS,)),
