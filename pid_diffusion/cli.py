@@ -301,13 +301,13 @@ def guidance(args):
     return GuidanceOptions(**values_for(GuidanceOptions, args))
 
 
-def generation_request(args, given, loaded=None, first_index=0):
-    """The samples the sampling flags ask for, from sample `first_index` on; of a loaded model
-    (evaluation.SamplingModel), with its family's seed and sample count where they were not given."""
+def generation_request(args, given, loaded=None):
+    """The samples the sampling flags ask for; of a loaded model (evaluation.SamplingModel), with its family's
+    seed and sample count where they were not given."""
     def value(name):
         return getattr(args, name) if loaded is None else loaded.setting(name, args, given)
     return GenerationRequest(value("num_samples"), args.batch_size, value("seed"), args.use_fp16,
-                             None if args.class_label == -1 else args.class_label, first_index)
+                             None if args.class_label == -1 else args.class_label)
 
 
 def default_log_dir():

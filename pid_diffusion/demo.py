@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .digits import CHANNELS, NUM_CLASSES, RESOLUTION
 from .fid import DetectorTally, digits_reference_stats
-from .generate import generate, seeded_inputs, to_uint8
+from .generate import as_images, generate, seeded_inputs, to_uint8
 from .guidance import GuidedDenoiser
 from .latents import output_shape
 from .samplers import network_calls, sample
@@ -117,10 +117,10 @@ class DigitsMetrics:
         labels = F.one_hot(torch.stack([l for _, l in inputs], dim=1).flatten(), NUM_CLASSES).to(self.device, torch.float32)
         student = student.to(self.device)
         with torch.no_grad():
-            teacher_images = self._images(sample(self.teacher, noise, class_labels=labels,
-                                                 clip_denoised=self.clip_denoised, **TEACHER_SAMPLER))
-            student_images = self._images(sample(student, noise, "oneshot", class_labels=labels,
-                                                 clip_denoised=self.clip_denoised, **student.noise_levels))
+            teacher_images = as_images(sample(self.teacher, noise, class_labels=labels,
+                                              clip_denoised=self.clip_denoised, **TEACHER_SAMPLER), self.decode)
+            student_images = as_images(sample(student, noise, "oneshot", class_labels=labels,
+                                              clip_denoised=self.clip_denoised, **student.noise_levels), self.decode)
         rows = []
         teacher_calls = self.calls_per_step * network_calls(**TEACHER_SAMPLER)
         for k in range(per_digit):
@@ -128,10 +128,6 @@ class DigitsMetrics:
             rows.append((f"teacher\n{teacher_calls} calls", to_uint8(teacher_images[row]).cpu()))
             rows.append(("PID student\n1 call", to_uint8(student_images[row]).cpu()))
         return rows
-
-    def _images(self, samples):
-        """Samples as images: clamped to [−1, 1], or a latent model's decoded pixels."""
-        return samples.clamp(-1, 1) if self.decode is None else self.decode(samples)
 
 
 def format_table(rows):

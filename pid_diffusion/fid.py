@@ -28,7 +28,7 @@ from .download import local_file
 from .edm_pickle import EDMPickleError, is_pickle_file, read_restricted_pickle
 from .digits import DigitsDetector, load_classifier, load_digits
 from .files import atomic_output, find_weight_file, is_zip_archive, weight_search_dirs
-from .generate import to_uint8
+from .generate import to_pixels
 from .settings import option
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -115,10 +115,8 @@ def detector_input(images, feed="float"):
     (rounded first with the uint8 feed); uint8 pixels (a latent model's decoding) are taken as they are."""
     if feed not in FEEDS:
         raise ValueError(f"unknown detector feed {feed!r}; valid: {', '.join(FEEDS)}")
-    if images.dtype == torch.uint8:
-        return images.to(torch.float32)
-    if feed == "uint8":  # exactly the integer pixels of the saved images
-        return to_uint8(images.to(torch.float32)).permute(0, 3, 1, 2).to(torch.float32)
+    if feed == "uint8" or images.dtype == torch.uint8:  # exactly the integer pixels of the saved images
+        return to_pixels(images).to(torch.float32)
     return ((images.to(torch.float32) + 1) * 127.5).clamp(0, 255)
 
 

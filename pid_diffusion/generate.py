@@ -77,12 +77,22 @@ def shard_batches(num_samples, batch_size, rank=0, world_size=1):
             for b in range(rank, num_batches, world_size)]
 
 
-def to_uint8(images):
+def to_pixels(images):
     """Generated images (float NCHW in [-1, 1], or pixels a latent model's codec decoded: uint8 NCHW) → uint8
-    NHWC. Floats are rounded (EDM's and EDM2's protocol; the original truncated); pixels stay as they are."""
+    NCHW. Floats are rounded (EDM's and EDM2's protocol; the original truncated); pixels stay as they are."""
     if images.dtype == torch.uint8:
-        return images.permute(0, 2, 3, 1)
-    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return images
+    return (images.to(torch.float32) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def to_uint8(images):
+    """`to_pixels` in the layout of sample files and grids: uint8 NHWC."""
+    return to_pixels(images).permute(0, 2, 3, 1)
+
+
+def as_images(samples, decode=None):
+    """A model's samples as images: clamped to [-1, 1], or for a latent model (`decode`) its decoded pixels."""
+    return samples.clamp(-1, 1) if decode is None else decode(samples)
 
 
 @dataclasses.dataclass
@@ -129,7 +139,7 @@ def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, 
         with torch.no_grad(), context:
             images = sample(denoiser, noise, sampler, class_labels=one_hot, randn_like=per_sample_randn_like(generators),
                             **sampler_options)
-        yield GeneratedBatch(indices, images.clamp(-1, 1) if decode is None else decode(images), labels)
+        yield GeneratedBatch(indices, as_images(images, decode), labels)
 
 
 def image_grid(images_uint8, columns=8):

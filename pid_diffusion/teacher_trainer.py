@@ -26,7 +26,7 @@ from .digits import DIGITS_NETWORK_CONFIG, at_size, load_digits
 from .ema import power_function_exponent
 from .families import FAMILY_KEY
 from .families.edm2 import ENCODER_KEY, LATENT_ENCODER, PIXEL_ENCODER, precond_keywords
-from .generate import to_uint8
+from .generate import to_pixels
 from .latents import fitted_codec
 from .losses import (EDM2_LATENT_P_MEAN, EDM2_LATENT_P_STD, EDM2_PIXEL_P_MEAN, EDM2_PIXEL_P_STD, EDM_P_MEAN,
                      EDM_P_STD, edm2_denoising_loss, edm_denoising_loss, edm_training_sigmas)
@@ -118,8 +118,7 @@ class TeacherTrainer(TrainingLoop):
         self.power_function_ema = self.edm2
         self.codec = None
         if config.latent_vae:  # the network models the data's latents: EDM2's raw latents, encoded anew each step
-            pixels = to_uint8(images).permute(0, 3, 1, 2)
-            self.codec, raw_latents = fitted_codec(config.latent_vae, pixels)
+            self.codec, raw_latents = fitted_codec(config.latent_vae, to_pixels(images))
             network.update(img_channels=raw_latents.shape[1] // 2, img_resolution=raw_latents.shape[-1])
             network[ENCODER_KEY] = dict(kind=LATENT_ENCODER, vae_name=config.latent_vae,
                                         scale=self.codec.scale.flatten().tolist(),

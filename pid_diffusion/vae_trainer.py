@@ -19,7 +19,7 @@ import tempfile
 import torch
 
 from .files import current_umask
-from .generate import to_uint8
+from .generate import to_pixels
 from .latents import PIXEL_LEVELS, autoencoder_class
 
 BLOCK_CHANNELS = (16, 32)
@@ -36,7 +36,7 @@ def digits_autoencoder(latent_channels=4, image_channels=1):
 
 def unit_images(images):
     """Digits in [−1, 1] → EDM2's VAE input: their uint8 pixels / 255 (NCHW)."""
-    return to_uint8(images).permute(0, 3, 1, 2).to(torch.float32) / PIXEL_LEVELS
+    return to_pixels(images).to(torch.float32) / PIXEL_LEVELS
 
 
 def train_autoencoder(images, steps=4000, batch_size=128, lr=2e-3, kl_weight=1e-4, latent_channels=4, seed=0,

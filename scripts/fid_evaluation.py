@@ -29,6 +29,7 @@ Digits: --detector digits --fid_dataset digits (features of the shipped digits c
 statistics computed from the 1,797 real digits).
 """
 
+import dataclasses
 import math
 import os
 
@@ -88,7 +89,7 @@ def evaluate_folder(args, given, device):
                            feed=resolve_feed(args.detector_feed, loaded.protocol), **measured_with)
         fids = []
         for k in range(loaded.setting("seed_ranges", args, given)):  # disjoint ranges of samples, a row each
-            request = cli.generation_request(args, given, loaded, first_index=k * first.num_samples)
+            request = dataclasses.replace(first, first_index=k * first.num_samples)
             sampling = evaluation.sampling_description({**loaded.options, **guided}, request)
             fids.append(walk.measure(name, step, loaded, request, {**measurement, "sampling": sampling}))
         if len(fids) > 1 and None not in fids:
