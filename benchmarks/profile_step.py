@@ -48,8 +48,7 @@ def timed_steps_ms(trainer, steps):
     """Milliseconds per training step between CUDA events."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(steps):
-        trainer.train_step()
+    trainer.train_steps(steps)
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / steps
@@ -68,14 +67,12 @@ def main():
     options = dict(mode_options([args.mode]))[args.mode]
     with tempfile.TemporaryDirectory() as folder:
         trainer = PIDTrainer(benchmark_config(folder, args.config, args.loss, args.batch, options))
-        for _ in range(3):
-            trainer.train_step()
+        trainer.train_steps(3)
         torch.cuda.synchronize()
         step_ms = timed_steps_ms(trainer, args.steps)
         started = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
-            for _ in range(args.steps):
-                trainer.train_step()
+            trainer.train_steps(args.steps)
             torch.cuda.synchronize()
         profiled_ms = (time.perf_counter() - started) * 1000 / args.steps
         busy_ms = gpu_busy_ms(prof, folder) / args.steps

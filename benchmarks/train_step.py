@@ -84,8 +84,7 @@ def measure(config_name, loss, batch, options, folder, warmup, steps):
     torch.cuda.reset_peak_memory_stats()
     trainer = PIDTrainer(benchmark_config(folder, config_name, loss, batch, options))
     started = time.time()
-    for _ in range(warmup):
-        trainer.train_step()
+    trainer.train_steps(warmup)
     torch.cuda.synchronize()
     warmup_seconds = time.time() - started
     peak_whole_run = torch.cuda.max_memory_allocated()
@@ -93,8 +92,7 @@ def measure(config_name, loss, batch, options, folder, warmup, steps):
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     dist.barrier()
     start.record()
-    for _ in range(steps):
-        trainer.train_step()
+    trainer.train_steps(steps)
     end.record()
     torch.cuda.synchronize()
     seconds = start.elapsed_time(end) / 1000

@@ -10,10 +10,11 @@ Modes:
              faster, no compilation
   reference  the --speed reference preset: the original's numerics and structure (fp32, two separate
              student calls, explicit float32-softmax attention, per-parameter optimizer loop, NCHW, no
-             compilation)
+             compilation, the host reading each fp16 step's overflow check before it queues the next)
   fast       the --speed fast preset: bf16 autocast for teacher and LPIPS with the student in float32,
              one batched student call, fused attention (SDPA), multi-tensor optimizer, channels-last,
-             cuDNN autotuning, torch.compile, one DDP gradient bucket under several processes
+             cuDNN autotuning, torch.compile, one DDP gradient bucket under several processes, fp16 steps
+             queued before the host knows whether the one ahead overflowed
   ablation   reference plus one option at a time, cumulatively, in the order listed in ABLATION
   fast-no<option>  fast with one option as in reference, e.g. fast-nocompile, fast-nochannels_last
   <mode>+<option>=<value>  a mode with trainer options changed, e.g. fast+compile_mode=reduce-overhead,
@@ -29,7 +30,7 @@ from .trainer import TrainConfig
 REFERENCE = preset_values(TrainConfig, "reference", "cuda")
 ABLATION = [("attention", "sdpa"), ("batched_student", True), ("fused_optimizer", True), ("channels_last", True),
             ("mixed_precision", "bf16"), ("student_precision", "fp32"), ("cudnn_benchmark", True), ("compile", True),
-            ("ddp_bucket_cap_mb", 0)]
+            ("ddp_bucket_cap_mb", 0), ("speculative_step", True)]
 FAST = preset_values(TrainConfig, "fast", "cuda")
 
 

@@ -47,10 +47,16 @@ class EMA:
         return (1 - 1 / (updates_before + 1)) ** (self.exponents[rate] + 1)
 
     @torch.no_grad()
-    def update(self, updates_before=0):
+    def update(self, updates_before=0, counts=None):
+        """Move the averages towards θ; `counts`, a 0/1 device scalar, multiplies each step's weight (an fp16
+        update discarded on the device moves nothing, with no host read)."""
         params = [p.detach() for p in self.module.parameters()]
         for rate, averages in self.averages.items():
-            torch._foreach_lerp_(averages, params, 1.0 - self.rate(rate, updates_before))
+            weight = 1.0 - self.rate(rate, updates_before)
+            if counts is None:
+                torch._foreach_lerp_(averages, params, weight)
+            else:
+                torch._foreach_lerp_(averages, params, [counts * weight] * len(averages))
 
     def state_dict(self, rate):
         """A full network state dict with the averaged parameters (buffers from the live module)."""

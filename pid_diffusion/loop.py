@@ -26,6 +26,7 @@ from . import dist
 from .ema import EMA
 from .families import load_strictly
 from .files import UnreadableFileError
+from .fp16_step import Attempt, LossScale, Rollback, optimizer_has_state, zero_if
 from .log import PROGRESS_FILE, RunLogger, log_formats, prepare_log_dir
 from .run_folder import (RunFolderLock, check_resumed_settings, check_run_kind, checkpoint_files, checkpoint_steps,
                          missing_checkpoint_files, read_checkpoint, read_run_config, remove_incomplete_steps,
@@ -232,7 +233,8 @@ class TrainingLoop:
         module.to(self.device, memory_format=self.memory_format).train()
         self.optimizer = make_optimizer(config, network.parameters(), self.device)
         self.step = 0
-        self.log2_loss_scale = FP16_INITIAL_LOG2_SCALE
+        self.loss_scale = LossScale(FP16_INITIAL_LOG2_SCALE, config.fp16_scale_growth, self.device)
+        self.rollback = None  # fp16: copies of what an update changes, taken once the optimizer has state
         self.norm_totals = torch.zeros(2, device=self.device)  # gradient and weight norms since the last log
         self.recorded = read_run_config(config.log_dir) or {}
         self.changes = list(self.recorded.get("changes", []))
@@ -336,12 +338,21 @@ class TrainingLoop:
 
     # ----------------------------------------------------------------------------- one step
     def train_step(self):
-        """One optimizer step over the process's batch. Returns (the mean of the micro-batches' mean
-        losses, as the original logs it, a device tensor; whether the step was applied). The gradients
-        are summed over micro-batches, as in the original."""
-        inputs = self.step_inputs(self.step)
+        """One attempt at the next optimizer step, decided before it returns: (the mean of the micro-batches'
+        mean losses, as the original logs it, a device tensor; whether the step was applied)."""
+        attempt = self._queue_attempt(self.step)
+        return attempt.loss, self._resolve(attempt)
+
+    def _queue_attempt(self, step, prior=None):
+        """Queue the update from `step` to step + 1 over the process's batch (the gradients are summed over
+        micro-batches, as in the original) and return its Attempt. `prior`: the attempt queued before it whose
+        outcome the host does not know yet; this one is discarded on the device if that one overflowed."""
+        random_state = self._device_random_state() if prior is not None else None
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
+        inputs = self.step_inputs(step)
         self.optimizer.zero_grad(set_to_none=True)
-        scale = 2.0 ** self.log2_loss_scale if self.config.loss_scaling else 1.0
+        scale, inverse_scale = self.loss_scale.factors() if self.config.loss_scaling else (1.0, None)
         loss_sum = torch.zeros((), device=self.device)
         starts = range(0, self.batch, self.microbatch)
         for index, start in enumerate(starts):
@@ -356,35 +367,105 @@ class TrainingLoop:
                 loss = losses.float().mean()
                 (loss * scale).backward()
             loss_sum += loss.detach()
-        return loss_sum / len(starts), self._optimizer_step(scale)
+        attempt = Attempt(step, loss_sum / len(starts), True, speculative=prior is not None,
+                          random_state=random_state)
+        self._update(attempt, inverse_scale, prior)
+        return attempt
 
-    def _optimizer_step(self, scale):
-        """Unscale, measure and apply the summed gradients. No per-parameter Python loop and, in float32
-        and bf16, no host read: every kernel is queued and the host goes on to the next step. Under fp16
-        loss scaling the overflow check and the unscaling are one multi-tensor kernel (torch.amp's),
-        and the step reads its result once, after the norms are queued too: on a non-finite gradient the
-        original's dynamic loss scale halves and the step is skipped (weights, EMA, optimizer state and
-        norms untouched); the host must know, since the next step's noise follows the step count."""
+    def _update(self, attempt, inverse_scale, prior):
+        """Unscale, measure and apply the summed gradients, with no per-parameter Python loop and no host read
+        (except fp16's first update, below). Under fp16 loss scaling the overflow check and the unscaling are
+        one multi-tensor kernel (torch.amp's); a step whose gradients are not finite is skipped (weights, EMA,
+        optimizer state and norms untouched) on the device (pid_diffusion/fp16_step.py). Before the optimizer
+        has state to copy, the host reads the check and skips the update itself."""
         parameters = [p for p in self.network.parameters() if p.grad is not None]
         grads = [p.grad for p in parameters]
-        found_non_finite = None
-        if self.config.loss_scaling and grads:
-            found_non_finite = torch.zeros(1, device=self.device)
-            inverse_scale = torch.full((1,), 1.0 / scale, device=self.device)
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_non_finite, inverse_scale)
-        norms = self._norms(parameters)
-        if found_non_finite is not None and found_non_finite.item():  # the step's one host read
-            self.log2_loss_scale -= 1
-            return False
-        if norms is not None:
-            self.norm_totals += norms
+        if not (self.config.loss_scaling and grads):
+            norms = self._norms(parameters)
+            if norms is not None:
+                self.norm_totals += norms
+            self.optimizer.step()
+            self.ema.update(attempt.step)
+            if self.config.loss_scaling:
+                self.loss_scale.update(None, None)
+            return
+        found = torch.zeros(1, device=self.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inverse_scale)
+        overflowed = found[0] > 0
+        if not optimizer_has_state(self.optimizer, parameters):  # nothing to copy yet: the host decides
+            attempt.applied = not bool(overflowed.item())
+            if attempt.applied:
+                self.norm_totals += self._norms(parameters)
+                self.optimizer.step()
+                attempt.optimizer_calls = 1
+                self.ema.update(attempt.step)
+            self.loss_scale.update(overflowed, None)
+            return
+        discarded = overflowed if prior is None else overflowed | prior.overflowed
+        zero_if(discarded, grads)
+        kept = (~discarded).float()
+        self.norm_totals += self._norms(parameters) * kept
+        if self.rollback is None or not self.rollback.fits(parameters):
+            self.rollback = Rollback(self.optimizer, parameters, self.device)
+        self.rollback.take()
         self.optimizer.step()
+        self.rollback.restore(discarded.float())
+        self.ema.update(attempt.step, kept)
+        self.loss_scale.update(overflowed, None if prior is None else prior.overflowed)
+        attempt.applied, attempt.overflowed, attempt.optimizer_calls = ~discarded, overflowed, 1
+        if self.device.type == "cuda":  # the answer travels to the host behind the work, read when it arrives
+            attempt.flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            attempt.flag.copy_(attempt.applied, non_blocking=True)
+            attempt.ready = torch.cuda.Event()
+            attempt.ready.record()
+
+    def _resolve(self, attempt):
+        """Wait for an attempt's outcome (the host's one read of an fp16 step) and count it: the step count,
+        the loss scale the host knows, the learning rate of the next step. Returns whether it was applied."""
+        applied = attempt.applied
+        if torch.is_tensor(applied):
+            if attempt.ready is not None:
+                attempt.ready.synchronize()
+                applied = bool(attempt.flag)
+            else:
+                applied = bool(applied.item())
         if self.config.loss_scaling:
-            self.log2_loss_scale += self.config.fp16_scale_growth
-        self.ema.update(self.step)
+            self.loss_scale.resolved(applied)
+        if not applied:  # skipped for its own overflow: the optimizer's host-side counters go back
+            self._rewind_optimizer(attempt)
+            return False
         self.step += 1
         self._set_learning_rate()
         return True
+
+    def _rewind_optimizer(self, attempt):
+        if attempt.optimizer_calls and self.rollback is not None:
+            self.rollback.rewind(attempt.optimizer_calls)
+
+    def _discard(self, attempt):
+        """Undo the host-side traces of a speculative attempt that an overflow ahead of it discarded on the
+        device: the optimizer's step counters and the device's random generator (dropout), so that the retried
+        step draws what it would have drawn had it never been queued."""
+        self._rewind_optimizer(attempt)
+        self._set_device_random_state(attempt.random_state)
+
+    def _device_random_state(self):
+        return torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()
+
+    def _set_device_random_state(self, state):
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
+        else:
+            torch.set_rng_state(state)
+
+    @property
+    def log2_loss_scale(self):
+        """log2 of fp16's loss scale (the original's lg_loss_scale)."""
+        return self.loss_scale.log2
+
+    @log2_loss_scale.setter
+    def log2_loss_scale(self, value):
+        self.loss_scale.set(value)
 
     def learning_rate(self, step):
         """The learning rate of the update from `step` to step + 1: --lr, decayed linearly to 0 over
@@ -457,17 +538,27 @@ class TrainingLoop:
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         steps_in_interval, started = 0, time.time()
         last_saved = self.step
+
+        def queue(step, prior=None):
+            """Queue an attempt and add its loss to the interval's tallies where it counts (on the device)."""
+            nonlocal largest_loss, first_bad_step
+            attempt = self._queue_attempt(step, prior)
+            if attempt.applied is False:  # decided on the host: skipped
+                return attempt
+            loss = attempt.loss.detach()
+            finite = loss.nan_to_num(0.0, 0.0, 0.0)
+            bad = ~torch.isfinite(loss) & (first_bad_step < 0)
+            if torch.is_tensor(attempt.applied):
+                finite, bad = torch.where(attempt.applied, finite, 0.0), bad & attempt.applied
+            loss_total.add_(finite)
+            largest_loss = torch.maximum(largest_loss, finite)
+            first_bad_step = torch.where(bad, torch.full_like(first_bad_step, step + 1), first_bad_step)
+            return attempt
+
+        pending = None  # an attempt queued before the host knew whether the one ahead of it counted
         while self.step < cfg.total_training_steps:
             saved_now = False
-            target_step = self.step + 1
-            loss, applied = self.train_step()
-            bad = ~torch.isfinite(loss) & (first_bad_step < 0)
-            first_bad_step = torch.where(bad, torch.full_like(first_bad_step, target_step), first_bad_step)
-            if not applied:
-                self._check_skipped_step(loss, target_step, last_saved)
-                continue
-            loss_total += loss.nan_to_num(0.0, 0.0, 0.0)
-            largest_loss = torch.maximum(largest_loss, loss.detach().nan_to_num(0.0, 0.0, 0.0))
+            pending = self._next_step(pending, queue, cfg.total_training_steps, last_saved)
             steps_in_interval += 1
             evaluated = self.evaluation_due(self.step)
             if evaluated:  # before the log, whose row then holds the evaluation's numbers
@@ -485,7 +576,8 @@ class TrainingLoop:
                 self._save_checked(first_bad_step, last_saved, largest_loss)
                 last_saved, saved_now = self.step, True
             # one process alone checks every step (a flag on the host); several agree at each log step and save
-            if (self.info.world_size == 1 or due_log or saved_now) and self.step < cfg.total_training_steps:
+            if (self.info.world_size == 1 or due_log or saved_now) and self.step < cfg.total_training_steps \
+                    and pending is None:  # a queued step finishes first (no speculation once a signal is noted)
                 stop = self._stop_requested()
                 if stop:
                     if last_saved != self.step:
@@ -496,6 +588,37 @@ class TrainingLoop:
                     raise TrainingInterrupted(f"stopped by {name} at step {self.step}; checkpoint "
                                               f"model{self.step:06d}.pt in {cfg.log_dir}", stop)
         self.logger.log(f"done: {self.step} steps; checkpoints in {cfg.log_dir}")
+
+    def train_steps(self, count):
+        """Train `count` steps as a run does (fp16 steps queued ahead), without logs or checkpoints: what the
+        benchmarks time."""
+        until, pending = self.step + count, None
+        while self.step < until:
+            pending = self._next_step(pending, self._queue_attempt, until, self.step)
+
+    def _next_step(self, pending, queue, until, last_saved):
+        """Queue (with `queue`), resolve and retry attempts until one step is applied. With `pending`, the attempt
+        already queued for this step; returns the attempt queued behind the applied one, if any (never for step
+        `until` or beyond)."""
+        while True:
+            attempt, pending = pending or queue(self.step), None
+            if self._may_speculate(attempt, until):
+                pending = queue(self.step + 1, prior=attempt)
+            if self._resolve(attempt):
+                return pending
+            if pending is not None:  # discarded on the device; its host-side traces are undone here
+                self._discard(pending)
+                pending = None
+            self._check_skipped_step(attempt.loss, attempt.step + 1, last_saved)
+
+    def _may_speculate(self, attempt, until):
+        """Whether the step after `attempt` may be queued before the host knows that `attempt` counted: only
+        for a device-decided fp16 update, and never past a step at which the host has work (an evaluation, a
+        log line, a checkpoint, the last step, a stop signal)."""
+        cfg, following = self.config, attempt.step + 1
+        return (cfg.speculative_step and torch.is_tensor(attempt.applied) and following < until
+                and following % cfg.log_interval != 0 and not (cfg.save_interval > 0 and following % cfg.save_interval == 0)
+                and not self.evaluation_due(following) and self.stop_signal is None)
 
     def _save_checked(self, first_bad_step, last_saved, largest_loss):
         """Save a checkpoint only when no loss so far was NaN and the weights have not diverged."""

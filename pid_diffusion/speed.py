@@ -30,14 +30,15 @@ ONE_BUCKET = 0
 """--ddp_bucket_cap_mb 0: every gradient in one DDP bucket."""
 
 PRESET_CHANGES = {
-    "reference": dict(batched_student=False, attention="reference", fused_optimizer=False, cudnn_benchmark=False),
+    "reference": dict(batched_student=False, attention="reference", fused_optimizer=False, cudnn_benchmark=False,
+                      speculative_step=False),
     "eager": {},
     "fast": dict(mixed_precision="bf16", student_precision="fp32", channels_last=True, compile=True,
                  ddp_bucket_cap_mb=ONE_BUCKET),
 }
 """--speed, as changes to the options' declared defaults (which are `eager`'s): reference = the
 original's numerics and structure (fp32, two student calls, explicit-softmax attention,
-per-parameter optimizer loop); eager = the same numbers computed faster, no compilation (the
+per-parameter optimizer loop, the host reading each fp16 step's overflow check before the next); eager = the same numbers computed faster, no compilation (the
 default on CPU); fast = the fastest configuration measured quality-neutral on a real teacher
 (docs/precision.md): teacher and LPIPS in bf16, the student in float32 (its finite difference
 amplifies bf16 rounding up to 46×), compiled, channels-last, and under several processes one DDP
@@ -59,6 +60,9 @@ class SpeedSettings:
                            preset=True)
     compile_mode: str = option("default", "speed: torch.compile mode: default, or reduce-overhead (CUDA graphs)")
     fused_optimizer: bool = option(True, "speed: multi-tensor / fused optimizer kernels", preset=True)
+    speculative_step: bool = option(True, "speed: under fp16 loss scaling, queue the next step before the host has read "
+                                          "whether this one overflowed (an overflow then discards both on the device and "
+                                          "the skipped step is retried: the same numbers either way)", preset=True)
     cudnn_benchmark: bool = option(True, "speed: cuDNN times its convolution algorithms once and keeps the fastest",
                                    preset=True)
     ddp_bucket_cap_mb: int = option(

@@ -103,15 +103,12 @@ def test_impossible_numbers_are_refused(teacher_path, tmp_path, flag, value):
 
 def test_diverged_weights_are_never_saved_and_the_advice_resumes(teacher_path, tmp_path, monkeypatch):
     trainer = PIDTrainer(make_config(teacher_path, tmp_path, total_training_steps=8, save_interval=1))
-    real_step = trainer._optimizer_step
+    real_rate = trainer.learning_rate
 
-    def explode_after_two(scale):  # from the third update on, lr 1e6: huge weights, still finite
-        if trainer.step >= 2:
-            for group in trainer.optimizer.param_groups:
-                group["lr"] = 1e6
-        return real_step(scale)
+    def explode_after_two(step):  # from the third update on, lr 1e6: huge weights, still finite
+        return 1e6 if step >= 2 else real_rate(step)
 
-    monkeypatch.setattr(trainer, "_optimizer_step", explode_after_two)
+    monkeypatch.setattr(trainer, "learning_rate", explode_after_two)
     with pytest.raises(TrainingDivergedError, match="after step 3 give a NaN or infinite loss") as stopped:
         trainer.run()
     trainer.close()

@@ -187,11 +187,13 @@ def test_student_precision_keeps_the_student_in_float32_under_autocast(tmp_path)
 PRESETS = {  # what the README and docs/benchmarks.md say each preset runs
     "reference": dict(mixed_precision="fp32", student_precision="autocast", batched_student=False,
                       attention="reference", fused_optimizer=False, channels_last=False, compile=False,
-                      cudnn_benchmark=False, ddp_bucket_cap_mb=128),
+                      cudnn_benchmark=False, ddp_bucket_cap_mb=128, speculative_step=False),
     "eager": dict(mixed_precision="fp32", student_precision="autocast", batched_student=True, attention="sdpa",
-                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True, ddp_bucket_cap_mb=128),
+                  fused_optimizer=True, channels_last=False, compile=False, cudnn_benchmark=True, ddp_bucket_cap_mb=128,
+                  speculative_step=True),
     "fast": dict(mixed_precision="bf16", student_precision="fp32", batched_student=True, attention="sdpa",
-                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True, ddp_bucket_cap_mb=0),
+                 fused_optimizer=True, channels_last=True, compile=True, cudnn_benchmark=True, ddp_bucket_cap_mb=0,
+                 speculative_step=True),
 }
 
 
