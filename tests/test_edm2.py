@@ -688,7 +688,12 @@ def test_image_sample_guides_a_conditional_teacher_by_an_unconditional_one(tmp_p
     with torch.no_grad():
         out = sample(guided, noise, "heun_deter", steps=3, class_labels=torch.eye(10)[drawn])
     assert torch.equal(labels, drawn)
-    assert torch.equal(to_uint8(out.clamp(-1, 1)), images)
+    # the script samples in batches of 2, this in one of 4: float32 sums in another order may put a value
+    # within rounding of a pixel edge on the other side (measured: 1 pixel of 3,072, one level)
+    levels = (out.clamp(-1, 1) * 127.5 + 128).permute(0, 2, 3, 1)
+    off = to_uint8(out.clamp(-1, 1)) != images
+    assert (to_uint8(out.clamp(-1, 1)).int() - images.int()).abs().max() <= 1 and off.sum() <= 2
+    assert ((levels[off] - levels[off].round()).abs() < 1e-3).all()  # only at truncation edges
 
 
 def test_an_unconditional_guide_distils_and_real_mismatches_are_refused(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from pid_diffusion.fp16_step import LossScale, Rollback
 from pid_diffusion.trainer import PIDTrainer, TrainConfig
 from test_speed_options import random_lpips_files
+from test_trainer import MPIRUN, TINY_FLAGS, read_csv_column, run_script
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OVERFLOW_ABOVE = {2: 5.5, 3: 4.5, 5: 2.5, 7: 1.5}
@@ -147,3 +148,20 @@ def test_loss_scale_changes_by_the_rule_on_the_device_and_the_host():
     scale.resolved(True)
     scale.resolved(False)
     assert scale.log2 == 10.0 + 1e-3 - 1
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="no mpirun: install the mpich extra (pip install -e '.[mpich]')")
+def test_two_processes_queue_ahead_as_they_decide_on_the_host(teacher_path, tmp_path):
+    """Under mpirun -np 2 (DDP, the all-reduced gradients checked on each process) a speculative fp16 run
+    trains what the host-decided one trains. fp16's first scale, 2^20, overflows on this network: the first
+    steps are skipped on the host, the later ones queued ahead."""
+    args = ["--teacher_model_path", teacher_path, *TINY_FLAGS, "--total_training_steps", "6", "--save_interval", "6",
+            "--log_interval", "6", "--use_fp16", "True"]
+    for speculative in (True, False):
+        finished = run_script([*args, "--speculative_step", str(speculative)], tmp_path / str(speculative), processes=2)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+    for name in ("model000006.pt", "ema_0.9_000006.pt", "ema_0.99_000006.pt"):
+        a, b = (torch.load(tmp_path / str(s) / name, weights_only=True) for s in (True, False))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    scales = [read_csv_column(tmp_path / str(s) / "progress.csv", "lg_loss_scale") for s in (True, False)]
+    assert scales[0] == scales[1] and float(scales[0][0]) < 19  # steps were skipped on the way
