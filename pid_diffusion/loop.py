@@ -69,22 +69,24 @@ class LoopConfig(SpeedSettings):
     batch_size: int = option(-1, "images per step per process (-1 = global_batch_size / number of processes)")
     microbatch: int = option(-1, "gradient-accumulation chunk per process (-1 = whole batch); gradients are summed")
     lr: float = option(1e-4, "learning rate", defines_run=True)
-    weight_decay: float = option(0.0, "weight decay")
-    lr_anneal_steps: int = option(0, "linear decay of the learning rate to 0 over this many steps (0 = constant)")
+    weight_decay: float = option(0.0, "weight decay", defines_run=True)
+    lr_anneal_steps: int = option(0, "linear decay of the learning rate to 0 over this many steps (0 = constant)",
+                                  defines_run=True)
     optimizer: str = option("radam", "radam or adam", defines_run=True)
-    opt_eps: float = option(1e-8, "optimizer epsilon")
+    opt_eps: float = option(1e-8, "optimizer epsilon", defines_run=True)
     ema_rate: str = option("0.9999", "comma-separated EMA rates, e.g. 0.999,0.9999,0.99995", defines_run=True)
     log_interval: int = option(10, "log every this many steps")
     save_interval: int = option(10000, "checkpoint every this many steps (and at the end)")
     total_training_steps: int = option(600000, "stop after this many optimizer steps")
     resume_checkpoint: str = option("", "model%06d.pt to resume from (default: newest complete checkpoint in the run "
                                         "folder)")
-    fp16_scale_growth: float = option(1e-3, "log2 loss-scale growth per fp16 step")
+    fp16_scale_growth: float = option(1e-3, "log2 loss-scale growth per fp16 step", defines_run=True)
     seed: int = option(0, "seed of the training noise: the global batch of a step depends only on (seed, step)",
                        defines_run=True)
     allow_changed_settings: bool = option(False, "resume a run folder although settings that define the run (teacher, "
-                                                 "network, loss, N, seed, lr, EMA rates, batch) differ; the change is "
-                                                 "recorded in run_config.json")
+                                                 "network, loss, N, seed, optimizer and its lr, weight decay, ε and "
+                                                 "annealing, fp16 scale growth, EMA rates, batch) differ; the change is "
+                                                 "recorded in run_config.json and applied from the resumed step on")
     log_format: str = option("", "what the run logs to, comma-separated: stdout, log (log.txt), csv (progress.csv), "
                                  "tensorboard (event files in the run folder, with the sample grids; pip install -e "
                                  "'.[tensorboard]'); default: $OPENAI_LOG_FORMAT, else stdout,log,csv, as the "
@@ -236,12 +238,26 @@ class TrainingLoop:
         self.loss_scale = LossScale(FP16_INITIAL_LOG2_SCALE, config.fp16_scale_growth, self.device)
         self.rollback = None  # fp16: copies of what an update changes, taken once the optimizer has state
         self.norm_totals = torch.zeros(2, device=self.device)  # gradient and weight norms since the last log
-        self.recorded = read_run_config(config.log_dir) or {}
+        # the settings the resumed weights were trained with: this folder's, or those beside --resume_checkpoint
+        self.recorded = read_run_config(config.log_dir) or (
+            read_run_config(os.path.dirname(os.path.abspath(config.resume_checkpoint))) or {}
+            if config.resume_checkpoint else {})
         self.changes = list(self.recorded.get("changes", []))
         steps = checkpoint_steps(config.log_dir)
-        if self.recorded and steps and not config.resume_checkpoint:
+        resumed_step = resume_step(config.resume_checkpoint) if config.resume_checkpoint else steps[0] if steps else None
+        later = [step for step in steps if resumed_step is not None and step > resumed_step]
+        if config.resume_checkpoint and later:
+            replaced = [os.path.basename(path) for step in sorted(later)
+                        for path in checkpoint_files(config.log_dir, step, config.ema_rates).values() if os.path.exists(path)]
+            raise RunFolderError(
+                f"--resume_checkpoint {config.resume_checkpoint} is step {resumed_step}, but {config.log_dir} holds later "
+                f"checkpoints, which this run would replace ({', '.join(replaced[:6])}{' …' if len(replaced) > 6 else ''}); "
+                f"nothing was changed. To continue from step {resumed_step}, run in a new folder "
+                f"(OPENAI_LOGDIR=<new folder>) with the same --resume_checkpoint")
+        if self.recorded and resumed_step is not None:
             self.changes += check_resumed_settings(config.log_dir, self.recorded, self.run_config(),
-                                                   self.defining_settings(), config.allow_changed_settings, steps[0])
+                                                   self.defining_settings(), config.allow_changed_settings,
+                                                   resumed_step)
         self.ema = EMA(network, config.ema_rates, power_function=self.power_function_ema)
         self._resume(steps)
         self._set_learning_rate()  # the schedule's, also after a resume
@@ -731,7 +747,9 @@ class TrainingLoop:
         for rate, ema_state in saved["ema"].items():
             self.ema.load_state_dict(rate, ema_state if ema_state is not None else self.network.state_dict())
         if saved["opt"] is not None:
-            self.optimizer.load_state_dict(saved["opt"])
+            self.optimizer.load_state_dict(saved["opt"])  # brings back the saved hyperparameters: this run's win
+            for group in self.optimizer.param_groups:
+                group.update(weight_decay=self.config.weight_decay, eps=self.config.opt_eps)
         state = saved["state"]
         if state is not None:
             self.log2_loss_scale = state["log2_loss_scale"]

@@ -253,3 +253,61 @@ def test_run_config_is_written_and_read_by_the_run_folder_with_a_format_version(
     del newer["format_version"]  # a folder of the first format, before the field existed
     (tmp_path / "run_config.json").write_text(json.dumps(newer))
     assert train(make_config(teacher_path, tmp_path, total_training_steps=4)).step == 4
+
+
+def resumed_weights(teacher_path, source, folder, **settings):
+    """The weights at step 4 of the run in `source` (saved at step 2) continued in a copy with `settings`."""
+    shutil.copytree(source, folder)
+    trainer = train(make_config(teacher_path, folder, total_training_steps=4, **settings))
+    return {k: v.clone() for k, v in trainer.student.net.state_dict().items()}
+
+
+# RAdam's first steps take no square root (no ε): Adam shows ε at once
+@pytest.mark.parametrize("change,base", [(dict(lr=0.0), {}), (dict(weight_decay=0.5), {}),
+                                         (dict(opt_eps=0.1), dict(optimizer="adam"))])
+def test_optimizer_settings_changed_on_resume_are_checked_recorded_and_applied(teacher_path, tmp_path, change, base):
+    train(make_config(teacher_path, tmp_path / "run", **base))  # two steps, saved at 2
+    name, value = next(iter(change.items()))
+    with pytest.raises(ChangedSettingsError, match=f"{name}: .* → {value!r}"):
+        train(make_config(teacher_path, tmp_path / "run", total_training_steps=4, **base, **change))
+    same = resumed_weights(teacher_path, tmp_path / "run", tmp_path / "same", **base)
+    again = resumed_weights(teacher_path, tmp_path / "run", tmp_path / "again", **base)
+    changed = resumed_weights(teacher_path, tmp_path / "run", tmp_path / "changed", allow_changed_settings=True,
+                              **base, **change)
+    assert all(torch.equal(same[k], again[k]) for k in same)  # the same command: the same weights
+    assert any(not torch.equal(same[k], changed[k]) for k in same)  # the new setting took effect
+    recorded = json.loads((tmp_path / "changed" / "run_config.json").read_text())
+    assert recorded[name] == value and recorded["changes"][-1]["setting"] == name
+    if name == "lr":  # nothing moves at lr 0: the saved weights of step 2 stay
+        saved = torch.load(tmp_path / "run" / "model000002.pt", weights_only=True)
+        assert all(torch.equal(saved[k], changed[k]) for k in saved)
+
+
+def test_resume_checkpoint_checks_the_settings_it_was_trained_with(teacher_path, tmp_path):
+    train(make_config(teacher_path, tmp_path / "run"))
+    checkpoint = str(tmp_path / "run" / "model000002.pt")
+    for folder in (tmp_path / "run", tmp_path / "elsewhere"):  # in its own folder, or continued in a new one
+        with pytest.raises(ChangedSettingsError, match="seed: 0 → 7"):
+            train(make_config(teacher_path, folder, total_training_steps=4, seed=7, resume_checkpoint=checkpoint))
+    resumed = train(make_config(teacher_path, tmp_path / "elsewhere", total_training_steps=4, seed=7,
+                                resume_checkpoint=checkpoint, allow_changed_settings=True))
+    assert resumed.step == 4
+    recorded = json.loads((tmp_path / "elsewhere" / "run_config.json").read_text())
+    assert recorded["changes"] == [{"step": 2, "setting": "seed", "from": 0, "to": 7}]
+    same = train(make_config(teacher_path, tmp_path / "third", total_training_steps=4, resume_checkpoint=checkpoint))
+    assert same.step == 4 and json.loads((tmp_path / "third" / "run_config.json").read_text())["changes"] == []
+
+
+def test_resuming_an_earlier_step_in_its_folder_never_replaces_the_later_checkpoints(teacher_path, tmp_path):
+    train(make_config(teacher_path, tmp_path / "run", total_training_steps=4))  # checkpoints 2 and 4
+    before = snapshot(tmp_path / "run")
+    earlier = str(tmp_path / "run" / "model000002.pt")
+    with pytest.raises(RunFolderError, match=r"is step 2, but .* holds later checkpoints, which this run would replace "
+                                             r"\(model000004.pt, .*ema_0.9_000004.pt.*nothing was changed.*OPENAI_LOGDIR"):
+        train(make_config(teacher_path, tmp_path / "run", total_training_steps=4, resume_checkpoint=earlier))
+    assert snapshot(tmp_path / "run") == before
+    latest = train(make_config(teacher_path, tmp_path / "run", total_training_steps=6,
+                               resume_checkpoint=str(tmp_path / "run" / "model000004.pt")))  # the newest: goes on
+    assert latest.step == 6
+    elsewhere = train(make_config(teacher_path, tmp_path / "new", total_training_steps=4, resume_checkpoint=earlier))
+    assert elsewhere.step == 4 and (tmp_path / "new" / "model000004.pt").exists()
