@@ -21,7 +21,7 @@ from .files import (StudentLoadError, TeacherLoadError, UnreadableFileError, ato
                     is_zip_archive, read_torch_file)
 from .guidance import GuidedDenoiser
 from .precond import PIDStudent
-from .run_folder import RUN_CONFIG_FILE, TEACHER_RUN, read_run_config
+from .run_folder import RUN_CONFIG_FILE, TEACHER_RUN, checkpoint_step, read_run_config, settings_at_step
 from .schedules import SIGMA_MAX, SIGMA_MIN
 from .teachers import BUILTIN_PREFIX, builtin_teacher
 
@@ -173,6 +173,7 @@ def load_student(path, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **network_flags
         if run_config.get("run_kind") == TEACHER_RUN:
             raise StudentLoadError(f"{path} is a checkpoint of a teacher training, not a PID student: sample it "
                                    "with --training_mode one_shot_pinn_edm_edm_teacher")
+        run_config = settings_at_step(run_config, checkpoint_step(path))  # a later change of σ is not this file's
         config = run_config["network_config"]
         sigma_min, sigma_max = run_config.get("sigma_min", SIGMA_MIN), run_config.get("sigma_max", SIGMA_MAX)
         family_of(config).check_flags(path, config, network_flags)

@@ -23,7 +23,7 @@ from .loop import ema_rates
 from .presets import PresetOptions
 from .schedules import NoiseLevels
 from .settings import OptionParser, option, options_of, values_for
-from .speed import preset_values
+from .speed import preset_values, resolved_preset
 from .teacher_trainer import TeacherTrainConfig, log_normal_sigmas, teacher_family_config
 from .trainer import TrainConfig
 
@@ -182,6 +182,7 @@ def distillation_config(args, given, log_dir, device_type=None):
     values = {**values_for(TrainConfig, args), "log_dir": log_dir, "network_flags": network_flags(args, given)}
     presets = preset_values(TrainConfig, args.speed, device_type, args.use_fp16)
     values.update({name: value for name, value in presets.items() if name not in given})
+    values["speed_preset"] = resolved_preset(args.speed, device_type) + (", use_fp16" if args.use_fp16 else "")
     return TrainConfig(**values)
 
 

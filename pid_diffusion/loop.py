@@ -543,8 +543,11 @@ class TrainingLoop:
     def _run(self):
         cfg = self.config
         if dist.is_main():
+            speed = {field.name: getattr(cfg, field.name) for field in dataclasses.fields(SpeedSettings)}
             write_run_config(cfg.log_dir, {**self.run_config(), "world_size": self.info.world_size,
-                                           "per_process_batch": self.batch, "torch_version": torch.__version__})
+                                           "per_process_batch": self.batch, "torch_version": torch.__version__},
+                             self.recorded, {"step": self.step, "world_size": self.info.world_size,
+                                             "torch_version": torch.__version__, **speed})
         self.logger.log(f"{self.describe()}, {self.info.world_size} process(es) on {self.device.type}{self._buckets()}, "
                         f"global batch {self.global_batch} ({self.batch} per process, micro-batch {self.microbatch}), steps "
                         f"{self.step} → {cfg.total_training_steps}, run folder {cfg.log_dir}")

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 from .files import FileLock, LockHeld, atomic_torch_save, read_torch_file, write_json_atomic
 
@@ -122,6 +123,16 @@ def checkpoint_step(file_name):
     return int(match.group(2)) if match else step_from_checkpoint_name(file_name)
 
 
+def settings_at_step(run_config, step):
+    """The run's settings as they were while the checkpoint of `step` was trained: the recorded ones, with each
+    change made at that step or later (run_config.json's `changes`, newest first) undone."""
+    settings = dict(run_config)
+    for change in reversed(run_config.get("changes", [])):
+        if change.get("step", -1) >= step and change.get("setting") in settings:
+            settings[change["setting"]] = change["from"]
+    return settings
+
+
 def model_file_names(folder):
     """The folder's files that may hold a network, as the original selects them: every *.pt but
     optimizer and trainer-state files (and temporary files and incomplete checkpoints of interrupted saves)."""
@@ -182,11 +193,17 @@ def git_revision():
     return commit + ("+dirty" if dirty else "")
 
 
-def write_run_config(log_dir, config):
-    """Write run_config.json (rank 0): the configuration, the format version, the git revision and
-    the command line."""
-    record = {**config, "format_version": RUN_CONFIG_VERSION, "git_revision": git_revision(),
-              "command": " ".join(sys.argv)}
+def write_run_config(log_dir, config, previous=None, invocation=None):
+    """Write run_config.json (rank 0): the configuration, the format version, the git revision, the first
+    command line, and every invocation of the run so far (`previous`'s, then this one: its command, the step
+    it started from, and `invocation`'s fields, e.g. the speed settings it ran with)."""
+    previous = previous or {}
+    command = " ".join(sys.argv)
+    earlier = previous.get("invocations") or ([{"command": previous["command"]}] if "command" in previous else [])
+    started = {"command": command, "git_revision": git_revision(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               **(invocation or {})}
+    record = {**config, "format_version": RUN_CONFIG_VERSION, "git_revision": started["git_revision"],
+              "command": previous.get("command", command), "invocations": [*earlier, started]}
     write_json_atomic(os.path.join(log_dir, RUN_CONFIG_FILE), record)
 
 

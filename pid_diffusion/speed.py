@@ -15,7 +15,7 @@ import torch
 
 from .dist import visible_device_type
 from .networks.layers import ATTENTION_IMPLEMENTATIONS
-from .settings import option, preset_options
+from .settings import option, preset_options, setting
 
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
 STUDENT_PRECISION = ("autocast", "fp32_output", "fp32")
@@ -51,6 +51,9 @@ class SpeedSettings:
     """The speed and precision options of every training loop; the trainers' configurations are
     SpeedSettings with more fields (loop.LoopConfig), so run_config.json records them beside the others."""
 
+    speed_preset: str = setting("")
+    """The --speed preset the speed options not given came from (auto resolved; ', use_fp16' with --use_fp16);
+    '' when the options were set directly."""
     mixed_precision: str = option("fp32", "fp32, fp16 or bf16 autocast", preset=True)
     channels_last: bool = option(False, "speed: channels-last memory layout on CUDA (slower without --compile: "
                                         "GroupNorm copies)", preset=True)
@@ -121,14 +124,20 @@ def preset_values(config_class, preset, device_type=None, use_fp16=False):
     """The values a --speed preset gives the preset options of `config_class` ('auto': by device; no
     `device_type`: cuda when a GPU is visible, else cpu, as the scripts choose), then --use_fp16 (the
     original's fp16 path: everything, the student too, in float16 autocast with loss scaling)."""
-    device_type = device_type or visible_device_type()
-    name = DEFAULT_SPEED.get(device_type, "eager") if preset == "auto" else preset
-    if name not in PRESET_CHANGES:
-        raise ValueError(f"--speed {preset!r} is not supported; valid: auto, {', '.join(PRESET_CHANGES)}")
+    name = resolved_preset(preset, device_type)
     values = {**preset_options(config_class), **PRESET_CHANGES[name]}
     if use_fp16:
         values.update(mixed_precision="fp16", student_precision="autocast")
     return values
+
+
+def resolved_preset(preset, device_type=None):
+    """The --speed preset's name, 'auto' resolved by device (see preset_values)."""
+    device_type = device_type or visible_device_type()
+    name = DEFAULT_SPEED.get(device_type, "eager") if preset == "auto" else preset
+    if name not in PRESET_CHANGES:
+        raise ValueError(f"--speed {preset!r} is not supported; valid: auto, {', '.join(PRESET_CHANGES)}")
+    return name
 
 
 def keep_compiled_convolutions_channels_last(enabled):

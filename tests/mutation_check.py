@@ -204,7 +204,7 @@ MUTATIONS = (
     M("preset_guide_dropped", "pid_diffusion/presets.py",
       '"guide_model_path": preset.guide_path, "guidance": preset.guidance,', "", (EDM2,)),
     # --- the host-free step and the CIFAR-10 testbed (#25)
-    M("fp16_gradients_left_scaled", "pid_diffusion/loop.py",
+    M("fp16_gradients_left_scaled", "pid_diffusion/fp16_step.py",
       "return scale.float(), scale.reciprocal().float().reshape(1)",
       "return scale.float(), torch.ones(1, device=scale.device)",
       ("tests/test_trainer.py::test_fp16_gradients_are_unscaled_before_the_update_and_the_norms",)),

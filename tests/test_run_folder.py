@@ -311,3 +311,36 @@ def test_resuming_an_earlier_step_in_its_folder_never_replaces_the_later_checkpo
     assert latest.step == 6
     elsewhere = train(make_config(teacher_path, tmp_path / "new", total_training_steps=4, resume_checkpoint=earlier))
     assert elsewhere.step == 4 and (tmp_path / "new" / "model000004.pt").exists()
+
+
+def test_each_checkpoint_samples_at_the_noise_levels_it_was_trained_with(teacher_path, tmp_path):
+    from pid_diffusion.checkpoint import load_student
+    from pid_diffusion.evaluation import student_options
+
+    train(make_config(teacher_path, tmp_path))  # σ_max 80 up to step 2
+    train(make_config(teacher_path, tmp_path, total_training_steps=4, sigma_max=40.0, allow_changed_settings=True))
+    levels = {name: load_student(tmp_path / name).noise_levels["sigma_max"]
+              for name in ("model000002.pt", "ema_0.9_000002.pt", "model000004.pt", "ema_0.9_000004.pt")}
+    assert levels == {"model000002.pt": 80.0, "ema_0.9_000002.pt": 80.0, "model000004.pt": 40.0,
+                      "ema_0.9_000004.pt": 40.0}
+    earlier = load_student(tmp_path / "model000002.pt")
+    assert student_options(earlier, dict(sigma_min=0.002, sigma_max=80.0), {"sigma_max"}, "step 2")["sigma_max"] == 80
+    with pytest.raises(ValueError, match="trained with --sigma_max 80"):
+        student_options(earlier, dict(sigma_min=0.002, sigma_max=40.0), {"sigma_max"}, "step 2")
+
+
+def test_run_config_keeps_the_first_command_and_every_invocation_with_its_speed(teacher_path, tmp_path):
+    base = [sys.executable, TRAIN_SCRIPT, "--teacher_model_path", teacher_path, "--global_batch_size", "4",
+            "--loss_norm", "l2", "--ema_rate", "0.9", "--save_interval", "2", "--log_interval", "2"]
+    env = {**os.environ, "OPENAI_LOGDIR": str(tmp_path)}
+    for steps, extra in (("2", []), ("4", ["--speed", "reference"])):
+        done = subprocess.run([*base, "--total_training_steps", steps, *extra], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+    recorded = json.loads((tmp_path / "run_config.json").read_text())
+    first, second = recorded["invocations"]
+    assert recorded["command"] == first["command"] and "--speed" not in first["command"]
+    assert "--speed reference" in second["command"] and (first["step"], second["step"]) == (0, 2)
+    assert (first["speed_preset"], second["speed_preset"]) == ("eager", "reference")
+    assert (first["attention"], second["attention"]) == ("sdpa", "reference")  # what each ran with
+    assert recorded["speed_preset"] == "reference" and recorded["attention"] == "reference"  # the settings now
