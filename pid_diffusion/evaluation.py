@@ -200,7 +200,7 @@ def checkpoints_in(folder, names=()):
 
 
 QUESTION_FIELDS = ("num_samples", "seed", "sampling", "detector", "detector_sha256", "feed", "reference",
-                   "reference_sha256")
+                   "reference_sha256", "weights_sha256")
 """What an FID of the results file measured, recorded beside it: a row answers only the same question."""
 
 
@@ -240,7 +240,8 @@ def read_results(path):
             try:
                 if not row["model_name"] or row["FID"] is None or None in row:
                     raise ValueError("wrong number of fields")
-                float(row["FID"])
+                if not math.isfinite(float(row["FID"])):  # never recorded: a non-finite FID is damage
+                    raise ValueError(f"FID {row['FID']} is not a finite number")
                 if row.get("step") in (None, ""):  # a CSV the original wrote has no step: the name has it
                     row["step"] = str(checkpoint_step(row["model_name"] + ".pt"))
                 int(row["step"])

@@ -196,7 +196,12 @@ def digest_of_arrays(arrays):
     """A short SHA-256 of numeric arrays (numpy or torch, in order; dtype and shape included)."""
     digest = hashlib.sha256()
     for array in arrays:
-        array = array.detach().cpu().contiguous().numpy() if hasattr(array, "detach") else array
-        digest.update(f"{array.dtype}{tuple(array.shape)}".encode())
+        if hasattr(array, "detach"):
+            kind = str(array.dtype)
+            array = array.detach().cpu().contiguous()
+            array = (array.view(torch.int16) if array.dtype == torch.bfloat16 else array).numpy()  # numpy has no bf16
+        else:
+            kind = str(array.dtype)
+        digest.update(f"{kind}{tuple(array.shape)}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()[:DIGEST_LENGTH]

@@ -10,7 +10,8 @@ noise for every checkpoint; a file without run_config.json beside it (e.g. the r
 is built from the architecture flags, and EMA files of a save that was interrupted before its model
 file are skipped. Each result is a row of <exp_dir>/fid_results_{seed}.csv: `model_name,FID,step` (the
 original's columns first), what it measured (sample count, seed, sampling options, detector and a
-digest of its weights, detector feed, reference statistics and their digest) and `class_accuracy` with
+digest of its weights, detector feed, reference statistics and their digest, a digest of the checkpoint's
+weights) and `class_accuracy` with
 the digits detector (the share of samples the classifier assigns to the label they were generated
 for). A checkpoint is skipped only when a row answers the same question; rows of other questions (and
 the original's, which record none) are kept. Walks beside each other on one folder share the file:
@@ -87,11 +88,13 @@ def evaluate_folder(args, given, device):
         first = cli.generation_request(args, given, loaded)
         measurement = dict(num_samples=first.num_samples, seed=first.seed,
                            feed=resolve_feed(args.detector_feed, loaded.protocol), **measured_with)
+        weights = digest_of_arrays(loaded.model.state_dict().values())  # the file's name does not say which weights
         fids = []
         for k in range(loaded.setting("seed_ranges", args, given)):  # disjoint ranges of samples, a row each
             request = dataclasses.replace(first, first_index=k * first.num_samples)
             sampling = evaluation.sampling_description({**loaded.options, **guided}, request)
-            fids.append(walk.measure(name, step, loaded, request, {**measurement, "sampling": sampling}))
+            fids.append(walk.measure(name, step, loaded, request, {**measurement, "sampling": sampling,
+                                                                   "weights_sha256": weights}))
         if len(fids) > 1 and None not in fids:
             ranges = ", ".join(f"samples {k * first.num_samples}–{(k + 1) * first.num_samples - 1}: {fid:.4f}"
                                for k, fid in enumerate(fids))

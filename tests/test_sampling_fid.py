@@ -339,6 +339,34 @@ def test_a_results_row_answers_only_the_question_it_measured(workspace, tmp_path
     assert len(rows) == 4 and len({r["FID"] for r in rows}) == 4  # four questions, four answers, all kept
     assert {r["num_samples"] for r in rows} == {"8", "12"} and {r["feed"] for r in rows} == {"float", "uint8"}
     assert len({r["reference_sha256"] for r in rows}) == 2 and all(r["detector"] == "pixels" for r in rows)
+    # other weights under the same name (a checkpoint replaced, or a file of another run) are another question
+    same_question = [*base, "--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "8"]
+    shutil.copy(folder / "model000001.pt", folder / "model000002.pt")
+    replaced = run("fid_evaluation.py", same_question, workspace)
+    assert replaced.returncode == 0 and "already evaluated" not in replaced.stdout
+    other_run = tmp_path / "other"
+    shutil.copytree(workspace / "run", other_run)
+    elsewhere = run("fid_evaluation.py", [*same_question[:3], str(other_run / "model000002.pt"), *same_question[4:]],
+                    workspace)
+    assert elsewhere.returncode == 0 and "already evaluated" in elsewhere.stdout  # the same weights: answered
+    rows = fid_rows(folder / "fid_results_42.csv")
+    assert len(rows) == 5 and len({r["weights_sha256"] for r in rows}) == 2
+
+
+def test_a_non_finite_fid_in_the_results_file_is_damage_reported_with_its_line(workspace, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(workspace / "run", folder)
+    args = ["--exp_dir", str(folder), "--checkpoints", "model000002.pt", "--batch_size", "4", "--num_samples", "4",
+            "--ref_path", str(workspace / "ref.npz")]
+    assert run("fid_evaluation.py", args, workspace).returncode == 0
+    results = folder / "fid_results_42.csv"
+    lines = results.read_text().splitlines()
+    header, row = lines[0].split(","), lines[1].split(",")
+    row[header.index("FID")] = "nan"
+    results.write_text("\n".join([lines[0], ",".join(row)]) + "\n")
+    damaged = run("fid_evaluation.py", args, workspace)
+    assert damaged.returncode == 1 and "line 2: damaged row" in damaged.stderr and "FID nan is not a finite" in \
+        damaged.stderr and "already evaluated" not in damaged.stdout
 
 
 def test_another_fid_seed_gives_another_fid_and_its_own_sample_files(workspace, tmp_path):
