@@ -214,6 +214,20 @@ def sampling_description(options, request):
     return ";".join(f"{key}={items[key]}" for key in sorted(items))
 
 
+def question_labels(rows):
+    """What tells the questions of `rows` apart (one label per row: the question's items that differ between
+    them, the sampling's one by one; '' when all rows answer one question), and the items they share."""
+    def items(row):
+        found = {k: row.get(k, "") for k in QUESTION_FIELDS if k not in ("sampling", "weights_sha256")}
+        found.update(part.split("=", 1) for part in row.get("sampling", "").split(";") if "=" in part)
+        return found
+    described = [items(row) for row in rows]
+    keys = sorted({k for d in described for k in d})
+    differing = [k for k in keys if len({d.get(k, "") for d in described}) > 1]
+    shared = {k: described[0].get(k, "") for k in keys if k not in differing} if described else {}
+    return [", ".join(f"{k}={d.get(k, '')}" for k in differing) for d in described], shared
+
+
 def samples_tag(request, sampling):
     """A name part for the files of one set of samples: the seed and a digest of how they were drawn."""
     return f"seed{request.seed}-{hashlib.sha256(sampling.encode()).hexdigest()[:8]}"

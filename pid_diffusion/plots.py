@@ -23,14 +23,17 @@ def checkpoint_kind(model_name):
     return re.sub(r"_?\d{6}$", "", model_name) or "model"
 
 
-def plot_fid_vs_step(rows, path, title="FID by training step"):
-    """FID against step, a line per checkpoint kind (model, ema_<rate>), FID on a log axis when it
-    spans more than a decade. Rows: dicts with model_name, step, FID (CSV strings are fine)."""
+def plot_fid_vs_step(rows, path, title="FID by training step", labels=None):
+    """FID against step, a line per checkpoint kind (model, ema_<rate>) and, with `labels` (a label per row),
+    per label, FID on a log axis when it spans more than a decade. Rows: dicts with model_name, step, FID
+    (CSV strings are fine). Returns what was drawn: {line label: [(step, FID)]}."""
     series = {}
-    for row in rows:
+    for index, row in enumerate(rows):
         fid = float(row["FID"])
         if math.isfinite(fid):
-            series.setdefault(checkpoint_kind(row["model_name"]), []).append((int(row["step"]), fid))
+            kind = checkpoint_kind(row["model_name"])
+            name = f"{kind}, {labels[index]}" if labels and labels[index] else kind
+            series.setdefault(name, []).append((int(row["step"]), fid))
     if not series:
         return
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
@@ -44,8 +47,9 @@ def plot_fid_vs_step(rows, path, title="FID by training step"):
     axes.set_ylabel("FID")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8)
     _save(figure, path)
+    return series
 
 
 def paired_sample_grid(rows, column_titles, path, title=None):

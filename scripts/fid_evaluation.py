@@ -102,12 +102,15 @@ def evaluate_folder(args, given, device):
     if len(unreadable) == len(checkpoints):
         raise ValueError(f"nothing could be evaluated: none of the {len(checkpoints)} checkpoints in {args.exp_dir} "
                          "can be loaded (see the reasons above)")
-    if dist.is_main():  # every answer to this measurement's first sample range, also those of walks beside this one
+    if dist.is_main():  # every question's first sample range in this seed's file: a line per checkpoint kind and question
         results = os.path.join(args.exp_dir, f"fid_results_{measurement['seed']}.csv")
-        same = [r for r in evaluation.read_results(results) if all(r.get(k) == str(v) for k, v in measurement.items())
-                and "first_sample=" not in r.get("sampling", "")]
-        plot_fid_vs_step(same, os.path.join(args.exp_dir, "fid_vs_step.png"),
-                         title=f"FID ({args.detector} detector) by step")
+        shown = [r for r in evaluation.read_results(results) if "first_sample=" not in r.get("sampling", "")]
+        labels, shared = evaluation.question_labels(shown)
+        common = ", ".join(text.format(shared[k]) for k, text in (("detector", "{} detector"), ("num_samples", "{} samples"),
+                                                                   ("seed", "seed {}")) if shared.get(k))
+        plot_fid_vs_step(shown, os.path.join(args.exp_dir, "fid_vs_step.png"), labels=labels,
+                         title=f"FID by step ({common})\n{os.path.basename(os.path.abspath(args.exp_dir))}/"
+                               f"{os.path.basename(results)}")
     failed = dist.broadcast_object(walk.failed)
     if failed:
         raise ValueError(f"no finite FID for {', '.join(failed)}: not recorded (see {os.path.join(sample_dir, 'log.txt')})")

@@ -23,10 +23,10 @@ more attempts (those it discards)."""
 
 
 def injected_run(teacher_path, folder, speculative, **overrides):
-    """A fp16 run of 10 steps (checkpoints at 8 and 10, log lines at 5 and 10) with INJECTED overflows:
+    """A fp16 run of 10 steps (checkpoints at 8 and 10, log lines at 4, 8 and 10) with OVERFLOW_ABOVE's overflows:
     its checkpoint state, its progress.csv without timings, and how often each step was attempted."""
     values = dict(teacher_model_path=teacher_path, log_dir=str(folder), global_batch_size=8, loss_norm="l2",
-                  ema_rate="0.9,0.99", log_interval=5, save_interval=8, total_training_steps=10, lr=1e-3,
+                  ema_rate="0.9,0.99", log_interval=4, save_interval=8, total_training_steps=10, lr=1e-3,
                   mixed_precision="fp16", speculative_step=speculative, dropout=0.1)
     values.update(overrides)
     trainer = PIDTrainer(TrainConfig(**values))
@@ -76,14 +76,14 @@ def test_speculative_fp16_steps_train_what_host_decided_steps_train(teacher_path
     ahead, ahead_rows, ahead_attempts = injected_run(teacher_path, tmp_path / "ahead", True, loss_norm=loss_norm,
                                                      microbatch=microbatch, **extra)
     # the host-decided run retried each overflowing step; the speculative one also queued (and undid) the
-    # step after each overflow that could be speculated past
+    # step after each overflow that could be speculated past (never past a log line or a checkpoint: steps 4, 8)
     if loss_norm == "l2":  # only the injected overflows (l1's and LPIPS's gradients also overflow at 2^6)
         assert host_attempts == {step: 1 + {2: 1, 3: 1, 5: 2, 7: 1}.get(step, 0) for step in range(10)}
-        assert [ahead_attempts[step] for step in range(10)] == [1, 1, 2, 3, 2, 3, 3, 2, 1, 1]
+        assert [ahead_attempts[step] for step in range(10)] == [1, 1, 2, 3, 1, 3, 3, 2, 1, 1]
         assert host["scale"] == pytest.approx(6.0 - 5 + 10 * 1e-3)  # five skips, ten applied steps
     assert sum(ahead_attempts.values()) > sum(host_attempts.values()) > 10
     assert_same(host, ahead)
-    assert host_rows == ahead_rows and len(host_rows) == 2
+    assert host_rows == ahead_rows and len(host_rows) == 3
 
 
 def test_a_skipped_step_changes_nothing_on_the_device(teacher_path, tmp_path):

@@ -429,3 +429,25 @@ def test_walks_beside_each_other_keep_every_row(workspace, tmp_path):
     assert [walk.wait(120) for walk in walks] == [0, 0]
     assert sorted(r["model_name"] for r in fid_rows(folder / "fid_results_42.csv")) == [
         "ema_0.9_000001", "ema_0.9_000002", "model000001", "model000002"]
+
+
+def test_fid_figure_draws_a_line_per_question_and_says_what_they_share(tmp_path):
+    from pid_diffusion.evaluation import question_labels
+    from pid_diffusion.plots import plot_fid_vs_step
+
+    def row(name, step, fid, label):
+        sampling = f"class_label={label};sampler=oneshot;steps=1;use_fp16=False"
+        return dict(model_name=name, step=str(step), FID=str(fid), num_samples="8", seed="42", sampling=sampling,
+                    detector="pixels", detector_sha256="d", feed="float", reference="ref.npz", reference_sha256="r",
+                    weights_sha256=f"w{name}")
+
+    rows = [row(f"ema_0.9_00000{s}", s, fid, label) for s, fid, label in
+            ((1, 30.0, -1), (2, 20.0, -1), (1, 90.0, 3), (2, 80.0, 3))]
+    labels, shared = question_labels(rows)
+    assert labels == ["class_label=-1", "class_label=-1", "class_label=3", "class_label=3"]  # weights never split lines
+    assert shared["detector"] == "pixels" and shared["num_samples"] == "8" and shared["seed"] == "42"
+    drawn = plot_fid_vs_step(rows, tmp_path / "fid.png", labels=labels)
+    assert drawn == {"ema_0.9, class_label=-1": [(1, 30.0), (2, 20.0)], "ema_0.9, class_label=3": [(1, 90.0), (2, 80.0)]}
+    one_question = rows[:2]
+    assert question_labels(one_question)[0] == ["", ""]
+    assert plot_fid_vs_step(one_question, tmp_path / "one.png", labels=["", ""]) == {"ema_0.9": [(1, 30.0), (2, 20.0)]}
