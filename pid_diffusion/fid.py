@@ -27,7 +27,7 @@ from . import dist
 from .download import local_file
 from .edm_pickle import EDMPickleError, is_pickle_file, read_restricted_pickle
 from .digits import DigitsDetector, load_classifier, load_digits
-from .files import atomic_output, find_weight_file, is_zip_archive, weight_search_dirs
+from .files import atomic_output, digest_of_arrays, find_weight_file, is_zip_archive, weight_search_dirs
 from .generate import to_pixels
 from .settings import option
 
@@ -236,6 +236,16 @@ def reference_stats(fid_dataset, ref_path, detector, dim=None, device="cpu"):
     if fid_dataset == DIGITS_DATASET and not ref_path:
         return digits_reference_stats(detector, device)
     return load_reference_stats(reference_stats_path(fid_dataset, ref_path), dim)
+
+
+def reference_digest(fid_dataset, ref_path, reference, detector):
+    """What identifies the reference in a results row: a statistics file's arrays; statistics computed from
+    data (the digits) by what they are computed from, the images and the detector's weights, not by their float
+    bits (which change with the number of threads)."""
+    if fid_dataset == DIGITS_DATASET and not ref_path:
+        images, _ = load_digits("all")
+        return digest_of_arrays([images, *detector.state_dict().values()])
+    return digest_of_arrays(reference)
 
 
 def reference_name(fid_dataset, ref_path):

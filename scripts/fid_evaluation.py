@@ -36,8 +36,8 @@ import os
 
 from pid_diffusion import cli, dist, evaluation
 from pid_diffusion.digits import DigitsUnavailableError
-from pid_diffusion.fid import (DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats,
-                               resolve_feed)
+from pid_diffusion.fid import (DetectorTally, check_stats_dimension, load_detector, reference_digest, reference_name,
+                               reference_stats, resolve_feed)
 from pid_diffusion.files import digest_of_arrays
 from pid_diffusion.generate import save_grid
 from pid_diffusion.log import RunLogger
@@ -66,7 +66,7 @@ def evaluate_folder(args, given, device):
     reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
     measured_with = dict(detector=args.detector, detector_sha256=digest_of_arrays(detector.state_dict().values()),
                          reference=reference_name(args.fid_dataset, args.ref_path),
-                         reference_sha256=digest_of_arrays(reference))
+                         reference_sha256=reference_digest(args.fid_dataset, args.ref_path, reference, detector))
     sample_dir = os.path.join(args.exp_dir, "FID")
     if dist.is_main():
         os.makedirs(sample_dir, exist_ok=True)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import numpy as np
 import torch
 
 from conftest import tiny_song_config
@@ -301,3 +302,25 @@ def test_image_sample_refuses_a_label_outside_the_teacher_classes(tmp_path):
                           env={**os.environ, "OPENAI_LOGDIR": str(tmp_path / "out")})
     assert done.returncode == 1 and "valid labels are 0 to 9" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_the_digits_reference_is_identified_by_its_data_and_detector_whatever_the_threads():
+    """A second walk with another process count (1 thread under mpirun, 2 alone) asks the same question."""
+    from pid_diffusion.fid import load_detector, reference_digest, reference_stats
+
+    detector = load_detector("digits")
+    threads = torch.get_num_threads()
+    digests = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            digests.append(reference_digest("digits", "", reference_stats("digits", "", detector), detector))
+    finally:
+        torch.set_num_threads(threads)
+    assert digests[0] == digests[1]
+    with torch.no_grad():
+        next(detector.parameters()).add_(1e-3)  # another classifier: another reference
+    assert reference_digest("digits", "", reference_stats("digits", "", detector), detector) != digests[0]
+    statistics = (np.zeros(4), np.eye(4))  # a statistics file is identified by its arrays
+    assert reference_digest("cifar10", "ref.npz", statistics, detector) != \
+        reference_digest("cifar10", "ref.npz", (np.ones(4), np.eye(4)), detector)
