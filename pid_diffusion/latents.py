@@ -17,6 +17,8 @@ or from a local folder (`--vae_path`).
 
 import dataclasses
 
+import os
+
 import torch
 
 from .settings import option
@@ -49,8 +51,14 @@ def autoencoder_class():
 def load_autoencoder(name_or_path):
     """diffusers' AutoencoderKL from a Hugging Face name or a local folder (frozen, eval mode)."""
     AutoencoderKL = autoencoder_class()
+    looks_local = (os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+                   or os.path.isdir(name_or_path.split("/")[0]))  # e.g. model_zoo/digits-vae
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):  # not a Hub name: no network retries
+        problem = "is a file, not" if os.path.exists(os.path.expanduser(name_or_path)) else "does not exist; give"
+        raise FileNotFoundError(f"the VAE folder {name_or_path} {problem} a diffusers AutoencoderKL folder (its "
+                                "config.json and weights): give one with --vae_path")
     try:
-        vae = AutoencoderKL.from_pretrained(name_or_path, low_cpu_mem_usage=False)  # no accelerate needed
+        vae = AutoencoderKL.from_pretrained(os.path.expanduser(name_or_path), low_cpu_mem_usage=False)  # no accelerate
     except (OSError, ValueError) as e:
         raise OSError(f"cannot load the VAE {name_or_path!r} ({e}); give a local copy with --vae_path") from None
     return vae.eval().requires_grad_(False)

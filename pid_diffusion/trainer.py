@@ -135,6 +135,7 @@ class PIDTrainer(TrainingLoop):
                                             config.sigma_min)
         self.student.net.float32_output = config.student_precision == "fp32_output"
         self.image_shape = (self.teacher.img_channels, self.teacher.img_resolution, self.teacher.img_resolution)
+        self.output_shape()  # a latent teacher's VAE loads now, not at the first checkpoint's grid
         self.label_dim = self.teacher.label_dim
         self.lpips = None
         if config.loss_norm == "lpips":

@@ -87,10 +87,12 @@ def test_booleans_and_a_flag_declared_twice():
 def test_what_defines_a_run_and_the_teachers_defaults_are_declared_with_the_options():
     assert set(defining_settings(TrainConfig)) == {
         "teacher_model_path", "loss_norm", "weight_schedule", "start_scales", "end_scales", "scale_mode", "sigma_min",
-        "sigma_max", "rho", "seed", "lr", "optimizer", "ema_rate", "global_batch_size", "guide_model_path", "guidance"}
+        "sigma_max", "rho", "seed", "lr", "optimizer", "ema_rate", "global_batch_size", "guide_model_path", "guidance",
+        "weight_decay", "opt_eps", "lr_anneal_steps", "fp16_scale_growth"}
     assert set(defining_settings(TeacherTrainConfig)) == {
         "dataset", "network_config", "p_mean", "p_std", "sigma_data", "seed", "lr", "optimizer", "ema_rate",
-        "global_batch_size", "family", "lr_ref_steps", "lr_rampup_steps", "latent_vae"}
+        "global_batch_size", "family", "lr_ref_steps", "lr_rampup_steps", "latent_vae", "weight_decay", "opt_eps",
+        "lr_anneal_steps", "fp16_scale_growth"}
     # teacher training has its own defaults for the loop's options, LoopConfig keeps the distillation's
     args = cli.parse_teacher_training([])
     assert (args.lr, TeacherTrainConfig(log_dir="x").lr, LoopConfig(log_dir="x").lr) == (2e-3, 2e-3, 1e-4)

@@ -718,3 +718,16 @@ def test_an_unconditional_guide_distils_and_real_mismatches_are_refused(tmp_path
         GuidedDenoiser(tiny_edm2(), other, 1.4)
     with pytest.raises(ValueError, match="img_resolution 16, the teacher 8"):
         GuidedDenoiser(tiny_edm2(), EDM2Precond(img_channels=3, **dict(TINY, img_resolution=16)), 1.4)
+
+
+def test_a_latent_teacher_whose_vae_cannot_load_stops_before_training(tmp_path):
+    encoder = dict(kind=LATENT_ENCODER, vae_name=str(tmp_path / "missing_vae"), scale=[1.0] * 4, bias=[0.0] * 4,
+                   batch_size=2)
+    teacher = save_edm2_teacher(tmp_path / "latent.pt", tiny_edm2(img_channels=4), encoder)
+    with pytest.raises(FileNotFoundError, match="the VAE folder .*missing_vae does not exist.*--vae_path"):
+        PIDTrainer(tiny_run(teacher, tmp_path / "run"))
+    assert not (tmp_path / "run").exists() or not any(n.endswith(".pt") for n in os.listdir(tmp_path / "run"))
+    (tmp_path / "not_a_folder").write_text("x")  # a file named as the VAE: said so, no Hub lookup
+    with pytest.raises(FileNotFoundError, match="not_a_folder is a file, not a diffusers AutoencoderKL folder"):
+        load_sampling_model(TEACHER_MODE, teacher, {}, "cpu", dict(sampler="euler", steps=2),
+                            vae_path=str(tmp_path / "not_a_folder")).output_shape()
