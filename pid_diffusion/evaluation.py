@@ -123,11 +123,16 @@ def autocast_dtype(use_fp16, device):
     return torch.float16 if use_fp16 and torch.device(device).type == "cuda" else None
 
 
+class GenerationStopped(Exception):
+    """`run_generation`'s `stop` asked to end before every batch was made."""
+
+
 def run_generation(model, image_shape, label_dim, request, options, device, detector=None, feed="float",
-                   keep_images=True, progress=True, decode=None):
+                   keep_images=True, progress=True, decode=None, stop=None):
     """Generate this process's share. Returns (uint8 NHWC images, labels, indices, DetectorTally or None);
     the images are kept only when `keep_images` (the first batch is always kept for a grid). A latent
-    model's samples (of `image_shape`) are decoded into images by `decode`."""
+    model's samples (of `image_shape`) are decoded into images by `decode`. `stop`, called before each batch,
+    ends the generation with GenerationStopped when it returns true (a stop signal during training)."""
     from tqdm import tqdm
 
     info = dist.info()
@@ -141,6 +146,8 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
     total = -(-request.num_samples // (request.batch_size * info.world_size))
     for number, batch in enumerate(tqdm(batches, total=total, disable=not (progress and dist.is_main()),
                                         desc="sampling", unit="batch")):
+        if stop is not None and stop():
+            raise GenerationStopped(f"stopped after {number} of {total} batches")
         if tally is not None:
             tally.update(batch.images, batch.labels)
         if keep_images or number == 0:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from . import dist
 from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
-from .evaluation import ONE_SHOT_MODE, run_generation, sampler_options
+from .evaluation import ONE_SHOT_MODE, GenerationStopped, run_generation, sampler_options
 from .families import family_of
 from .fid import (DETECTORS, FAMILY_FEED, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension,
                   load_detector, reference_name, reference_stats, resolve_feed)
@@ -222,12 +222,22 @@ class PIDTrainer(TrainingLoop):
         started = time.time()
         request = GenerationRequest(self.config.eval_samples, self.batch, self.config.seed)
         tallies, problem = {}, None
+        # a stop signal ends the evaluation: one process checks before each batch, several (whose batch counts
+        # may differ by one) agree before each network
+        single = self.info.world_size == 1
         try:
             for name, rate in self.shown_networks():
+                if not single and self._stop_requested():
+                    raise GenerationStopped("stopped between networks")
                 tallies[name] = run_generation(self._preview_with(self.shown_state(rate)), self.image_shape,
                                                self.label_dim, request, self.one_step_options(), self.device,
                                                detector=self.detector, feed=self.detector_feed,
-                                               keep_images=False, progress=False, decode=self.decode)[3]
+                                               keep_images=False, progress=False, decode=self.decode,
+                                               stop=(lambda: self.stop_signal is not None) if single else None)[3]
+        except GenerationStopped as e:
+            self.logger.log(f"FID at step {self.step} interrupted by a stop signal ({e}); the checkpoint is written "
+                            "next and the run ends")
+            return
         except Exception as e:  # noqa: BLE001 (an evaluation never stops the training)
             problem = f"{type(e).__name__}: {e}"
         if int(dist.all_reduce_sum(torch.tensor(int(problem is not None), device=self.device)).item()):

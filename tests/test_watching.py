@@ -208,3 +208,34 @@ def test_log_format_chooses_what_is_written(teacher_path, tmp_path, capsys, monk
     with pytest.raises(ValueError, match=r"needs the tensorboard package: pip install -e '\.\[tensorboard\]'"):
         PIDTrainer(small_run_config(teacher_path, tmp_path / "no-tensorboard", log_format="tensorboard"))
     assert not (tmp_path / "bad").exists() and not (tmp_path / "no-tensorboard").exists()
+
+
+def test_a_stop_signal_during_an_evaluation_ends_it_saves_and_exits(teacher_path, tmp_path, pixel_reference):
+    """SIGTERM (a scheduler's notice) during FID at step 2 of 4 (400 samples in batches of 4): the evaluation
+    stops at the next batch, the checkpoint of step 2 is written and the run ends; the same command goes on."""
+    import signal
+
+    from pid_diffusion.loop import TrainingInterrupted
+
+    config = evaluated_config(teacher_path, tmp_path / "run", pixel_reference, eval_samples=400,
+                              total_training_steps=4, save_interval=4)
+    trainer = PIDTrainer(config)
+    real_detector, calls = trainer.detector, []
+
+    def noticed(images, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the probe, then two batches
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_detector(images, **kwargs)
+
+    trainer.detector = noticed
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 2"):
+        trainer.run()
+    trainer.close()
+    assert len(calls) == 3  # the 100 batches of each of the three networks were not all made
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "FID at step 2 interrupted by a stop signal (stopped after 2 of 100 batches)" in log
+    assert (tmp_path / "run" / "model000002.pt").exists() and not (tmp_path / "run" / EVALUATION_FILE).exists()
+    resumed = train(evaluated_config(teacher_path, tmp_path / "run", pixel_reference, eval_samples=8,
+                                     total_training_steps=4, save_interval=4))
+    assert resumed.step == 4
