@@ -44,7 +44,7 @@ def argv_of(values):
 
 
 def test_every_distillation_flag_reaches_the_trainer_config():
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"log_dir", "network_flags"}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"log_dir", "network_flags", "speed_preset"}
     assert fields == set(PID_VALUES), "a TrainConfig field without a flag value here: add it to PID_VALUES"
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name, value in PID_VALUES.items():
@@ -53,6 +53,9 @@ def test_every_distillation_flag_reaches_the_trainer_config():
     config = cli.distillation_config(args, given, "run", "cpu")
     for name, value in PID_VALUES.items():
         assert getattr(config, name) == value, name
+    assert config.speed_preset == "eager"  # every speed option given: recorded as the preset resolved on a CPU
+    args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", "--speed", "fast", "--use_fp16", "True"])
+    assert cli.distillation_config(args, given, "run", "cpu").speed_preset == "fast, use_fp16"
     # the architecture flags go to the teacher reader (files without a recorded architecture need them)
     args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", "--num_channels", "32", "--class_cond", "True"])
     assert cli.distillation_config(args, given, "run", "cpu").network_flags == dict(num_channels=32, class_cond=True)
