@@ -27,6 +27,8 @@ ONE_SHOT_MODE = "one_shot_pinn_edm_edm_one_shot"
 TEACHER_MODE = "one_shot_pinn_edm_edm_teacher"
 SAMPLING_MODES = (ONE_SHOT_MODE, TEACHER_MODE)
 """The original's --training_mode names for sampling: the PID student, or the EDM teacher."""
+ONE_SHOT_OPTIONS = ("sigma_min", "sigma_max", "clip_denoised")
+"""What the one-step sampler of a student uses: it starts from σ_max·ε and evaluates the student at σ_min."""
 RESULT_FIELDS = ("model_name", "FID", "step")
 """The original's columns first (model_name,FID), then ours."""
 
@@ -116,6 +118,8 @@ def sampler_options(training_mode, sampler, **options):
         raise ValueError("--sampler oneshot evaluates the PID student; use --training_mode "
                          f"{ONE_SHOT_MODE} with a student checkpoint")
     check_sampler_options(sampler, **{k: v for k, v in options.items() if k != "clip_denoised"})
+    if sampler == "oneshot":  # the teacher samplers' options (steps, churn, ...) are not the student's
+        options = {k: v for k, v in options.items() if k in ONE_SHOT_OPTIONS}
     return dict(sampler=sampler, **options)
 
 

@@ -330,6 +330,9 @@ def test_a_results_row_answers_only_the_question_it_measured(workspace, tmp_path
     assert first.returncode == 0, first.stderr
     again = run("fid_evaluation.py", [*base, "--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "8"], workspace)
     assert "model000002: already evaluated" in again.stdout  # the same question: answered from the file
+    steps = run("fid_evaluation.py", [*base, "--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "8",
+                                      "--steps", "18", "--s_churn", "5"], workspace)
+    assert "model000002: already evaluated" in steps.stdout  # a teacher sampler's options: not the student's question
     for changed in (["--ref_path", str(tmp_path / "pixels-other.npz"), "--num_samples", "8"],
                     ["--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "12"],
                     ["--ref_path", str(tmp_path / "pixels.npz"), "--num_samples", "8", "--detector_feed", "uint8"]):
