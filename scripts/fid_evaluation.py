@@ -131,6 +131,12 @@ class Walk:
         results_path = os.path.join(args.exp_dir, f"fid_results_{request.seed}.csv")
         rows = evaluation.read_results(results_path)  # read again each time: another walk may have answered it
         known = dist.broadcast_object(evaluation.answer(rows, name, question) if dist.is_main() else None)
+        tag = f"{name}_{evaluation.samples_tag(request, question['sampling'])}_"  # what the files measured
+        samples_path = evaluation.samples_npz_path(self.sample_dir, request.num_samples, loaded.output_shape(device), tag)
+        if known is not None and args.save_samples and not os.path.isfile(samples_path):
+            log(f"{name}: measured again to write its samples ({os.path.basename(samples_path)} is missing: the last "
+                "walk ran with --save_samples False or the file was removed)")
+            known = None
         if known is not None:
             log(f"{name}: already evaluated (FID {known['FID']}, {request.num_samples} samples from sample "
                 f"{request.first_index}, seed {request.seed})")
@@ -154,17 +160,16 @@ class Walk:
                 self.failed.append(name)
                 fid = None
             else:
-                self.record(name, step, fid, tally, request, question, grid, images, labels, results_path)
+                self.record(name, step, fid, tally, request, question, grid, images, labels, results_path, tag)
         dist.barrier()
         return dist.broadcast_object(fid)
 
-    def record(self, name, step, fid, tally, request, question, grid, images, labels, results_path):
+    def record(self, name, step, fid, tally, request, question, grid, images, labels, results_path, tag):
         args, log = self.args, self.log
         row = dict(model_name=name, step=step, FID=f"{fid:.6f}")
         accuracy = tally.class_accuracy()
         if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional model
             row["class_accuracy"] = f"{accuracy:.6f}"
-        tag = f"{name}_{evaluation.samples_tag(request, question['sampling'])}_"  # what the files measured
         save_grid(grid, os.path.join(self.sample_dir, f"{tag}samples.png"), columns=10)
         if args.save_samples:
             evaluation.save_samples_npz(images, labels, self.sample_dir, prefix=tag)

@@ -312,6 +312,11 @@ def test_fid_eval_script_evaluates_a_released_style_student(workspace, tmp_path)
 
     no_npz = run("fid_evaluation.py", [*args, "--save_samples", "False"], workspace)
     assert no_npz.returncode == 0 and not list((folder / "FID").glob("*.npz"))
+    with_npz = run("fid_evaluation.py", args, workspace)  # the samples asked for now: measured again to write them
+    assert with_npz.returncode == 0 and "measured again to write its samples" in with_npz.stdout
+    assert len(list((folder / "FID").glob("*.npz"))) == 1
+    third = run("fid_evaluation.py", args, workspace)
+    assert third.returncode == 0 and "already evaluated" in third.stdout
 
 
 def fid_rows(path):
