@@ -161,7 +161,8 @@ def check_sampler_options(sampler, steps=18, sigma_min=SIGMA_MIN, sigma_max=SIGM
             raise ValueError(f"--ts is read by --sampler multistep only; --sampler {sampler} would ignore it")
         return
     if len(indices) < 2:
-        raise ValueError(f"--sampler multistep needs --ts with at least 2 grid indices (e.g. 0,22,{steps - 1} for "
+        example = ",".join(str(i) for i in sorted({0, steps // 2, steps - 1}))  # valid on this grid
+        raise ValueError(f"--sampler multistep needs --ts with at least 2 grid indices (e.g. {example} for "
                          f"--steps {steps}), got {ts!r}")
     if any(not 0 <= index < steps for index in indices) or any(b <= a for a, b in zip(indices, indices[1:])):
         raise ValueError(f"--ts {ts!r}: the grid indices must increase strictly (from σ_max at 0 towards σ_min) and lie "

@@ -62,7 +62,11 @@ def evaluate_folder(args, given, device):
     detector = load_detector(args.detector, args.detector_path or None, device)
     checkpoints = evaluation.checkpoints_in(args.exp_dir, [n for n in args.checkpoints.split(",") if n])
     if not checkpoints:
-        raise FileNotFoundError(f"no checkpoints (*.pt files but opt*.pt and trainer_state*.pt) in {args.exp_dir}")
+        orphans = incomplete_step_files(args.exp_dir)
+        why = (f": its {len(orphans)} EMA/optimizer file(s) ({', '.join(orphans[:3])}{' …' if len(orphans) > 3 else ''}) "
+               "have no model file of their step (saves that were interrupted); name them with --checkpoints to "
+               "evaluate them anyway" if orphans else "")
+        raise FileNotFoundError(f"no checkpoints (*.pt files but opt*.pt and trainer_state*.pt) in {args.exp_dir}{why}")
     reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
     measured_with = dict(detector=args.detector, detector_sha256=digest_of_arrays(detector.state_dict().values()),
                          reference=reference_name(args.fid_dataset, args.ref_path),

@@ -252,3 +252,15 @@ def test_clip_denoised_clamps_every_denoiser_output_and_the_one_step_sample():
     _agree(ours, reference_heun(clamped, latents.double() * 80, 4, 0.0, 0.0, float("inf"), 1.0, zero).clamp(-1, 1))
     only_the_result = sample(smooth, latents, "heun_deter", steps=4, clip_denoised=False).clamp(-1, 1)
     assert relative_error(ours, only_the_result) > 1e-3
+
+
+@pytest.mark.parametrize("steps", [2, 3, 10, 40])
+def test_the_multistep_error_suggests_indices_its_own_check_accepts(steps):
+    import re
+
+    from pid_diffusion.samplers import check_sampler_options
+
+    with pytest.raises(ValueError, match="needs --ts") as refused:
+        check_sampler_options("multistep", steps=steps, ts="")
+    example = re.search(r"e\.g\. ([0-9,]+) for", str(refused.value)).group(1)
+    check_sampler_options("multistep", steps=steps, ts=example)  # accepted as suggested

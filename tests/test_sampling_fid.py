@@ -459,3 +459,17 @@ def test_fid_figure_draws_a_line_per_question_and_says_what_they_share(tmp_path)
     one_question = rows[:2]
     assert question_labels(one_question)[0] == ["", ""]
     assert plot_fid_vs_step(one_question, tmp_path / "one.png", labels=["", ""]) == {"ema_0.9": [(1, 30.0), (2, 20.0)]}
+
+
+def test_a_folder_of_ema_files_only_says_why_nothing_is_evaluated(workspace, tmp_path):
+    folder = tmp_path / "ema_only"
+    folder.mkdir()
+    for name in ("ema_0.9_000002.pt", "run_config.json"):  # its model file's save never came
+        shutil.copy(workspace / "run" / name, folder)
+    refused = run("fid_evaluation.py", ["--exp_dir", str(folder), "--ref_path", str(workspace / "ref.npz")], workspace)
+    assert refused.returncode == 1 and "have no model file of their step" in refused.stderr
+    assert "ema_0.9_000002.pt" in refused.stderr and "--checkpoints" in refused.stderr
+    named = run("fid_evaluation.py", ["--exp_dir", str(folder), "--ref_path", str(workspace / "ref.npz"),
+                                      "--checkpoints", "ema_0.9_000002.pt", "--num_samples", "4", "--batch_size", "4"],
+                workspace)
+    assert named.returncode == 0 and "ema_0.9_000002: FID" in named.stdout
