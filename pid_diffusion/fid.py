@@ -235,6 +235,10 @@ def reference_stats(fid_dataset, ref_path, detector, dim=None, device="cpu"):
     checked against the detector's feature size `dim` when given."""
     if fid_dataset == DIGITS_DATASET and not ref_path:
         return digits_reference_stats(detector, device)
+    if isinstance(detector, DigitsDetector) and not ref_path:
+        raise ValueError(f"--detector digits measures digits, not --fid_dataset {fid_dataset}: add --fid_dataset "
+                         f"{DIGITS_DATASET} (its reference is computed from the real digits), or give --ref_path "
+                         "statistics computed with the digits classifier")
     return load_reference_stats(reference_stats_path(fid_dataset, ref_path), dim)
 
 

@@ -324,3 +324,13 @@ def test_the_digits_reference_is_identified_by_its_data_and_detector_whatever_th
     statistics = (np.zeros(4), np.eye(4))  # a statistics file is identified by its arrays
     assert reference_digest("cifar10", "ref.npz", statistics, detector) != \
         reference_digest("cifar10", "ref.npz", (np.ones(4), np.eye(4)), detector)
+
+
+def test_the_digits_detector_without_the_digits_reference_says_what_to_add():
+    from pid_diffusion.fid import load_detector, reference_stats
+
+    detector = load_detector("digits")
+    with pytest.raises(ValueError, match="--detector digits measures digits, not --fid_dataset cifar10: add "
+                                         "--fid_dataset digits"):
+        reference_stats("cifar10", "", detector)
+    assert reference_stats("digits", "", detector)[0].shape[0] == reference_stats("digits", "", detector)[1].shape[0]
