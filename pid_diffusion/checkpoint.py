@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from .download import local_file
+from .download import is_url, local_file
 from .edm_pickle import EDMPickleError, is_pickle_file, read_snapshot
 from .families import DEFAULT_FAMILY, FAMILY_KEY, family_named, family_of, family_of_snapshot, load_strictly
 from .files import (StudentLoadError, TeacherLoadError, UnreadableFileError, atomic_torch_save,
@@ -112,7 +112,12 @@ def read_denoiser(path, guidance=None, attention_implementation="sdpa", **networ
     teacher, config, state_dict = read_teacher(path, attention_implementation, **network_flags)
     teacher.use_fp16 = False
     if guidance is not None and guidance.guide_model_path:
-        guide = read_teacher(guidance.guide_model_path, attention_implementation)[0]
+        path = guidance.guide_model_path
+        if not str(path).startswith(BUILTIN_PREFIX) and not is_url(str(path)) and not os.path.isfile(path):
+            problem = "is a folder; give the guide's file in it" if os.path.isdir(path) else "not found"
+            raise TeacherNotFoundError(f"--guide_model_path {path}: {problem} (the guide is a teacher file too: an EDM "
+                                       ".pkl, an EDM2 .pkl or our .pt; see model_zoo/README.md)")
+        guide = read_teacher(path, attention_implementation)[0]
         guide.use_fp16 = False
         teacher = GuidedDenoiser(teacher, guide, guidance.guidance)
     return teacher, config, state_dict

@@ -731,3 +731,12 @@ def test_a_latent_teacher_whose_vae_cannot_load_stops_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="not_a_folder is a file, not a diffusers AutoencoderKL folder"):
         load_sampling_model(TEACHER_MODE, teacher, {}, "cpu", dict(sampler="euler", steps=2),
                             vae_path=str(tmp_path / "not_a_folder")).output_shape()
+
+
+def test_a_missing_guide_is_called_a_guide(tmp_path):
+    from pid_diffusion.checkpoint import TeacherNotFoundError
+
+    teacher = save_edm2_teacher(tmp_path / "edm2.pt", tiny_edm2(), {"kind": PIXEL_ENCODER})
+    for missing, said in ((tmp_path / "nothing.pt", "not found"), (tmp_path, "is a folder; give the guide's file")):
+        with pytest.raises(TeacherNotFoundError, match=f"--guide_model_path .*: {said}"):
+            PIDTrainer(tiny_run(teacher, tmp_path / "run", guide_model_path=str(missing), guidance=1.5))
