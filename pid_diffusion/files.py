@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import socket
 import tempfile
 import time
@@ -128,6 +129,12 @@ def read_torch_file(path):
     _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's advice (weights_only=False) would run the file's code: not given
+        if "weights_only" not in str(e):
+            raise UnreadableFileError(f"{path}: cannot read this torch file (truncated or corrupt): {e}") from None
+        raise UnreadableFileError(f"{path} holds Python objects other than tensors and plain data (classes or "
+                                  "functions, which could run code when loaded); pid_diffusion never loads such files. "
+                                  "Save the tensors alone (e.g. torch.save(model.state_dict(), path))") from None
     except Exception as e:  # torch raises several types for truncated / foreign archives
         raise UnreadableFileError(f"{path}: cannot read this torch file (truncated, corrupt, or holding "
                                   f"objects other than tensors and plain data): {type(e).__name__}: {e}") from e

@@ -190,3 +190,21 @@ def test_flags_are_inferred_back_from_weights(flags):
 def test_read_teacher_file_returns_config_and_weights():
     config, state = read_teacher_file(fixture_path("edm-tiny-ddpmpp-seed0.pkl"))
     assert config["model_type"] == "SongUNet" and "model.map_layer0.weight" in state
+
+
+class Payload:
+    """An object a weights-only load refuses: a file holding it could run code when unpickled."""
+
+
+def test_a_file_with_python_objects_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+    from pid_diffusion.checkpoint import load_student
+    from pid_diffusion.files import UnreadableFileError, read_torch_file
+
+    torch.save({"weight": torch.zeros(2), "extra": Payload()}, tmp_path / "model000001.pt")
+    with pytest.raises(UnreadableFileError, match="holds Python objects other than tensors.*never loads such files") as e:
+        read_torch_file(tmp_path / "model000001.pt")
+    assert "weights_only=False" not in str(e.value)
+    with pytest.raises(Exception, match="never loads such files"):
+        load_student(tmp_path / "model000001.pt")  # through the student loader too
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pt")
+    assert torch.equal(read_torch_file(tmp_path / "plain.pt")["weight"], torch.zeros(2))
