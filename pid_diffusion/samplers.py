@@ -155,6 +155,13 @@ def check_sampler_options(sampler, steps=18, sigma_min=SIGMA_MIN, sigma_max=SIGM
     if not (s_tmin >= 0 and s_tmax >= s_tmin):  # NaN fails both
         raise ValueError(f"--s_tmin and --s_tmax must satisfy 0 ≤ s_tmin ≤ s_tmax (the σ window of churn), got "
                          f"{s_tmin} and {s_tmax}")
+    churn = {name: value for name, value, default in (("s_churn", s_churn, 0.0), ("s_tmin", s_tmin, 0.0),
+                                                       ("s_tmax", s_tmax, float("inf")), ("s_noise", s_noise, 1.0))
+             if value != default}
+    if churn and sampler not in (*_CHURN_SAMPLERS, "oneshot"):  # the student's one step reads no sampler option
+        listed = ", ".join(f"--{name} {value:g}" for name, value in churn.items())
+        raise ValueError(f"{listed}: stochastic churn is read by --sampler {' or '.join(_CHURN_SAMPLERS)} only; "
+                         f"--sampler {sampler} would ignore it")
     indices = parse_ts(ts)
     if sampler != "multistep":
         if indices:
