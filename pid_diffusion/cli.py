@@ -180,6 +180,9 @@ def distillation_config(args, given, log_dir, device_type=None):
     from the --speed preset for `device_type` (default: cuda when a GPU is visible, else cpu) and
     --use_fp16 (the original's fp16 path)."""
     values = {**values_for(TrainConfig, args), "log_dir": log_dir, "network_flags": network_flags(args, given)}
+    if args.use_fp16 and "mixed_precision" in given and args.mixed_precision != "fp16":
+        raise ValueError(f"--use_fp16 True asks for float16 and --mixed_precision {args.mixed_precision} for another "
+                         "precision: give one of them")
     presets = preset_values(TrainConfig, args.speed, device_type, args.use_fp16)
     values.update({name: value for name, value in presets.items() if name not in given})
     values["speed_preset"] = resolved_preset(args.speed, device_type) + (", use_fp16" if args.use_fp16 else "")

@@ -86,6 +86,9 @@ def load_sampling_model(training_mode, model_path, network_flags, device, option
         if protocol:
             options = sampler_options(training_mode, **{**options, **protocol})
     decode = family.image_decoder(config, vae_path)
+    if vae_path and decode is None:
+        raise ValueError(f"--vae_path {vae_path}: {model_path} models pixels, not latents, so no VAE decodes its "
+                         "samples; drop --vae_path")
     if decode is not None:
         if options.get("clip_denoised") and "clip_denoised" in given:
             raise ValueError(f"{model_path} samples latents, which are not clamped: drop --clip_denoised True (the "

@@ -282,7 +282,26 @@ def load_reference_stats(path, dim=None):
     if dim is not None:
         check_stats_dimension(mu, sigma, dim, path)
     check_finite_stats(mu, sigma, path)
+    check_covariance(sigma, path)
     return mu, sigma
+
+
+COVARIANCE_TOLERANCE = 1e-6
+"""Relative to the largest eigenvalue: the rounding a computed covariance may show below zero."""
+
+
+def check_covariance(sigma, source):
+    """Refuse a reference Σ that is not a covariance (not symmetric, or with clearly negative eigenvalues): the
+    FID's matrix square root of such a Σ is not a distance."""
+    if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1]:
+        raise ValueError(f"{source}: sigma has shape {sigma.shape}, not a square covariance matrix")
+    scale = max(np.abs(sigma).max(), np.finfo(np.float64).tiny)
+    if np.abs(sigma - sigma.T).max() > COVARIANCE_TOLERANCE * scale:
+        raise ValueError(f"{source}: sigma is not symmetric, so not a covariance matrix; recompute the statistics")
+    lowest, highest = (lambda values: (values[0], values[-1]))(np.linalg.eigvalsh(sigma))
+    if lowest < -COVARIANCE_TOLERANCE * max(highest, scale):
+        raise ValueError(f"{source}: sigma has a negative eigenvalue ({lowest:.3g}, the largest {highest:.3g}), so it "
+                         "is not a covariance matrix; recompute the statistics")
 
 
 def _edm2_reference_stats(path):

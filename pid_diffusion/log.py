@@ -38,6 +38,9 @@ def log_formats(text=""):
     """The formats of a --log_format value (empty: $OPENAI_LOG_FORMAT, else stdout,log,csv), checked."""
     text = text or os.environ.get("OPENAI_LOG_FORMAT") or DEFAULT_LOG_FORMAT
     formats = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not formats:
+        raise ValueError(f"--log_format / OPENAI_LOG_FORMAT {text!r} names no format: the run would log nothing; give "
+                         f"some of {', '.join(LOG_FORMATS)}")
     unknown = [name for name in formats if name not in LOG_FORMATS]
     if unknown:
         raise ValueError(f"--log_format / OPENAI_LOG_FORMAT {text!r}: unknown format {unknown[0]!r}; valid: "

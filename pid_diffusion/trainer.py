@@ -130,6 +130,9 @@ class PIDTrainer(TrainingLoop):
                              "PID residual must be one call. Drop --batched_student False (--speed reference sets it: "
                              "add --batched_student True)")
         self.decode = family.image_decoder(teacher_config, config.vae_path)  # None unless the teacher models latents
+        if config.vae_path and self.decode is None:
+            raise ValueError(f"--vae_path {config.vae_path}: {config.teacher_model_path} models pixels, not latents, so "
+                             "no VAE decodes its samples; drop --vae_path")
         network_config = family.student_config(teacher_config, config.dropout)
         self.student = student_from_teacher(network_config, teacher_state, config.sigma_max, config.attention,
                                             config.sigma_min)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import small_run_config as make_config
-from pid_diffusion import process
+from pid_diffusion import cli, process
 from pid_diffusion.evaluation import checkpoints_in, load_sampling_model, sampler_options
 from pid_diffusion.generate import generate, seeded_inputs
 from pid_diffusion.run_folder import TEACHER_RUN, write_run_config
@@ -369,3 +369,23 @@ def test_resume_checkpoint_must_name_a_model_file(teacher_path, tmp_path):
     resumed = train(make_config(teacher_path, tmp_path / "c", total_training_steps=3,
                                 resume_checkpoint=str(tmp_path / "a" / "model000002.pt")))
     assert resumed.step == 3
+
+
+def test_options_that_would_be_silently_ignored_are_refused(teacher_path, tmp_path):
+    from pid_diffusion.evaluation import load_sampling_model
+    from pid_diffusion.log import log_formats
+
+    with pytest.raises(ValueError, match="--vae_path vae: .* models pixels, not latents.*drop --vae_path"):
+        PIDTrainer(make_config(teacher_path, tmp_path / "run", vae_path="vae"))
+    with pytest.raises(ValueError, match="models pixels, not latents"):
+        load_sampling_model("one_shot_pinn_edm_edm_teacher", teacher_path, {}, "cpu",
+                            dict(sampler="euler", steps=2), vae_path="vae")
+    with pytest.raises(ValueError, match="names no format: the run would log nothing"):
+        log_formats(",")
+    args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", "--use_fp16", "True", "--mixed_precision",
+                                          "bf16"])
+    with pytest.raises(ValueError, match="--use_fp16 True asks for float16 and --mixed_precision bf16"):
+        cli.distillation_config(args, given, "run", "cpu")
+    args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", "--use_fp16", "True", "--mixed_precision",
+                                          "fp16"])  # the same thing said twice: accepted
+    assert cli.distillation_config(args, given, "run", "cpu").mixed_precision == "fp16"

@@ -473,3 +473,17 @@ def test_a_folder_of_ema_files_only_says_why_nothing_is_evaluated(workspace, tmp
                                       "--checkpoints", "ema_0.9_000002.pt", "--num_samples", "4", "--batch_size", "4"],
                 workspace)
     assert named.returncode == 0 and "ema_0.9_000002: FID" in named.stdout
+
+
+def test_reference_statistics_that_are_not_a_covariance_are_refused(tmp_path):
+    from pid_diffusion.fid import load_reference_stats
+
+    mu = np.zeros(3)
+    cases = {"negative": np.diag([1.0, 0.5, -0.2]), "asymmetric": np.array([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]])}
+    for name, sigma in cases.items():
+        np.savez(tmp_path / f"{name}.npz", mu=mu, sigma=sigma)
+        with pytest.raises(ValueError, match="not a covariance matrix"):
+            load_reference_stats(str(tmp_path / f"{name}.npz"))
+    rounded = np.diag([1.0, 0.5, -1e-9])  # a computed covariance's rounding below zero is accepted
+    np.savez(tmp_path / "rounded.npz", mu=mu, sigma=rounded)
+    assert np.array_equal(load_reference_stats(str(tmp_path / "rounded.npz"))[1], rounded)
