@@ -254,6 +254,10 @@ class TrainingLoop:
                 f"checkpoints, which this run would replace ({', '.join(replaced[:6])}{' …' if len(replaced) > 6 else ''}); "
                 f"nothing was changed. To continue from step {resumed_step}, run in a new folder "
                 f"(OPENAI_LOGDIR=<new folder>) with the same --resume_checkpoint")
+        if not self.recorded and resumed_step is not None:
+            self.logger.log(f"no run_config.json beside the checkpoint resumed (a folder the original wrote, or the file "
+                            f"was deleted): the settings of step {resumed_step} cannot be checked against this run's; "
+                            "they are recorded anew from here")
         if self.recorded and resumed_step is not None:
             self.changes += check_resumed_settings(config.log_dir, self.recorded, self.run_config(),
                                                    self.defining_settings(), config.allow_changed_settings,

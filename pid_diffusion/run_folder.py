@@ -202,7 +202,8 @@ def write_run_config(log_dir, config, previous=None, invocation=None):
     earlier = previous.get("invocations") or ([{"command": previous["command"]}] if "command" in previous else [])
     started = {"command": command, "git_revision": git_revision(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                **(invocation or {})}
-    record = {**config, "format_version": RUN_CONFIG_VERSION, "git_revision": started["git_revision"],
+    # keys this version does not write (a user's notes, a newer field) are kept
+    record = {**previous, **config, "format_version": RUN_CONFIG_VERSION, "git_revision": started["git_revision"],
               "command": previous.get("command", command), "invocations": [*earlier, started]}
     write_json_atomic(os.path.join(log_dir, RUN_CONFIG_FILE), record)
 
