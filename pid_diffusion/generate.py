@@ -10,6 +10,7 @@ arithmetic), and another seed other images. The original promised this and did n
 
 import dataclasses
 import math
+import textwrap
 
 import numpy as np
 import torch
@@ -142,16 +143,29 @@ def generate(denoiser, num_samples, batch_size, seed, image_shape, label_dim=0, 
         yield GeneratedBatch(indices, as_images(images, decode), labels)
 
 
-def image_grid(images_uint8, columns=8):
-    """NHWC uint8 → one HWC uint8 grid image (numpy)."""
+GRID_GAP = 2
+"""Pixels between the tiles of a grid (in the enlarged image)."""
+GRID_BACKGROUND = 255
+CAPTION_HEIGHT = 14
+CAPTION_CHARACTER_WIDTH = 6
+"""Pixels of a grid's caption line, and of a character in it (PIL's default bitmap font)."""
+
+
+def image_grid(images_uint8, columns=8, zoom=1, gap=0):
+    """NHWC uint8 → one HWC uint8 grid image (numpy): each image enlarged `zoom` times (nearest neighbour),
+    `gap` background pixels between them."""
     images = np.asarray(images_uint8)
     count, height, width, channels = images.shape
+    images = images.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    height, width = height * zoom, width * zoom
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
-    grid = np.zeros((rows * height, columns * width, channels), dtype=np.uint8)
+    grid = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, channels), GRID_BACKGROUND,
+                   dtype=np.uint8)
     for k, image in enumerate(images):
         r, c = divmod(k, columns)
-        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
+        top, left = r * (height + gap), c * (width + gap)
+        grid[top:top + height, left:left + width] = image
     return grid
 
 
@@ -159,11 +173,37 @@ MIN_GRID_CELL = 32
 """Images narrower than this many pixels are enlarged (nearest neighbour) in grids, so 8×8 digits can be seen."""
 
 
-def save_grid(images_uint8, path, columns=8):
-    """A PNG grid of uint8 NHWC images (greyscale or colour); returns the grid (HWC uint8) as saved."""
-    grid = image_grid(images_uint8, columns)
-    zoom = max(1, -(-MIN_GRID_CELL // images_uint8.shape[2]))
-    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
+def grid_zoom(width):
+    return max(1, -(-MIN_GRID_CELL // width))
+
+
+def save_grid(images_uint8, path, columns=8, caption="", labels=None):
+    """A PNG grid of uint8 NHWC images (greyscale or colour), small images enlarged, tiles apart, each tile's
+    class label in its corner (`labels`, one per image), and a `caption` line above (what the samples are and
+    what made them); returns the grid (HWC uint8) as saved."""
+    from PIL import ImageDraw
+
+    zoom = grid_zoom(images_uint8.shape[2])
+    grid = image_grid(images_uint8, columns, zoom, GRID_GAP)
+    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if labels is not None:
+        draw = ImageDraw.Draw(picture)
+        height, width = images_uint8.shape[1] * zoom + GRID_GAP, images_uint8.shape[2] * zoom + GRID_GAP
+        columns = max(1, min(columns, len(images_uint8)))
+        ink = 255 if picture.mode == "L" else (255, 64, 64)
+        for k, label in enumerate(labels):
+            r, c = divmod(k, columns)
+            draw.text((c * width + 1, r * height), str(int(label)), fill=ink)
+    if caption:
+        lines = textwrap.wrap(caption, max(8, (picture.width - 4) // CAPTION_CHARACTER_WIDTH))
+        captioned = Image.new(picture.mode, (picture.width, picture.height + CAPTION_HEIGHT * len(lines)),
+                              GRID_BACKGROUND if picture.mode == "L" else (GRID_BACKGROUND,) * 3)
+        captioned.paste(picture, (0, CAPTION_HEIGHT * len(lines)))
+        draw = ImageDraw.Draw(captioned)
+        for number, line in enumerate(lines):
+            draw.text((2, 1 + CAPTION_HEIGHT * number), line, fill=0 if picture.mode == "L" else (0, 0, 0))
+        picture = captioned
     with atomic_output(path) as tmp:
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
-    return grid
+        picture.save(tmp, format="PNG")
+    saved = np.asarray(picture)
+    return saved[..., None] if saved.ndim == 2 else saved

@@ -193,6 +193,11 @@ def sample(denoiser, noise, sampler="heun_deter", steps=18, class_labels=None, s
     scripts do (EDM does not). Returns float32 images.
     """
     check_sampler_options(sampler, steps, sigma_min, sigma_max, rho, s_churn, s_tmin, s_tmax, s_noise, ts)
+    label_dim = getattr(denoiser, "label_dim", 0)
+    if label_dim and class_labels is None:
+        raise ValueError(f"the model is class-conditional ({label_dim} classes): give class_labels, one-hot "
+                         f"[N, {label_dim}] (generate() draws them per sample; rows of zeros ask for EDM's 'no label', "
+                         "meaningful for networks trained with label dropout: pass them to mean it)")
     grid_points = steps + 1 if sampler == "progdist" else steps
     sigmas = append_zero(karras_sigmas(grid_points, sigma_min, sigma_max, rho, device=noise.device))
     if clip_denoised:

@@ -204,13 +204,17 @@ class PIDTrainer(TrainingLoop):
         --seed, the same noises and labels at every checkpoint (image_sample.py --seed draws them too)."""
         if not dist.is_main():
             return
-        shown = self._preview_with(self.shown_state(self.shown_networks()[0][1]))
-        batches = generate(shown, GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape, self.label_dim,
-                           device=self.device, decode=self.decode, **self.one_step_options())
+        name, rate = self.shown_networks()[0]
+        shown = self._preview_with(self.shown_state(rate))
+        batches = list(generate(shown, GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape, self.label_dim,
+                                device=self.device, decode=self.decode, **self.one_step_options()))
         images = torch.cat([to_uint8(batch.images).cpu() for batch in batches])
+        labels = torch.cat([batch.labels.cpu() for batch in batches]) if self.label_dim else None
         path = os.path.join(self.config.log_dir, f"samples_{self.step:06d}.png")
+        caption = (f"{name}, step {self.step}: one-step samples 0-{GRID_SAMPLES - 1} of seed {self.config.seed}"
+                   + (" (class in the corner)" if labels is not None else ""))
         try:
-            self.logger.image("samples", save_grid(images, path), self.step)
+            self.logger.image("samples", save_grid(images, path, caption=caption, labels=labels), self.step)
         except OSError as e:  # a picture is not worth a run
             self.logger.log(f"could not write {path} ({e}); training goes on")
 

@@ -153,7 +153,8 @@ class Walk:
             loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, device, detector=self.detector,
             feed=question["feed"], keep_images=args.save_samples, decode=loaded.decode)
         tally.all_reduce()
-        grid = images[:100]
+        shown = min(100, request.batch_size, len(images))  # the first global batch (this process's first): in order
+        grid = (images[:shown], None if labels is None else labels[:shown])
         if args.save_samples:
             images, labels = evaluation.gather_in_order(images, labels, indices)
         fid = None
@@ -174,7 +175,11 @@ class Walk:
         accuracy = tally.class_accuracy()
         if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional model
             row["class_accuracy"] = f"{accuracy:.6f}"
-        save_grid(grid, os.path.join(self.sample_dir, f"{tag}samples.png"), columns=10)
+        caption = (f"{name}: samples {request.first_index}-{request.first_index + len(grid[0]) - 1} of seed "
+                   f"{request.seed}"
+                   + (" (class in the corner)" if grid[1] is not None else ""))
+        save_grid(grid[0], os.path.join(self.sample_dir, f"{tag}samples.png"), columns=10, caption=caption,
+                  labels=grid[1])
         if args.save_samples:
             evaluation.save_samples_npz(images, labels, self.sample_dir, prefix=tag)
         # the row last: a row in the results file means its samples are written too

@@ -45,7 +45,12 @@ def sample_to_folder(args, given, info):
     images, labels = evaluation.gather_in_order(images, labels, indices)
     if dist.is_main():
         path = evaluation.save_samples_npz(images, labels, out_dir)
-        save_grid(images[:64], outputs[1])
+        shown = min(64, len(images))
+        caption = (f"{os.path.basename(args.model_path)}: samples {request.first_index}-{request.first_index + shown - 1} "
+                   f"of seed {request.seed}, {loaded.options['sampler']}"
+                   + (f" {loaded.options['steps']} steps" if loaded.options["sampler"] != "oneshot" else "")
+                   + (" (class in the corner)" if labels is not None else ""))
+        save_grid(images[:64], outputs[1], caption=caption, labels=None if labels is None else labels[:64])
         print(f"wrote {path} and {GRID_FILE} ({loaded.options['sampler']}, seed {request.seed})", flush=True)
 
 

@@ -275,3 +275,15 @@ def test_churn_options_given_to_a_sampler_that_ignores_them_are_refused():
             check_sampler_options(sampler, steps=10, s_churn=5.0, ts="0,5,9" if sampler == "multistep" else "")
     check_sampler_options("heun", steps=10, s_churn=5.0, s_noise=1.007)  # read: accepted
     check_sampler_options("euler", steps=10)  # the defaults are not "given"
+
+
+def test_a_class_conditional_model_sampled_without_labels_is_refused():
+    network = EDMPrecond(img_resolution=8, img_channels=3, label_dim=3, model_type="SongUNet", model_channels=16,
+                         channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    noise = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"class-conditional \(3 classes\): give class_labels, one-hot \[N, 3\]"):
+            sample(network, noise, "euler", steps=2)
+        labelled = sample(network, noise, "euler", steps=2, class_labels=torch.eye(3)[[0, 2]])
+        unlabelled = sample(network, noise, "euler", steps=2, class_labels=torch.zeros(2, 3))  # said explicitly
+    assert labelled.shape == unlabelled.shape == noise.shape

@@ -14,7 +14,7 @@ from pid_diffusion.families import edm
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.evaluation import checkpoints_in
 from pid_diffusion.fid import FeatureStats, detector_input, frechet_distance, load_detector, load_reference_stats
-from pid_diffusion.generate import seeded_inputs, shard_batches
+from pid_diffusion.generate import GRID_GAP, seeded_inputs, shard_batches
 from pid_diffusion.networks import EDMPrecond, network_from_config
 from pid_diffusion.trainer import TrainConfig, train
 from tolerances import between_implementations, fid_terms_size, rounding_bound
@@ -87,7 +87,7 @@ def test_samples_do_not_depend_on_batch_size_or_processes(workspace, tmp_path, m
     assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
     assert a["arr_0"].std() > 0
     grid = Image.open(tmp_path / "one" / "samples_grid.png")
-    assert grid.size == (8 * 32, 2 * 32)  # 8×8 images enlarged 4× in grids
+    assert grid.size[0] == 8 * 32 + 7 * GRID_GAP and grid.size[1] > 2 * 32 + GRID_GAP  # 8×8 images enlarged 4×, a caption
 
 
 def test_per_sample_noise_and_sharding():

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import small_run_config
 from pid_diffusion import trainer as trainer_module
 from pid_diffusion.checkpoint import load_student
-from pid_diffusion.generate import MIN_GRID_CELL, generate, save_grid, to_uint8
+from pid_diffusion.generate import CAPTION_HEIGHT, GRID_GAP, MIN_GRID_CELL, generate, save_grid, to_uint8
 from pid_diffusion.trainer import EVALUATION_FILE, GRID_SAMPLES, PIDTrainer, train
 from tolerances import between_implementations, fid_terms_size
 
@@ -45,14 +45,18 @@ def test_each_checkpoint_has_the_grid_image_sample_would_draw(teacher_path, tmp_
     train(small_run_config(teacher_path, tmp_path / "run", save_interval=1, seed=3))
     for step in (1, 2):
         with Image.open(tmp_path / "run" / f"samples_{step:06d}.png") as grid:
-            zoom = -(-MIN_GRID_CELL // 8)
-            assert grid.size == (8 * 8 * zoom, GRID_SAMPLES // 8 * 8 * zoom) and grid.mode == "RGB"
+            cell = 8 * -(-MIN_GRID_CELL // 8)  # 8×8 images enlarged, tiles GRID_GAP apart, a caption above
+            width, height = 8 * cell + 7 * GRID_GAP, GRID_SAMPLES // 8 * (cell + GRID_GAP) - GRID_GAP
+            assert grid.size[0] == width and (grid.size[1] - height) % CAPTION_HEIGHT == 0 and grid.mode == "RGB"
+            assert grid.size[1] > height
             pixels = np.asarray(grid)
-    # the grid of step 2 is the EMA file's one-step samples 0–63 of --seed, as image_sample.py draws them
+    # the grid of step 2 is the EMA file's one-step samples 0–63 of --seed, as image_sample.py draws them, with
+    # their classes in the corners and a caption saying what they are
     student = load_student(tmp_path / "run" / "ema_0.9_000002.pt")
-    images = torch.cat([to_uint8(b.images) for b in generate(student, GRID_SAMPLES, 16, 3, (3, 8, 8), 3,
-                                                             sampler="oneshot", clip_denoised=True)])
-    save_grid(images, tmp_path / "expected.png")
+    batches = list(generate(student, GRID_SAMPLES, 16, 3, (3, 8, 8), 3, sampler="oneshot", clip_denoised=True))
+    images, labels = torch.cat([to_uint8(b.images) for b in batches]), torch.cat([b.labels for b in batches])
+    save_grid(images, tmp_path / "expected.png", labels=labels,
+              caption="ema_0.9, step 2: one-step samples 0-63 of seed 3 (class in the corner)")
     with Image.open(tmp_path / "expected.png") as expected:
         assert np.array_equal(pixels, np.asarray(expected))
     with Image.open(tmp_path / "run" / "samples_000001.png") as first:
@@ -239,3 +243,24 @@ def test_a_stop_signal_during_an_evaluation_ends_it_saves_and_exits(teacher_path
     resumed = train(evaluated_config(teacher_path, tmp_path / "run", pixel_reference, eval_samples=8,
                                      total_training_steps=4, save_interval=4))
     assert resumed.step == 4
+
+
+def test_a_grid_has_gaps_its_images_enlarged_their_labels_and_a_caption(tmp_path):
+    from pid_diffusion.generate import GRID_BACKGROUND
+
+    images = torch.randint(0, 256, (5, 8, 8, 1), dtype=torch.uint8)
+    plain = save_grid(images, tmp_path / "plain.png", columns=3)
+    cell = 8 * -(-MIN_GRID_CELL // 8)
+    assert plain.shape == (2 * cell + GRID_GAP, 3 * cell + 2 * GRID_GAP, 1)
+    zoomed = images[1].numpy().repeat(cell // 8, 0).repeat(cell // 8, 1)
+    assert np.array_equal(plain[:cell, cell + GRID_GAP:2 * cell + GRID_GAP], zoomed)  # the second tile, enlarged
+    assert (plain[:, cell:cell + GRID_GAP] == GRID_BACKGROUND).all()  # a gap between columns
+    assert (plain[cell:, 2 * (cell + GRID_GAP):] == GRID_BACKGROUND).all()  # the missing sixth tile is background
+    labelled = save_grid(images, tmp_path / "labelled.png", columns=3, labels=[7, 1, 2, 3, 4])
+    assert not np.array_equal(labelled[:12, :12], plain[:12, :12])  # the class drawn in the tile's corner
+    assert np.array_equal(labelled[cell - 8:cell, :cell], plain[cell - 8:cell, :cell])  # the rest of it untouched
+    captioned = save_grid(images, tmp_path / "captioned.png", columns=3, caption="step 20, seed 0")
+    assert captioned.shape[0] == plain.shape[0] + CAPTION_HEIGHT and np.array_equal(captioned[CAPTION_HEIGHT:], plain)
+    assert (captioned[:CAPTION_HEIGHT] != GRID_BACKGROUND).any()  # the caption's text
+    long = save_grid(images, tmp_path / "long.png", columns=3, caption="a long caption " * 8)
+    assert long.shape[0] > captioned.shape[0]  # wrapped to the grid's width
