@@ -71,15 +71,18 @@ def measure(args):
     check_digits_images(output_shape(decode, sample_shape), teacher.label_dim, teacher_path)
     checkpoints = newest_checkpoints(args.run_dir)
     device = args.device or visible_device_type()
+    print(f"demo metrics: {args.num_samples} samples of the teacher, at full and few steps ...", flush=True)
     metrics = DigitsMetrics(teacher, load_detector("digits", args.detector_path or None), args.num_samples, args.seed,
                             device=device, decode=decode,
                             clip_denoised=family.sampling_protocol.get("clip_denoised", CLIP_DENOISED))
     rows = [metrics.teacher_row, *metrics.few_step_teacher_rows()]
     untrained = student_from_teacher(run_config["network_config"], teacher_state, run_config["sigma_max"],
                                      sigma_min=run_config["sigma_min"])
+    print("demo metrics: the untrained student ...", flush=True)
     rows.append(metrics.student("student untrained (step 0)", untrained.eval()))
     best = None
     for name, path in checkpoints:
+        print(f"demo metrics: {name} ...", flush=True)
         student = load_student(path)
         row = metrics.student(f"student {name}", student)
         rows.append(row)

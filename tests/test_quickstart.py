@@ -30,6 +30,7 @@ def test_shortened_quickstart_distils(run_dir):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Warning" not in done.stderr, done.stderr[-3000:]  # a user's first command prints no warnings
+    assert "demo metrics: 500 samples of the teacher" in done.stdout  # no silent phase
     rows = {row["generator"]: row for row in json.load(open(os.path.join(run_dir, "demo_metrics.json")))}
     assert list(rows) == ["teacher heun_deter 18 steps", "teacher euler 5 steps", "teacher euler 10 steps",
                           "student untrained (step 0)", "student ema_0.999_000200", "student ema_0.99_000200",
@@ -90,6 +91,7 @@ def test_without_mpi_the_quickstart_runs_one_process(tmp_path, run_dir):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Warning" not in done.stderr, done.stderr[-3000:]  # a user's first command prints no warnings
+    assert "demo metrics: 500 samples of the teacher" in done.stdout  # no silent phase
     assert "no working MPI runtime" in done.stdout and "1 process(es)" in done.stdout
     assert os.path.exists(os.path.join(run_dir, "model000008.pt"))
     assert os.path.exists(os.path.join(run_dir, "teacher_vs_student.png"))
