@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
+REMAKE=()
 STEPS=${QUICKSTART_STEPS:-2000}
 BATCH=${QUICKSTART_BATCH:-64}
 SAMPLES=${QUICKSTART_SAMPLES:-2000}
@@ -30,6 +31,7 @@ if [[ "${1:-}" == "--edm2" ]]; then
 elif [[ "${1:-}" == "--resume" ]]; then
   RUN_DIR=${2:?usage: bash scripts/quickstart.sh --resume RUN_DIR}
   [[ -f "$RUN_DIR/run_config.json" ]] || { echo "error: $RUN_DIR is not a run folder" >&2; exit 2; }
+  REMAKE=(--overwrite True)  # the demo's own sample folders of this run are made again from its newest checkpoint
 else
   RUN_DIR=${QUICKSTART_RUN_DIR:-experiment/quickstart-$(date +%Y%m%d-%H%M%S)-$$}
   [[ ! -e "$RUN_DIR" ]] || { echo "error: $RUN_DIR exists; use --resume $RUN_DIR to continue it" >&2; exit 2; }
@@ -63,10 +65,11 @@ echo "== 3/4 digit FID and conditional accuracy of every checkpoint"
 
 echo "== 4/4 samples: teacher (heun_deter, 18 steps = 35 calls) and student (1 call)"
 OPENAI_LOGDIR=$RUN_DIR/samples_teacher "$PYTHON" scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_teacher \
-  --model_path "$TEACHER" --sampler heun_deter --steps 18 --num_samples 100 --batch_size 100 2> >(grep -v "sampling:" >&2)
+  --model_path "$TEACHER" --sampler heun_deter --steps 18 --num_samples 100 --batch_size 100 "${REMAKE[@]}" \
+  2> >(grep -v "sampling:" >&2)
 FINAL=$(ls "$RUN_DIR"/ema_0.99_*.pt | sort | tail -n 1)
 OPENAI_LOGDIR=$RUN_DIR/samples_student "$PYTHON" scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_one_shot \
-  --model_path "$FINAL" --num_samples 100 --batch_size 100 2> >(grep -v "sampling:" >&2)
+  --model_path "$FINAL" --num_samples 100 --batch_size 100 "${REMAKE[@]}" 2> >(grep -v "sampling:" >&2)
 
 echo
 echo "== summary ($((SECONDS - START)) s) — run folder $RUN_DIR"

@@ -212,6 +212,20 @@ MUTATIONS = (
       "discarded = overflowed if prior is None else overflowed | prior.overflowed",
       "discarded = torch.zeros_like(overflowed) if prior is None else prior.overflowed",
       ("tests/test_trainer.py::test_fp16_loss_scale_skips_a_non_finite_gradient_and_grows",)),
+    # --- resumes and FID rows that keep their word (#40)
+    M("resumed_optimizer_keeps_saved_settings", "pid_diffusion/loop.py",
+      "group.update(weight_decay=self.config.weight_decay, eps=self.config.opt_eps)", "pass",
+      ("tests/test_run_folder.py::test_optimizer_settings_changed_on_resume_are_checked_recorded_and_applied",)),
+    M("earlier_resume_replaces_later_checkpoints", "pid_diffusion/loop.py", "if config.resume_checkpoint and later:",
+      "if False:", ("tests/test_run_folder.py::test_resuming_an_earlier_step_in_its_folder_never_replaces_the_later_"
+                    "checkpoints",)),
+    M("later_sigma_applies_backwards", "pid_diffusion/checkpoint.py",
+      "run_config = settings_at_step(run_config, checkpoint_step(path))", "pass",
+      ("tests/test_run_folder.py::test_each_checkpoint_samples_at_the_noise_levels_it_was_trained_with",)),
+    M("fid_row_by_file_name", "scripts/fid_evaluation.py", '"weights_sha256": weights}', "}", (FID_QUESTIONS,)),
+    M("nan_fid_row_answers", "pid_diffusion/evaluation.py", "if not math.isfinite(float(row[\"FID\"])):",
+      "if False:", ("tests/test_sampling_fid.py::test_a_non_finite_fid_in_the_results_file_is_damage_reported_with_its_"
+                    "line",)),
     # --- the fp16 step decided on the device (#43)
     M("first_fp16_step_applied_on_overflow", "pid_diffusion/loop.py",
       "attempt.applied = not bool(overflowed.item())", "attempt.applied = True",
