@@ -120,7 +120,7 @@ def test_generation_samples_with_the_options_it_is_given():
     assert torch.equal(generated(), to_uint8(expected))
     reference = generated()
     for change in (dict(steps=7), dict(s_noise=1.3), dict(s_churn=0.0), dict(sigma_max=40.0), dict(rho=3.0),
-                   dict(sampler="euler"),
+                   dict(sampler="euler", s_churn=0.0),
                    dict(clip_denoised=True)):
         assert not torch.equal(generated(**change), reference), change
 
