@@ -1,4 +1,4 @@
-"""Throughput and peak memory of the real PID training step (PIDTrainer.train_step) on a GPU.
+"""Throughput and peak memory of the real PID training step (PIDTrainer.train_steps, as a run drives it) on a GPU.
 
     python benchmarks/train_step.py --configs cifar10 --losses lpips,l2 --batches 64 --modes reference,fast
     mpirun -np 4 python benchmarks/train_step.py --configs cifar10 --losses lpips --batches 64 --modes fast

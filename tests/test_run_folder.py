@@ -337,6 +337,9 @@ def test_run_config_keeps_the_first_command_and_every_invocation_with_its_speed(
         done = subprocess.run([*base, "--total_training_steps", steps, *extra], env=env, cwd=REPO, capture_output=True,
                               text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-2000:]
+        if steps == "2":  # a key this version does not write survives the resume
+            recorded = json.loads((tmp_path / "run_config.json").read_text())
+            (tmp_path / "run_config.json").write_text(json.dumps({**recorded, "note": "the lr sweep's second run"}))
     recorded = json.loads((tmp_path / "run_config.json").read_text())
     first, second = recorded["invocations"]
     assert recorded["command"] == first["command"] and "--speed" not in first["command"]
@@ -344,13 +347,7 @@ def test_run_config_keeps_the_first_command_and_every_invocation_with_its_speed(
     assert (first["speed_preset"], second["speed_preset"]) == ("eager", "reference")
     assert (first["attention"], second["attention"]) == ("sdpa", "reference")  # what each ran with
     assert recorded["speed_preset"] == "reference" and recorded["attention"] == "reference"  # the settings now
-    recorded["note"] = "the lr sweep's second run"  # a key this version does not write survives a resume
-    (tmp_path / "run_config.json").write_text(json.dumps(recorded))
-    done = subprocess.run([*base, "--total_training_steps", "6"], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
-    again = json.loads((tmp_path / "run_config.json").read_text())
-    assert again["note"] == "the lr sweep's second run" and len(again["invocations"]) == 3
+    assert recorded["note"] == "the lr sweep's second run"
 
 
 def test_a_resume_without_run_config_says_its_settings_cannot_be_checked(teacher_path, tmp_path):
