@@ -38,6 +38,8 @@ from .speed import ONE_BUCKET, SpeedSettings
 OPTIMIZERS = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}
 ADAM_BETA1 = 0.9  # both optimizers run with PyTorch's default betas, as the original
 FP16_INITIAL_LOG2_SCALE = 20.0
+FP16_SMALLEST_LOG2_SCALE = -24
+"""float16's smallest subnormal is 2^-24: a loss scale below it makes every scaled gradient zero."""
 DIVERGENCE_FACTOR = 1e4
 """Weights whose loss on the next batch exceeds this many times the largest step loss of the run so
 far have diverged (huge but finite weights, which the next steps turn into NaN), and are not saved."""
@@ -661,13 +663,18 @@ class TrainingLoop:
         noise (the noise follows the step count). If its loss itself is not finite, the forward pass
         overflowed float16, which no loss scale mends: the retries would go on forever, so stop. A read
         on skipped steps only (every process skips together: the gradients are all-reduced)."""
+        saved = (f"The same command with one of these continues from model{last_saved:06d}.pt in "
+                 f"{self.config.log_dir}." if last_saved else "No checkpoint was written.")
         if int(dist.all_reduce_sum((~torch.isfinite(loss)).long()).item()):
-            saved = (f"The same command with one of these continues from model{last_saved:06d}.pt in "
-                     f"{self.config.log_dir}." if last_saved else "No checkpoint was written.")
             raise TrainingDivergedError(
                 f"the loss of step {step} is NaN or infinite under fp16 autocast: the forward pass overflowed "
                 f"float16 (largest value 65504), which no loss scale can mend. Run with --use_fp16 False or "
                 f"--mixed_precision bf16 (or fp32). {saved}")
+        if self.log2_loss_scale < FP16_SMALLEST_LOG2_SCALE:
+            raise TrainingDivergedError(
+                f"the gradients of step {step} overflow float16 at every loss scale down to 2^{self.log2_loss_scale:.0f} "
+                f"(below that every gradient rounds to zero): run with --use_fp16 False or --mixed_precision bf16 (or "
+                f"fp32). {saved}")
 
     def _check_weights(self, last_saved, largest_loss):
         """Before a checkpoint is written: the weights are finite and give a finite loss on the next

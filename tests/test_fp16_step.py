@@ -165,3 +165,17 @@ def test_two_processes_queue_ahead_as_they_decide_on_the_host(teacher_path, tmp_
         assert all(torch.equal(a[k], b[k]) for k in a), name
     scales = [read_csv_column(tmp_path / str(s) / "progress.csv", "lg_loss_scale") for s in (True, False)]
     assert scales[0] == scales[1] and float(scales[0][0]) < 19  # steps were skipped on the way
+
+
+def test_gradients_that_overflow_at_every_scale_stop_the_run(teacher_path, tmp_path):
+    """Skips halve the scale; once it is below float16's smallest number the retries could never end: stop."""
+    from pid_diffusion.loop import TrainingDivergedError
+
+    trainer = PIDTrainer(TrainConfig(teacher_model_path=teacher_path, log_dir=str(tmp_path), global_batch_size=4,
+                                     loss_norm="l2", mixed_precision="fp16", ema_rate="0.9", total_training_steps=3,
+                                     save_interval=3))
+    next(trainer.student.net.parameters()).register_hook(lambda gradient: gradient * float("inf"))
+    trainer.log2_loss_scale = -20.0
+    with pytest.raises(TrainingDivergedError, match=r"overflow float16 at every loss scale down to 2\^-25"):
+        trainer.run()
+    trainer.close()
