@@ -29,9 +29,8 @@ class Attempt:
     overflowed: object = None  # device bool: this attempt's own gradients were not finite
     flag: torch.Tensor = None  # a host copy of `applied`, written when the device gets there
     ready: object = None  # the CUDA event after which `flag` holds the answer
-    speculative: bool = False  # queued before the attempt ahead of it was known to count
     optimizer_calls: int = 0
-    random_state: torch.Tensor = None  # the device generator's state before the attempt (dropout)
+    random_state: torch.Tensor = None  # speculative attempts: the device generator's state before it (dropout)
 
 
 class LossScale:
@@ -78,7 +77,7 @@ class Rollback:
     fused or capturable) is rewound by the host instead."""
 
     def __init__(self, optimizer, parameters, device):
-        self.optimizer, self.device = optimizer, device
+        self.optimizer = optimizer
         self.tensors, self.host_counters = list(parameters), []
         for parameter in parameters:
             for name, value in optimizer.state[parameter].items():

@@ -184,6 +184,7 @@ class TrainingLoop:
                              f"(uneven chunks would weight samples unequally); choose one of {divisors[:12]}")
         self.logger = RunLogger(config.log_dir, log_formats(config.log_format))
         self.saving = False  # a checkpoint is being written: stop signals wait for it
+        self.stop_signal = None  # the signal noted while run() trains (train_steps() runs without handlers)
         self.notes = []  # what the run folder's log should say once the folder is taken
         if config.global_batch_size != self.global_batch:  # --batch_size per process decides; record what runs
             self.notes.append(f"--batch_size {config.batch_size} per process on {self.info.world_size} process(es) makes "
@@ -389,8 +390,7 @@ class TrainingLoop:
                 loss = losses.float().mean()
                 (loss * scale).backward()
             loss_sum += loss.detach()
-        attempt = Attempt(step, loss_sum / len(starts), True, speculative=prior is not None,
-                          random_state=random_state)
+        attempt = Attempt(step, loss_sum / len(starts), True, random_state=random_state)
         self._update(attempt, inverse_scale, prior)
         return attempt
 

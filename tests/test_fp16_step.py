@@ -179,3 +179,26 @@ def test_gradients_that_overflow_at_every_scale_stop_the_run(teacher_path, tmp_p
     with pytest.raises(TrainingDivergedError, match=r"overflow float16 at every loss scale down to 2\^-25"):
         trainer.run()
     trainer.close()
+
+
+def test_train_steps_drives_the_steps_as_a_run_does(teacher_path, tmp_path):
+    """What the benchmarks time: train_steps() queues fp16 steps ahead (outside run(), with no signal handlers)
+    and trains what one train_step() after another trains."""
+    def trainer_at(folder, speculative):
+        trainer = PIDTrainer(TrainConfig(teacher_model_path=teacher_path, log_dir=str(folder), global_batch_size=4,
+                                         loss_norm="l2", mixed_precision="fp16", ema_rate="0.9",
+                                         speculative_step=speculative, log_interval=100))
+        trainer.log2_loss_scale = 6.0
+        return trainer
+
+    ahead, stepped = trainer_at(tmp_path / "ahead", True), trainer_at(tmp_path / "stepped", False)
+    queued = []
+    real_queue = ahead._queue_attempt
+    ahead._queue_attempt = lambda step, prior=None: queued.append(prior is not None) or real_queue(step, prior)
+    ahead.train_steps(5)
+    while stepped.step < 5:
+        stepped.train_step()
+    assert ahead.step == 5 and any(queued)  # some steps were queued ahead
+    assert all(torch.equal(a, b) for a, b in zip(ahead.student.net.parameters(), stepped.student.net.parameters()))
+    ahead.close()
+    stepped.close()
