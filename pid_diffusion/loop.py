@@ -41,13 +41,15 @@ FP16_INITIAL_LOG2_SCALE = 20.0
 FP16_SMALLEST_LOG2_SCALE = -24
 """float16's smallest subnormal is 2^-24: a loss scale below it makes every scaled gradient zero."""
 DIVERGENCE_FACTOR = 1e4
-"""Weights whose loss on the next batch exceeds this many times the largest step loss of the run so
-far have diverged (huge but finite weights, which the next steps turn into NaN), and are not saved."""
+"""A run has diverged when a logged mean loss exceeds this many times the lowest logged mean so far (a slow
+rise), or when the weights' loss on the next batch exceeds this many times the lowest logged mean or, before
+the first log line, the largest step loss so far (huge but finite weights, which the next steps turn into
+NaN): such weights are not saved."""
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite, or the weights diverged (their loss on the next batch is
-    DIVERGENCE_FACTOR times the largest so far): the run stops without saving those weights."""
+    """The loss became NaN or infinite, or rose DIVERGENCE_FACTOR times above its lowest level: the run stops
+    without saving those weights."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -560,6 +562,7 @@ class TrainingLoop:
         loss_total = torch.zeros((), device=self.device)
         self.norm_totals.zero_()
         largest_loss = torch.zeros((), device=self.device)
+        lowest_logged_loss = math.inf  # of this process's life: a resume starts it again
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         steps_in_interval, started = 0, time.time()
         last_saved = self.step
@@ -593,12 +596,15 @@ class TrainingLoop:
             if due_log:
                 self._check_finite(first_bad_step, last_saved)
                 elapsed = time.time() - started
-                self._log(loss_total / steps_in_interval, steps_in_interval, elapsed)
+                logged_loss = self._log(loss_total / steps_in_interval, steps_in_interval, elapsed)
+                self._check_loss_level(logged_loss, lowest_logged_loss, last_saved)
+                if logged_loss > 0:
+                    lowest_logged_loss = min(lowest_logged_loss, logged_loss)
                 loss_total.zero_()
                 self.norm_totals.zero_()
                 steps_in_interval, started = 0, time.time()
             if due_save or self.step == cfg.total_training_steps:
-                self._save_checked(first_bad_step, last_saved, largest_loss)
+                self._save_checked(first_bad_step, last_saved, largest_loss, lowest_logged_loss)
                 last_saved, saved_now = self.step, True
             # one process alone checks every step (a flag on the host); several agree at each log step and save
             if (self.info.world_size == 1 or due_log or saved_now) and self.step < cfg.total_training_steps \
@@ -606,7 +612,7 @@ class TrainingLoop:
                 stop = self._stop_requested()
                 if stop:
                     if last_saved != self.step:
-                        self._save_checked(first_bad_step, last_saved, largest_loss)
+                        self._save_checked(first_bad_step, last_saved, largest_loss, lowest_logged_loss)
                     name = signal.Signals(stop).name
                     self.logger.log(f"stopped by {name} at step {self.step}: checkpoint model{self.step:06d}.pt is "
                                     "written; the same command continues the run")
@@ -645,11 +651,21 @@ class TrainingLoop:
                 and following % cfg.log_interval != 0 and not (cfg.save_interval > 0 and following % cfg.save_interval == 0)
                 and not self.evaluation_due(following) and self.stop_signal is None)
 
-    def _save_checked(self, first_bad_step, last_saved, largest_loss):
+    def _save_checked(self, first_bad_step, last_saved, largest_loss, lowest_logged_loss):
         """Save a checkpoint only when no loss so far was NaN and the weights have not diverged."""
         self._check_finite(first_bad_step, last_saved)
-        self._check_weights(last_saved, largest_loss)
+        self._check_weights(last_saved, largest_loss if math.isinf(lowest_logged_loss) else lowest_logged_loss)
         self.save()
+
+    def _check_loss_level(self, loss, lowest_logged_loss, last_saved):
+        """A logged mean loss DIVERGENCE_FACTOR times its lowest logged level: the updates diverge slowly (each
+        step's loss a few times the last, which the check on the next batch's loss never sees). The mean is
+        the same on every process, which all stop together."""
+        if loss > DIVERGENCE_FACTOR * lowest_logged_loss:
+            raise TrainingDivergedError(
+                f"the mean loss rose to {loss:.4g} by step {self.step}, {loss / lowest_logged_loss:.3g} times its "
+                f"lowest logged level ({lowest_logged_loss:.4g}): the updates diverged; "
+                f"{self._divergence_advice(last_saved)}")
 
     def _check_finite(self, first_bad_step, last_saved):
         processes_with_bad_loss = int(dist.all_reduce_sum((first_bad_step >= 0).long()).item())
@@ -676,18 +692,21 @@ class TrainingLoop:
                 f"(below that every gradient rounds to zero): run with --use_fp16 False or --mixed_precision bf16 (or "
                 f"fp32). {saved}")
 
-    def _check_weights(self, last_saved, largest_loss):
+    def _check_weights(self, last_saved, reference_loss):
         """Before a checkpoint is written: the weights are finite and give a finite loss on the next
-        step's batch, not DIVERGENCE_FACTOR times the largest step loss so far (an update can leave huge
-        but finite weights that the next steps turn into NaN); otherwise stop without saving them."""
+        step's batch, not DIVERGENCE_FACTOR times `reference_loss` (an update can leave huge but finite
+        weights that the next steps turn into NaN); otherwise stop without saving them."""
         with torch.no_grad(), self.config.autocast(self.device.type):
             inputs = [None if x is None else x[:self.microbatch] for x in self.step_inputs(self.step)]
             probe = self.batch_losses(self.module, inputs, eager=True).float().mean()
-        healthy = torch.isfinite(probe) & (probe <= DIVERGENCE_FACTOR * largest_loss)
+        healthy = torch.isfinite(probe) & (probe <= DIVERGENCE_FACTOR * reference_loss)
         healthy &= torch.stack([torch.isfinite(p).all() for p in self.network.parameters()]).all()
         if int(dist.all_reduce_sum((~healthy).long()).item()):
-            raise TrainingDivergedError(f"the weights after step {self.step} give a NaN or infinite loss (the updates "
-                                     f"diverged); {self._divergence_advice(last_saved)}")
+            found = (f"give a loss of {float(probe):.4g} on the next batch against {float(reference_loss):.4g} so far"
+                     if healthy.item() is False else "diverge on another process")
+            raise TrainingDivergedError(f"the weights after step {self.step} {found} (NaN, infinite or over "
+                                        f"{DIVERGENCE_FACTOR:g} times: the updates diverged); "
+                                        f"{self._divergence_advice(last_saved)}")
 
     def _divergence_advice(self, last_saved):
         if not last_saved:
@@ -697,6 +716,7 @@ class TrainingLoop:
                 "--lr <lower> --allow_changed_settings True (or --use_fp16 False if fp16 overflowed).")
 
     def _log(self, mean_loss, steps, elapsed):
+        """Write the interval's row and line; returns its mean loss over every process."""
         loss = float(dist.all_reduce_sum(mean_loss.clone()).item()) / self.info.world_size
         images_per_second = steps * self.global_batch / max(elapsed, 1e-9)
         remaining = (self.config.total_training_steps - self.step) * elapsed / max(steps, 1)
@@ -710,6 +730,7 @@ class TrainingLoop:
         self.logger.metrics(row)
         eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} days"
         self.logger.log(f"step {self.step:>7d}  loss {loss:.6f}  {images_per_second:8.1f} img/s  ETA {eta}")
+        return loss
 
     # ----------------------------------------------------------------------------- checkpoints
     def save(self):

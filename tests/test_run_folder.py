@@ -109,7 +109,7 @@ def test_diverged_weights_are_never_saved_and_the_advice_resumes(teacher_path, t
         return 1e6 if step >= 2 else real_rate(step)
 
     monkeypatch.setattr(trainer, "learning_rate", explode_after_two)
-    with pytest.raises(TrainingDivergedError, match="after step 3 give a NaN or infinite loss") as stopped:
+    with pytest.raises(TrainingDivergedError, match=r"after step 3 give a loss of .* on the next batch") as stopped:
         trainer.run()
     trainer.close()
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("model")) == ["model000001.pt", "model000002.pt"]
@@ -119,6 +119,28 @@ def test_diverged_weights_are_never_saved_and_the_advice_resumes(teacher_path, t
     resumed = train(make_config(teacher_path, tmp_path, total_training_steps=4, save_interval=1, lr=1e-4,
                                 allow_changed_settings=True))
     assert resumed.step == 4 and "at step 2" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("growth", [15.0, 1.0])
+def test_a_loss_rising_slowly_stops_the_run_before_its_weights_are_saved(teacher_path, tmp_path, monkeypatch, growth):
+    # each step's loss `growth` times the last: the check on the next batch (10^4 times the largest step loss so
+    # far) never fires, the logged mean 10^4 times its lowest does; an unchanged loss trains to the end
+    trainer = PIDTrainer(make_config(teacher_path, tmp_path, total_training_steps=8, save_interval=2, log_interval=2))
+    real_losses = trainer.batch_losses
+    monkeypatch.setattr(trainer, "batch_losses", lambda *args, **kwargs: real_losses(*args, **kwargs) * growth ** trainer.step)
+    try:
+        if growth == 1.0:
+            trainer.run()
+        else:
+            with pytest.raises(TrainingDivergedError, match=r"mean loss rose to .* by step 6, .* times its lowest logged "
+                               r"level .*Last good checkpoint: model000004.pt") as stopped:
+                trainer.run()
+            assert "--lr <lower> --allow_changed_settings True" in str(stopped.value)
+    finally:
+        trainer.close()
+    saved = sorted(n for n in os.listdir(tmp_path) if n.startswith("model"))
+    assert saved == (["model000002.pt", "model000004.pt"] if growth > 1 else
+                     ["model000002.pt", "model000004.pt", "model000006.pt", "model000008.pt"])
 
 
 def test_diverging_from_the_start_saves_nothing(teacher_path, tmp_path):
