@@ -18,6 +18,7 @@ from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
 from .evaluation import ONE_SHOT_MODE, GenerationStopped, run_generation, sampler_options
 from .families import family_of
+from .files import digest_of_arrays
 from .fid import (DETECTORS, FAMILY_FEED, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension,
                   load_detector, reference_name, reference_stats, resolve_feed)
 from .generate import GenerationRequest, generate, save_grid, to_uint8
@@ -110,6 +111,11 @@ def num_scales_at(config, step):
     return max(grown, 1) + 1
 
 
+TEACHER_WEIGHTS = "teacher_weights_sha256"
+"""run_config.json's digest of the teacher's weights (with its guide's): a file replaced at the same path
+changes it, which a resume refuses like any other run-defining change."""
+
+
 class PIDTrainer(TrainingLoop):
     """PID distillation: the student x_θ starts from the teacher's weights (random weights for an
     analytic teacher) and learns from noise and the frozen teacher alone."""
@@ -122,6 +128,8 @@ class PIDTrainer(TrainingLoop):
         # with --guide_model_path the student learns the autoguided teacher's ODE
         self.teacher, teacher_config, teacher_state = read_denoiser(config.teacher_model_path, config, config.attention,
                                                                     **config.network_flags)
+        # a teacher or guide replaced at the same path is another run: its weights, not its name, are recorded
+        self.teacher_weights = digest_of_arrays(self.teacher.state_dict().values())
         self.teacher = self.teacher.to(self.device, memory_format=self.memory_format)
         family = family_of(teacher_config)
         if family.rewrites_weights_in_training and not config.batched_student:
@@ -165,6 +173,12 @@ class PIDTrainer(TrainingLoop):
 
     def describe(self):
         return f"PID distillation: teacher {self.config.teacher_model_path}"
+
+    def run_config(self):
+        return {**super().run_config(), TEACHER_WEIGHTS: self.teacher_weights}
+
+    def defining_settings(self):
+        return (*super().defining_settings(), TEACHER_WEIGHTS)
 
     def network_state(self, state_dict):
         """Checkpoints of the student hold its raw network's keys; its family maps other spellings onto them."""

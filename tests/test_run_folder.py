@@ -320,6 +320,32 @@ def test_resume_checkpoint_checks_the_settings_it_was_trained_with(teacher_path,
     assert same.step == 4 and json.loads((tmp_path / "third" / "run_config.json").read_text())["changes"] == []
 
 
+@pytest.mark.parametrize("replaced", ["teacher", "guide"])
+def test_a_teacher_or_guide_replaced_at_the_same_path_is_a_changed_run(tmp_path, replaced):
+    from conftest import save_random_teacher, tiny_song_config
+
+    files = {name: tmp_path / f"{name}.pt" for name in ("teacher", "guide")}
+    for seed, file in enumerate(files.values()):
+        torch.manual_seed(seed)
+        save_random_teacher(file, tiny_song_config(label_dim=3))
+    config = dict(guide_model_path=str(files["guide"]), guidance=1.5)
+    train(make_config(str(files["teacher"]), tmp_path / "run", **config))
+    shutil.copy(files[replaced], tmp_path / "copy.pt")
+    os.replace(tmp_path / "copy.pt", files[replaced])  # the same weights written anew: the same run
+    assert train(make_config(str(files["teacher"]), tmp_path / "run", total_training_steps=4, **config)).step == 4
+    torch.manual_seed(9)
+    save_random_teacher(files[replaced], tiny_song_config(label_dim=3))  # other weights at the same path
+    before = snapshot(tmp_path / "run")
+    with pytest.raises(ChangedSettingsError, match="teacher_weights_sha256: '[0-9a-f]{16}' → '[0-9a-f]{16}'"):
+        train(make_config(str(files["teacher"]), tmp_path / "run", total_training_steps=6, **config))
+    assert snapshot(tmp_path / "run") == before
+    train(make_config(str(files["teacher"]), tmp_path / "run", total_training_steps=6, allow_changed_settings=True,
+                      **config))
+    recorded = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert [change["setting"] for change in recorded["changes"]] == ["teacher_weights_sha256"]
+    assert recorded["changes"][0]["step"] == 4 and recorded["teacher_weights_sha256"] == recorded["changes"][0]["to"]
+
+
 def test_resuming_an_earlier_step_in_its_folder_never_replaces_the_later_checkpoints(teacher_path, tmp_path):
     train(make_config(teacher_path, tmp_path / "run", total_training_steps=4))  # checkpoints 2 and 4
     before = snapshot(tmp_path / "run")
