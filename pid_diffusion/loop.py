@@ -265,6 +265,7 @@ class TrainingLoop:
                                                    resumed_step)
         self.ema = EMA(network, config.ema_rates, power_function=self.power_function_ema)
         self._resume(steps)
+        self.last_saved_step = self.step  # the checkpoint this run continues (0: none)
         if not self.recorded and self.step:
             self.logger.log(f"no run_config.json beside the checkpoint resumed (a folder the original wrote, or the file "
                             f"was deleted): the settings of step {self.step} cannot be checked against this run's; "
@@ -531,7 +532,7 @@ class TrainingLoop:
                 self.stop_signal = self.stop_signal or signal_number
                 return
             signal.signal(signal_number, previous[signal_number])  # a second signal outside a save acts at once
-            signal.raise_signal(signal_number)
+            raise TrainingInterrupted(self._steps_lost(signal_number), signal_number)
 
         previous = {number: signal.signal(number, note) for number in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -539,6 +540,16 @@ class TrainingLoop:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+
+    def _steps_lost(self, signal_number):
+        """What a second signal, which stops the run before the first one's checkpoint, costs."""
+        name, trained = signal.Signals(signal_number).name, self.step - self.last_saved_step
+        if not self.last_saved_step:
+            return (f"stopped by a second {name} at step {self.step}, before any checkpoint was written: the "
+                    f"{trained} step(s) trained are lost; the same command starts the run again")
+        return (f"stopped by a second {name} at step {self.step}, before its checkpoint was written: the {trained} "
+                f"step(s) since model{self.last_saved_step:06d}.pt are lost; the same command continues from that "
+                f"checkpoint (one signal alone saves first)")
 
     def _stop_requested(self):
         """The signal any process got (0: none); several processes agree through an all-reduce, one
@@ -565,7 +576,6 @@ class TrainingLoop:
         lowest_logged_loss = math.inf  # of this process's life: a resume starts it again
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         steps_in_interval, started = 0, time.time()
-        last_saved = self.step
 
         def queue(step, prior=None):
             """Queue an attempt and add its loss to the interval's tallies where it counts (on the device)."""
@@ -586,7 +596,7 @@ class TrainingLoop:
         pending = None  # an attempt queued before the host knew whether the one ahead of it counted
         while self.step < cfg.total_training_steps:
             saved_now = False
-            pending = self._next_step(pending, queue, cfg.total_training_steps, last_saved)
+            pending = self._next_step(pending, queue, cfg.total_training_steps)
             steps_in_interval += 1
             evaluated = self.evaluation_due(self.step)
             if evaluated:  # before the log, whose row then holds the evaluation's numbers
@@ -594,25 +604,25 @@ class TrainingLoop:
             due_log = self.step % cfg.log_interval == 0 or self.step == cfg.total_training_steps or evaluated
             due_save = cfg.save_interval > 0 and self.step % cfg.save_interval == 0
             if due_log:
-                self._check_finite(first_bad_step, last_saved)
+                self._check_finite(first_bad_step)
                 elapsed = time.time() - started
                 logged_loss = self._log(loss_total / steps_in_interval, steps_in_interval, elapsed)
-                self._check_loss_level(logged_loss, lowest_logged_loss, last_saved)
+                self._check_loss_level(logged_loss, lowest_logged_loss)
                 if logged_loss > 0:
                     lowest_logged_loss = min(lowest_logged_loss, logged_loss)
                 loss_total.zero_()
                 self.norm_totals.zero_()
                 steps_in_interval, started = 0, time.time()
             if due_save or self.step == cfg.total_training_steps:
-                self._save_checked(first_bad_step, last_saved, largest_loss, lowest_logged_loss)
-                last_saved, saved_now = self.step, True
+                self._save_checked(first_bad_step, largest_loss, lowest_logged_loss)
+                saved_now = True
             # one process alone checks every step (a flag on the host); several agree at each log step and save
             if (self.info.world_size == 1 or due_log or saved_now) and self.step < cfg.total_training_steps \
                     and pending is None:  # a queued step finishes first (no speculation once a signal is noted)
                 stop = self._stop_requested()
                 if stop:
-                    if last_saved != self.step:
-                        self._save_checked(first_bad_step, last_saved, largest_loss, lowest_logged_loss)
+                    if self.last_saved_step != self.step:
+                        self._save_checked(first_bad_step, largest_loss, lowest_logged_loss)
                     name = signal.Signals(stop).name
                     self.logger.log(f"stopped by {name} at step {self.step}: checkpoint model{self.step:06d}.pt is "
                                     "written; the same command continues the run")
@@ -625,9 +635,9 @@ class TrainingLoop:
         benchmarks time."""
         until, pending = self.step + count, None
         while self.step < until:
-            pending = self._next_step(pending, self._queue_attempt, until, self.step)
+            pending = self._next_step(pending, self._queue_attempt, until)
 
-    def _next_step(self, pending, queue, until, last_saved):
+    def _next_step(self, pending, queue, until):
         """Queue (with `queue`), resolve and retry attempts until one step is applied. With `pending`, the attempt
         already queued for this step; returns the attempt queued behind the applied one, if any (never for step
         `until` or beyond)."""
@@ -640,7 +650,7 @@ class TrainingLoop:
             if pending is not None:  # discarded on the device; its host-side traces are undone here
                 self._discard(pending)
                 pending = None
-            self._check_skipped_step(attempt.loss, attempt.step + 1, last_saved)
+            self._check_skipped_step(attempt.loss, attempt.step + 1)
 
     def _may_speculate(self, attempt, until):
         """Whether the step after `attempt` may be queued before the host knows that `attempt` counted: only
@@ -651,13 +661,13 @@ class TrainingLoop:
                 and following % cfg.log_interval != 0 and not (cfg.save_interval > 0 and following % cfg.save_interval == 0)
                 and not self.evaluation_due(following) and self.stop_signal is None)
 
-    def _save_checked(self, first_bad_step, last_saved, largest_loss, lowest_logged_loss):
+    def _save_checked(self, first_bad_step, largest_loss, lowest_logged_loss):
         """Save a checkpoint only when no loss so far was NaN and the weights have not diverged."""
-        self._check_finite(first_bad_step, last_saved)
-        self._check_weights(last_saved, largest_loss if math.isinf(lowest_logged_loss) else lowest_logged_loss)
+        self._check_finite(first_bad_step)
+        self._check_weights(largest_loss if math.isinf(lowest_logged_loss) else lowest_logged_loss)
         self.save()
 
-    def _check_loss_level(self, loss, lowest_logged_loss, last_saved):
+    def _check_loss_level(self, loss, lowest_logged_loss):
         """A logged mean loss DIVERGENCE_FACTOR times its lowest logged level: the updates diverge slowly (each
         step's loss a few times the last, which the check on the next batch's loss never sees). The mean is
         the same on every process, which all stop together."""
@@ -665,22 +675,22 @@ class TrainingLoop:
             raise TrainingDivergedError(
                 f"the mean loss rose to {loss:.4g} by step {self.step}, {loss / lowest_logged_loss:.3g} times its "
                 f"lowest logged level ({lowest_logged_loss:.4g}): the updates diverged; "
-                f"{self._divergence_advice(last_saved)}")
+                f"{self._divergence_advice()}")
 
-    def _check_finite(self, first_bad_step, last_saved):
+    def _check_finite(self, first_bad_step):
         processes_with_bad_loss = int(dist.all_reduce_sum((first_bad_step >= 0).long()).item())
         if processes_with_bad_loss:
             where = (f"in the update to step {int(first_bad_step.item())}" if first_bad_step.item() >= 0
                      else "on another process")
-            raise TrainingDivergedError(f"the loss became NaN or infinite {where}; {self._divergence_advice(last_saved)}")
+            raise TrainingDivergedError(f"the loss became NaN or infinite {where}; {self._divergence_advice()}")
 
-    def _check_skipped_step(self, loss, step, last_saved):
+    def _check_skipped_step(self, loss, step):
         """An fp16 step skipped for a non-finite gradient is retried with a halved loss scale and the same
         noise (the noise follows the step count). If its loss itself is not finite, the forward pass
         overflowed float16, which no loss scale mends: the retries would go on forever, so stop. A read
         on skipped steps only (every process skips together: the gradients are all-reduced)."""
-        saved = (f"The same command with one of these continues from model{last_saved:06d}.pt in "
-                 f"{self.config.log_dir}." if last_saved else "No checkpoint was written.")
+        saved = (f"The same command with one of these continues from model{self.last_saved_step:06d}.pt in "
+                 f"{self.config.log_dir}." if self.last_saved_step else "No checkpoint was written.")
         if int(dist.all_reduce_sum((~torch.isfinite(loss)).long()).item()):
             raise TrainingDivergedError(
                 f"the loss of step {step} is NaN or infinite under fp16 autocast: the forward pass overflowed "
@@ -692,7 +702,7 @@ class TrainingLoop:
                 f"(below that every gradient rounds to zero): run with --use_fp16 False or --mixed_precision bf16 (or "
                 f"fp32). {saved}")
 
-    def _check_weights(self, last_saved, reference_loss):
+    def _check_weights(self, reference_loss):
         """Before a checkpoint is written: the weights are finite and give a finite loss on the next
         step's batch, not DIVERGENCE_FACTOR times `reference_loss` (an update can leave huge but finite
         weights that the next steps turn into NaN); otherwise stop without saving them."""
@@ -706,12 +716,12 @@ class TrainingLoop:
                      if healthy.item() is False else "diverge on another process")
             raise TrainingDivergedError(f"the weights after step {self.step} {found} (NaN, infinite or over "
                                         f"{DIVERGENCE_FACTOR:g} times: the updates diverged); "
-                                        f"{self._divergence_advice(last_saved)}")
+                                        f"{self._divergence_advice()}")
 
-    def _divergence_advice(self, last_saved):
-        if not last_saved:
+    def _divergence_advice(self):
+        if not self.last_saved_step:
             return "stopping without saving; no checkpoint was written. Lower --lr and start again."
-        return (f"stopping without saving these weights. Last good checkpoint: model{last_saved:06d}.pt in "
+        return (f"stopping without saving these weights. Last good checkpoint: model{self.last_saved_step:06d}.pt in "
                 f"{self.config.log_dir}. To continue from it with a lower learning rate, run the same command with "
                 "--lr <lower> --allow_changed_settings True (or --use_fp16 False if fp16 overflowed).")
 
@@ -746,6 +756,7 @@ class TrainingLoop:
                                  {rate: self.ema.state_dict(rate) for rate in self.ema.rates},
                                  self.optimizer.state_dict(), state)
                 self.logger.log(f"saved checkpoint {self.step:06d}")
+            self.last_saved_step = self.step
             self.after_save()
             dist.barrier()  # every process leaves the save together (a launcher ends the rest when one exits)
         finally:

@@ -10,10 +10,13 @@ Runs under mpirun, torchrun or as a single process. The run folder is $OPENAI_LO
 
 import os
 
-from pid_diffusion import cli, dist
-from pid_diffusion.loop import RunFolderError, TrainingDivergedError, TrainingInterrupted
-from pid_diffusion.process import run_script
-from pid_diffusion.trainer import train
+from pid_diffusion.startup import quiet_interrupt_while_importing
+
+with quiet_interrupt_while_importing():
+    from pid_diffusion import cli, dist
+    from pid_diffusion.loop import RunFolderError, TrainingDivergedError, TrainingInterrupted
+    from pid_diffusion.process import run_script
+    from pid_diffusion.trainer import train
 
 INDUCTOR_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "pid_diffusion", "inductor")
 

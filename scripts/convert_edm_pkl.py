@@ -11,8 +11,11 @@ import argparse
 import os
 import sys
 
-from pid_diffusion.checkpoint import TeacherLoadError, read_teacher_file
-from pid_diffusion.files import atomic_torch_save
+from pid_diffusion.startup import quiet_interrupt_while_importing
+
+with quiet_interrupt_while_importing():
+    from pid_diffusion.checkpoint import TeacherLoadError, read_teacher_file
+    from pid_diffusion.files import atomic_torch_save
 
 
 def main(argv=None):

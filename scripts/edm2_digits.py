@@ -28,7 +28,10 @@ import subprocess
 import sys
 import time
 
-import torch
+from pid_diffusion.startup import quiet_interrupt_while_importing
+
+with quiet_interrupt_while_importing():
+    import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_STEPS = 6000

@@ -34,16 +34,19 @@ import dataclasses
 import math
 import os
 
-from pid_diffusion import cli, dist, evaluation
-from pid_diffusion.digits import DigitsUnavailableError
-from pid_diffusion.fid import (DetectorTally, check_stats_dimension, load_detector, reference_digest, reference_name,
-                               reference_stats, resolve_feed)
-from pid_diffusion.files import digest_of_arrays
-from pid_diffusion.generate import save_grid
-from pid_diffusion.log import RunLogger
-from pid_diffusion.plots import plot_fid_vs_step
-from pid_diffusion.process import run_script
-from pid_diffusion.run_folder import incomplete_step_files
+from pid_diffusion.startup import quiet_interrupt_while_importing
+
+with quiet_interrupt_while_importing():
+    from pid_diffusion import cli, dist, evaluation
+    from pid_diffusion.digits import DigitsUnavailableError
+    from pid_diffusion.fid import (DetectorTally, check_stats_dimension, load_detector, reference_digest, reference_name,
+                                   reference_stats, resolve_feed)
+    from pid_diffusion.files import digest_of_arrays
+    from pid_diffusion.generate import save_grid
+    from pid_diffusion.log import RunLogger
+    from pid_diffusion.plots import plot_fid_vs_step
+    from pid_diffusion.process import run_script
+    from pid_diffusion.run_folder import incomplete_step_files
 
 
 def evaluate_folder(args, given, device):

@@ -16,10 +16,13 @@ architecture, σ_min and σ_max come from the run_config.json beside it (a diffe
 
 import os
 
-from pid_diffusion import cli, dist, evaluation
-from pid_diffusion.generate import check_class_label, save_grid
-from pid_diffusion.log import prepare_log_dir
-from pid_diffusion.process import run_script
+from pid_diffusion.startup import quiet_interrupt_while_importing
+
+with quiet_interrupt_while_importing():
+    from pid_diffusion import cli, dist, evaluation
+    from pid_diffusion.generate import check_class_label, save_grid
+    from pid_diffusion.log import prepare_log_dir
+    from pid_diffusion.process import run_script
 
 GRID_FILE = "samples_grid.png"
 

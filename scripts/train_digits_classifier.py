@@ -11,9 +11,12 @@ import os
 import sys
 import time
 
-import torch
+from pid_diffusion.startup import quiet_interrupt_while_importing
 
-from pid_diffusion.digits import DigitsUnavailableError, accuracy, load_digits, save_classifier, train_classifier
+with quiet_interrupt_while_importing():
+    import torch
+
+    from pid_diffusion.digits import DigitsUnavailableError, accuracy, load_digits, save_classifier, train_classifier
 
 
 def main(argv=None):

@@ -9,11 +9,14 @@ The defaults make the shipped digits teacher (model_zoo/README.md). --export wri
 at the end as a teacher file for cm_train.py --teacher_model_path; an existing file is never replaced.
 """
 
-from pid_diffusion import cli, dist
-from pid_diffusion.digits import DigitsUnavailableError
-from pid_diffusion.loop import RunFolderError, TrainingDivergedError, TrainingInterrupted
-from pid_diffusion.process import run_script
-from pid_diffusion.teacher_trainer import TeacherTrainer
+from pid_diffusion.startup import quiet_interrupt_while_importing
+
+with quiet_interrupt_while_importing():
+    from pid_diffusion import cli, dist
+    from pid_diffusion.digits import DigitsUnavailableError
+    from pid_diffusion.loop import RunFolderError, TrainingDivergedError, TrainingInterrupted
+    from pid_diffusion.process import run_script
+    from pid_diffusion.teacher_trainer import TeacherTrainer
 
 
 def main(argv=None):

@@ -13,12 +13,15 @@ import os
 import sys
 import time
 
-import torch
+from pid_diffusion.startup import quiet_interrupt_while_importing
 
-from pid_diffusion.digits import DigitsUnavailableError, load_digits
-from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
-from pid_diffusion.latents import LatentsUnavailableError
-from pid_diffusion.vae_trainer import reconstruction_rmse, reconstructions, save_autoencoder, train_autoencoder
+with quiet_interrupt_while_importing():
+    import torch
+
+    from pid_diffusion.digits import DigitsUnavailableError, load_digits
+    from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
+    from pid_diffusion.latents import LatentsUnavailableError
+    from pid_diffusion.vae_trainer import reconstruction_rmse, reconstructions, save_autoencoder, train_autoencoder
 
 
 def digit_fid(vae, images, detector_path):

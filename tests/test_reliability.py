@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -389,3 +390,22 @@ def test_options_that_would_be_silently_ignored_are_refused(teacher_path, tmp_pa
     args, given = cli.parse_distillation(["--teacher_model_path", "t.pt", "--use_fp16", "True", "--mixed_precision",
                                           "fp16"])  # the same thing said twice: accepted
     assert cli.distillation_config(args, given, "run", "cpu").mixed_precision == "fp16"
+
+
+@pytest.mark.parametrize("script", ["cm_train.py", "demo_metrics.py"])
+def test_ctrl_c_while_a_script_imports_torch_ends_it_with_one_line(script):
+    started = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", script), "--help"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and started.poll() is None:  # until torch's library is being loaded
+        with open(f"/proc/{started.pid}/maps") as maps:
+            if "libtorch" in maps.read():
+                break
+        time.sleep(0.002)
+    started.send_signal(signal.SIGINT)
+    out, err = started.communicate(timeout=120)
+    assert (started.returncode, err, out) == (130, "stopped by SIGINT while starting (importing torch): nothing was "
+                                                   "written\n", "")
+    finished = subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), "--help"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0 and "usage:" in finished.stdout  # left alone, the same command starts

@@ -3,6 +3,7 @@ debris of interrupted saves removed, damaged checkpoints skipped, the same comma
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import torch
 
 from conftest import small_run_config as make_config
 from pid_diffusion.run_folder import ChangedSettingsError
-from pid_diffusion.loop import RunFolderError, TrainingDivergedError
+from pid_diffusion.loop import RunFolderError, TrainingDivergedError, TrainingInterrupted
 from pid_diffusion.trainer import PIDTrainer, TrainConfig, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,6 +201,29 @@ def test_a_signal_ends_the_step_writes_a_checkpoint_and_exits_with_one_line(teac
     resumed = subprocess.run(command[command.index(sys.executable):-1] + [str(step + 2)], cwd=REPO, timeout=120,
                              env={**os.environ, "OPENAI_LOGDIR": str(tmp_path)}, capture_output=True, text=True)
     assert resumed.returncode == 0 and f"at step {step}" in resumed.stdout  # the same command continues
+
+
+@pytest.mark.parametrize("at_step,lost", [(3, "the 1 step(s) since model000002.pt are lost; the same command continues"),
+                                          (1, "before any checkpoint was written: the 1 step(s) trained are lost")])
+def test_a_second_signal_before_the_save_stops_at_once_and_says_which_steps_are_lost(teacher_path, tmp_path, monkeypatch,
+                                                                                     at_step, lost):
+    trainer = PIDTrainer(make_config(teacher_path, tmp_path, total_training_steps=6))
+    real_losses = trainer.batch_losses
+
+    def two_interrupts_in_one_step(*args, **kwargs):  # Ctrl-C pressed twice while a step computes
+        if trainer.step == at_step and kwargs.get("eager") is not True:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return real_losses(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "batch_losses", two_interrupts_in_one_step)
+    try:
+        with pytest.raises(TrainingInterrupted, match=f"stopped by a second SIGINT at step {at_step}, .*{re.escape(lost)}") as stopped:
+            trainer.run()
+    finally:
+        trainer.close()
+    assert stopped.value.exit_code == 130
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("model")) == (["model000002.pt"] if at_step > 2 else [])
 
 
 def test_damaged_files_are_named_not_loaded(teacher_path, tmp_path):
