@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 
 import numpy as np
 import torch
@@ -185,6 +186,16 @@ def samples_npz_path(folder, count, image_shape, prefix=""):
     """{folder}/{prefix}samples_{N}x{H}x{W}x{C}.npz, the original's name, for `count` images of shape (C, H, W)."""
     channels, height, width = image_shape
     return os.path.join(folder, f"{prefix}samples_{count}x{height}x{width}x{channels}.npz")
+
+
+SAMPLES_FILE = re.compile(r"^samples_\d+x\d+x\d+x\d+\.npz$")
+"""A samples file of image_sample.py (any N and shape)."""
+
+
+def samples_files_in(folder):
+    """The paths of the samples files image_sample.py wrote in `folder` (any N), sorted."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return [os.path.join(folder, name) for name in sorted(names) if SAMPLES_FILE.match(name)]
 
 
 def save_samples_npz(images_uint8, labels, folder, prefix=""):

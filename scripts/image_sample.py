@@ -37,7 +37,7 @@ def sample_to_folder(args, given, info):
     out_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
     outputs = (evaluation.samples_npz_path(out_dir, request.num_samples, loaded.output_shape(info.device)),
                os.path.join(out_dir, GRID_FILE))
-    existing = [path for path in outputs if os.path.exists(path)]
+    existing = list(dict.fromkeys([*evaluation.samples_files_in(out_dir), *filter(os.path.exists, outputs)]))
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]} exists (samples of an earlier run); nothing was replaced. Give another "
                               "folder (OPENAI_LOGDIR), or --overwrite True to replace it")
@@ -54,6 +54,9 @@ def sample_to_folder(args, given, info):
                    + (f" {loaded.options['steps']} steps" if loaded.options["sampler"] != "oneshot" else "")
                    + (" (class in the corner)" if labels is not None else ""))
         save_grid(images[:64], outputs[1], caption=caption, labels=None if labels is None else labels[:64])
+        for earlier in sorted(set(existing) - set(outputs)):  # another N: the folder holds this run's samples alone
+            os.remove(earlier)
+            print(f"removed {os.path.basename(earlier)} (samples of an earlier run; --overwrite True)", flush=True)
         print(f"wrote {path} and {GRID_FILE} ({loaded.options['sampler']}, seed {request.seed})", flush=True)
 
 

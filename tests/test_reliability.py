@@ -326,6 +326,14 @@ def test_sampling_never_replaces_samples_unless_asked(teacher_path, tmp_path):
     assert (tmp_path / "samples_3x8x8x3.npz").read_bytes() == before
     replaced = run_script("image_sample.py", [*args, "--seed", "2", "--overwrite", "True"], log_dir=tmp_path)
     assert replaced.returncode == 0 and (tmp_path / "samples_3x8x8x3.npz").read_bytes() != before
+    other_count = [*args[:-4], "--num_samples", "2", "--batch_size", "2", "--seed", "2"]
+    (tmp_path / "samples_grid.png").unlink()  # the samples file alone says that the folder holds an earlier run
+    refused = run_script("image_sample.py", other_count, log_dir=tmp_path)
+    assert refused.returncode == 1 and "samples_3x8x8x3.npz exists" in refused.stderr
+    assert "samples_2x8x8x3.npz" not in os.listdir(tmp_path)
+    replaced = run_script("image_sample.py", [*other_count, "--overwrite", "True"], log_dir=tmp_path)
+    assert replaced.returncode == 0 and "removed samples_3x8x8x3.npz" in replaced.stdout
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".npz")) == ["samples_2x8x8x3.npz"]
 
 
 def test_abbreviated_flags_are_refused_not_misread(teacher_path, tmp_path):
