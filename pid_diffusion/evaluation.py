@@ -277,7 +277,7 @@ def read_results(path):
             raise ValueError(f"{path} line 1: not a results header (model_name,...,FID); move the file away")
         for row in reader:
             try:
-                if not row["model_name"] or row["FID"] is None or None in row:
+                if not row["model_name"] or None in row or None in row.values():  # more or fewer than the header's
                     raise ValueError("wrong number of fields")
                 if not math.isfinite(float(row["FID"])):  # never recorded: a non-finite FID is damage
                     raise ValueError(f"FID {row['FID']} is not a finite number")

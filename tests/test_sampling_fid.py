@@ -249,6 +249,21 @@ def test_fid_walk_exit_codes_and_damaged_results(workspace, tmp_path):
         assert "Traceback" not in damaged.stderr
 
 
+def test_a_shortened_results_row_is_damage_not_a_row_of_the_originals_format(tmp_path):
+    from pid_diffusion.evaluation import QUESTION_FIELDS, read_results
+
+    header = ",".join(["model_name", "step", "FID", *QUESTION_FIELDS])
+    whole = "model000001,1,12.5," + ",".join(["x"] * len(QUESTION_FIELDS))
+    results = tmp_path / "fid_results_42.csv"
+    results.write_text(f"{header}\n{whole}\n{whole}\n")
+    assert [row["FID"] for row in read_results(str(results))] == ["12.5", "12.5"]
+    results.write_text(f"{header}\n{whole}\nmodel000002,2,23.5\n")  # its question cut off
+    with pytest.raises(ValueError, match="fid_results_42.csv line 3: damaged row .*wrong number of fields"):
+        read_results(str(results))
+    results.write_text("model_name,FID\nmodel000002,23.5\n")  # the original's rows have no question: kept
+    assert read_results(str(results)) == [{"model_name": "model000002", "FID": "23.5", "step": "2"}]
+
+
 def test_a_results_csv_written_by_the_original_is_continued_and_plotted(workspace, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(workspace / "run", folder)
