@@ -104,6 +104,8 @@ class FIDFlags(DetectorOptions):
     """fid_evaluation.py's flags of what is evaluated and what is written."""
     exp_dir: str = option("", "folder of checkpoints to evaluate (a training run folder); with --preset, where the "
                               "preset teacher's results go")
+    results_dir: str = option("", "folder of the walk's results (fid_results_{seed}.csv, FID/, fid_vs_step.png); default: "
+                                  "--exp_dir, as the original. Give one to evaluate a folder you cannot write to")
     seed_ranges: int = option(1, "evaluate each checkpoint K times on disjoint sample ranges (samples k·N … (k+1)·N − 1 "
                                  "for k < K, N = --num_samples), a row each, and report each FID and the minimum "
                                  "(EDM2's protocol: 3)")

@@ -8,13 +8,12 @@ Evaluates every *.pt of the folder but optimizer and trainer-state files, as the
 files --checkpoints names; --preset names an EDM2 teacher and its guide), in step order with the same
 noise for every checkpoint; a file without run_config.json beside it (e.g. the released pid_cifar.pt)
 is built from the architecture flags, and EMA files of a save that was interrupted before its model
-file are skipped. Each result is a row of <exp_dir>/fid_results_{seed}.csv: `model_name,FID,step` (the
-original's columns first), what it measured (sample count, seed, sampling options, detector and a
-digest of its weights, detector feed, reference statistics and their digest, a digest of the checkpoint's
-weights) and `class_accuracy` with
-the digits detector (the share of samples the classifier assigns to the label they were generated
-for). A checkpoint is skipped only when a row answers the same question; rows of other questions (and
-the original's, which record none) are kept. Walks beside each other on one folder share the file:
+file are skipped. Each result is a row of <exp_dir>/fid_results_{seed}.csv (in --results_dir when given):
+`model_name,FID,step` (the original's columns first), what it measured (sample count, seed, sampling
+options, detector and a digest of its weights, detector feed, reference statistics and their digest, a
+digest of the checkpoint's weights) and `class_accuracy` with the digits detector (the share of samples
+the classifier assigns to the label they were generated for). A checkpoint is skipped only when a row
+answers the same question; rows of other questions (and the original's, which record none) are kept. Walks beside each other on one folder share the file:
 each row is added under its lock. NaN statistics are refused, never recorded. Writes
 FID/{name}_{seed-tag}_samples.png, FID/{name}_{seed-tag}_samples_NxHxWx3.npz (every sample;
 --save_samples False skips it; the tag names the seed and a digest of the sampling options, so other
@@ -49,12 +48,27 @@ with quiet_interrupt_while_importing():
     from pid_diffusion.run_folder import incomplete_step_files
 
 
+def results_folder(args):
+    """Where the walk writes (--results_dir, made if missing, else --exp_dir): refused at once if it cannot."""
+    out_dir = args.results_dir or args.exp_dir
+    if args.results_dir and dist.is_main():
+        os.makedirs(out_dir, exist_ok=True)
+    dist.barrier()
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        advice = ("give a folder you can write to" if args.results_dir else
+                  "give --results_dir <a folder you can write to> for the walk's results")
+        raise PermissionError(f"{out_dir} is not writable (the walk writes fid_results_*.csv, FID/ and fid_vs_step.png "
+                              f"there): {advice}")
+    return out_dir
+
+
 def evaluate_folder(args, given, device):
     if args.preset and dist.is_main():  # a preset's teacher is evaluated into a folder that need not exist yet
         os.makedirs(args.exp_dir, exist_ok=True)
     dist.barrier()
     if not os.path.isdir(args.exp_dir):
         raise FileNotFoundError(f"--exp_dir {args.exp_dir}: no such folder")
+    out_dir = results_folder(args)
     options = cli.sampling_options(args)
     cli.generation_request(args, given)  # its values are checked before any model is loaded
     guidance = cli.guidance(args)
@@ -74,7 +88,7 @@ def evaluate_folder(args, given, device):
     measured_with = dict(detector=args.detector, detector_sha256=digest_of_arrays(detector.state_dict().values()),
                          reference=reference_name(args.fid_dataset, args.ref_path),
                          reference_sha256=reference_digest(args.fid_dataset, args.ref_path, reference, detector))
-    sample_dir = os.path.join(args.exp_dir, "FID")
+    sample_dir = os.path.join(out_dir, "FID")
     if dist.is_main():
         os.makedirs(sample_dir, exist_ok=True)
     log = RunLogger(sample_dir).log  # the terminal and FID/log.txt, as the original's logger
@@ -110,12 +124,12 @@ def evaluate_folder(args, given, device):
         raise ValueError(f"nothing could be evaluated: none of the {len(checkpoints)} checkpoints in {args.exp_dir} "
                          "can be loaded (see the reasons above)")
     if dist.is_main():  # every question's first sample range in this seed's file: a line per checkpoint kind and question
-        results = os.path.join(args.exp_dir, f"fid_results_{measurement['seed']}.csv")
+        results = os.path.join(out_dir, f"fid_results_{measurement['seed']}.csv")
         shown = [r for r in evaluation.read_results(results) if "first_sample=" not in r.get("sampling", "")]
         labels, shared = evaluation.question_labels(shown)
         common = ", ".join(text.format(shared[k]) for k, text in (("detector", "{} detector"), ("num_samples", "{} samples"),
                                                                    ("seed", "seed {}")) if shared.get(k))
-        plot_fid_vs_step(shown, os.path.join(args.exp_dir, "fid_vs_step.png"), labels=labels,
+        plot_fid_vs_step(shown, os.path.join(out_dir, "fid_vs_step.png"), labels=labels,
                          title=f"FID by step ({common})\n{os.path.basename(os.path.abspath(args.exp_dir))}/"
                                f"{os.path.basename(results)}")
     failed = dist.broadcast_object(walk.failed)
@@ -124,7 +138,8 @@ def evaluate_folder(args, given, device):
 
 
 class Walk:
-    """One FID measurement after another, each a row of <exp_dir>/fid_results_{seed}.csv answering its question."""
+    """One FID measurement after another, each a row of fid_results_{seed}.csv beside `sample_dir` (the results
+    folder's FID/) answering its question."""
 
     def __init__(self, args, detector, reference, sample_dir, log, device):
         self.args, self.detector, self.reference, self.sample_dir, self.log = args, detector, reference, sample_dir, log
@@ -135,7 +150,7 @@ class Walk:
         """The FID of checkpoint `name` for `question` (from its row if one answers it, else measured and recorded);
         None when it is not finite."""
         args, log, device = self.args, self.log, self.device
-        results_path = os.path.join(args.exp_dir, f"fid_results_{request.seed}.csv")
+        results_path = os.path.join(os.path.dirname(self.sample_dir), f"fid_results_{request.seed}.csv")
         rows = evaluation.read_results(results_path)  # read again each time: another walk may have answered it
         known = dist.broadcast_object(evaluation.answer(rows, name, question) if dist.is_main() else None)
         tag = f"{name}_{evaluation.samples_tag(request, question['sampling'])}_"  # what the files measured

@@ -249,6 +249,32 @@ def test_fid_walk_exit_codes_and_damaged_results(workspace, tmp_path):
         assert "Traceback" not in damaged.stderr
 
 
+def test_a_walk_writes_its_results_outside_the_folder_it_measures_when_asked(workspace, tmp_path, monkeypatch):
+    import importlib.util
+    import types
+
+    folder, results = tmp_path / "run", tmp_path / "elsewhere" / "results"
+    shutil.copytree(workspace / "run", folder)
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    args = ["--exp_dir", str(folder), "--results_dir", str(results), "--checkpoints", "model000002.pt", "--batch_size",
+            "4", "--num_samples", "4", "--ref_path", str(workspace / "ref.npz")]
+    first = run("fid_evaluation.py", args, workspace)
+    assert first.returncode == 0, first.stderr
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before  # not a byte written
+    assert {"fid_results_42.csv", "FID", "fid_vs_step.png"} <= set(os.listdir(results))
+    again = run("fid_evaluation.py", args, workspace)
+    assert again.returncode == 0 and "model000002: already evaluated" in again.stdout  # the same table answers
+    here = run("fid_evaluation.py", args[:2] + args[4:], workspace)  # without it: the folder's own table, measured
+    assert here.returncode == 0 and "already evaluated" not in here.stdout and (folder / "fid_results_42.csv").exists()
+
+    spec = importlib.util.spec_from_file_location("walk_script", os.path.join(REPO, "scripts", "fid_evaluation.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only folder (root may write anywhere)
+    with pytest.raises(PermissionError, match="is not writable .*give --results_dir <a folder you can write to>"):
+        script.results_folder(types.SimpleNamespace(results_dir="", exp_dir=str(folder)))
+
+
 def test_a_shortened_results_row_is_damage_not_a_row_of_the_originals_format(tmp_path):
     from pid_diffusion.evaluation import QUESTION_FIELDS, read_results
 
