@@ -156,6 +156,14 @@ class DigitsDetector(torch.nn.Module):
                              f"{RESOLUTION}, as the digits teachers make; got images of shape {tuple(pixels.shape[1:])}")
         return from_size(pixels.to(torch.float32) / 127.5 - 1)
 
+    def input_note(self, image_shape):
+        """What the detector makes of images of `image_shape` (C, H, W) other than 1×8×8 ('' for those)."""
+        if tuple(image_shape) == (CHANNELS, RESOLUTION, RESOLUTION):
+            return ""
+        return (f"the digits detector judges these {'×'.join(map(str, image_shape))} images as the grey 8×8 digits they "
+                "upsample (channels averaged, the bilinear upsampling undone): the shapes train_teacher.py's "
+                "--image_size/--image_channels give digits teachers, accepted by design")
+
     def forward(self, pixels, return_features=True):
         return self.classifier.embed(self._scaled(pixels)).to(torch.float64)
 

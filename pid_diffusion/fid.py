@@ -159,6 +159,8 @@ class DetectorTally:
         with torch.no_grad():
             probe = detector(detector_input(torch.zeros((1, *image_shape), device=device), feed), return_features=True)
         self.stats = FeatureStats(probe.shape[1], device=device)
+        self.note = detector.input_note(image_shape) if hasattr(detector, "input_note") else ""
+        """What the detector makes of these images, where it is worth saying ('' otherwise)."""
         self.hits = torch.zeros((), dtype=torch.float64, device=device)
         self.labelled = torch.zeros((), dtype=torch.float64, device=device)
 

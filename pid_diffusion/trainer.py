@@ -161,8 +161,9 @@ class PIDTrainer(TrainingLoop):
             self.detector = load_detector(config.detector, config.detector_path or None, self.device)
             self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,
                                              device=self.device)
-            dimension = DetectorTally(self.detector, self.output_shape(), self.device, self.detector_feed).dimension
-            check_stats_dimension(*self.reference, dimension, reference_name(config.fid_dataset, config.ref_path))
+            probe = DetectorTally(self.detector, self.output_shape(), self.device, self.detector_feed)
+            check_stats_dimension(*self.reference, probe.dimension, reference_name(config.fid_dataset, config.ref_path))
+            self.notes += [probe.note] if probe.note else []
         self.preview = None  # an eval-mode copy of the student for sample grids and evaluations
         self.latest_fids = {}
         self.start(self.student, self.student.net, network_config)

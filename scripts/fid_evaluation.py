@@ -164,8 +164,10 @@ class Walk:
                 f"{request.first_index}, seed {request.seed})")
             return float(known["FID"])
         if not self.checked_dimension:  # before the first sampling, against the detector's feature size
-            dimension = DetectorTally(self.detector, loaded.output_shape(device), device, question["feed"]).dimension
-            check_stats_dimension(*self.reference, dimension, question["reference"])
+            probe = DetectorTally(self.detector, loaded.output_shape(device), device, question["feed"])
+            check_stats_dimension(*self.reference, probe.dimension, question["reference"])
+            if probe.note:
+                log(probe.note)
             self.checked_dimension = True
         images, labels, indices, tally = evaluation.run_generation(
             loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, device, detector=self.detector,

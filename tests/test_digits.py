@@ -206,6 +206,11 @@ def test_digits_detector_explains_images_of_another_kind():
             DetectorTally(detector, shape)
     with pytest.raises(ValueError, match="needs --detector digits"):
         digits_reference_stats(load_detector("pixels"))
+    assert DetectorTally(detector, (1, 8, 8)).note == ""  # the digits as they are: nothing to say
+    for shape in ((3, 8, 8), (1, 16, 16), (3, 32, 32)):  # accepted by design: the testbeds' digits, and said so
+        assert DetectorTally(detector, shape).note.startswith(
+            f"the digits detector judges these {'×'.join(map(str, shape))} images as the grey 8×8 digits they upsample")
+    assert DetectorTally(load_detector("pixels"), (3, 32, 32)).note == ""
 
 
 def test_class_label_outside_the_classes_names_the_range():
