@@ -19,11 +19,11 @@ from .fid import DetectorOptions
 from .generate import GenerationRequest
 from .guidance import GuidanceOptions
 from .latents import LatentOptions
-from .loop import ema_rates
+from .loop import LoopConfig, ema_rates
 from .presets import PresetOptions
 from .schedules import NoiseLevels
 from .settings import OptionParser, option, options_of, values_for
-from .speed import preset_values, resolved_preset
+from .speed import SpeedSettings, preset_values, resolved_preset
 from .teacher_trainer import TeacherTrainConfig, log_normal_sigmas, teacher_family_config
 from .trainer import TrainConfig
 
@@ -34,8 +34,10 @@ DISTILLATION_MODE = "one_shot_pinn_edm_edm"
 @dataclasses.dataclass(kw_only=True)
 class ModelFlags:
     """The original's model flags that are neither the architecture nor a training setting."""
+    HELP_GROUP = "precision of every network"
+
     use_fp16: bool = option(False, "float16 autocast for every network (training adds the original's dynamic loss "
-                                   "scaling; a teacher file's own use_fp16 is ignored)")
+                                   "scaling; a teacher file's own use_fp16 is ignored)", group=SpeedSettings.HELP_GROUP)
     num_heads: int = option(4)
     num_heads_upsample: int = option(-1)
     num_head_channels: int = option(-1)
@@ -49,12 +51,15 @@ class ModelFlags:
 @dataclasses.dataclass(kw_only=True)
 class DistillationFlags(PresetOptions):
     """cm_train.py's flags that are not settings of the trainer."""
+    HELP_GROUP = "the original's other flags of cm_train.py"
+
     training_mode: str = option(DISTILLATION_MODE, f"must be {DISTILLATION_MODE} (PID); the original's default "
-                                                   "consistency_distillation is not part of this package")
-    speed: str = option("auto", "preset of the speed and precision options below: reference (the original's numerics), "
+                                                   "consistency_distillation is not part of this package",
+                                group=TrainConfig.HELP_GROUP)
+    speed: str = option("auto", "preset of the speed and precision options: reference (the original's numerics), "
                                 "eager (same numbers, faster; no compilation), fast (bf16 teacher and LPIPS, float32 "
                                 "student, compiled, channels-last; measured quality-neutral); auto = fast on CUDA, "
-                                "eager on CPU. Options given explicitly override the preset")
+                                "eager on CPU. Options given explicitly override the preset", group=SpeedSettings.HELP_GROUP)
     teacher_dropout: float = option(0.1)
     target_ema_mode: str = option("fixed")
     start_ema: float = option(0.0)
@@ -71,6 +76,8 @@ class SamplingFlags(NoiseLevels, GuidanceOptions, LatentOptions, PresetOptions):
     """image_sample.py's and fid_evaluation.py's flags of the model and how it is sampled. The defaults shown are
     the original's, which EDM teachers and their students keep; EDM2's models take EDM2's protocol for the flags
     not given (FAMILY_PROTOCOL_HELP)."""
+    HELP_GROUP = "the model and how it is sampled"
+
     training_mode: str = option(ONE_SHOT_MODE, f"{ONE_SHOT_MODE} (the PID student, one step) or {TEACHER_MODE} (the "
                                                "teacher with any sampler)")
     generator: str = option("determ", "accepted for compatibility: noise is always seeded per sample")
@@ -95,6 +102,8 @@ class SamplingFlags(NoiseLevels, GuidanceOptions, LatentOptions, PresetOptions):
 
 @dataclasses.dataclass(kw_only=True)
 class SampleFolderFlags:
+    HELP_GROUP = "the output folder"
+
     overwrite: bool = option(False, "replace the samples file and grid of the output folder if they exist (refused "
                                     "otherwise)")
 
@@ -102,6 +111,8 @@ class SampleFolderFlags:
 @dataclasses.dataclass(kw_only=True)
 class FIDFlags(DetectorOptions):
     """fid_evaluation.py's flags of what is evaluated and what is written."""
+    HELP_GROUP = "the walk: what is evaluated, where the results go"
+
     exp_dir: str = option("", "folder of checkpoints to evaluate (a training run folder); with --preset, where the "
                               "preset teacher's results go")
     results_dir: str = option("", "folder of the walk's results (fid_results_{seed}.csv, FID/, fid_vs_step.png); default: "
@@ -117,6 +128,8 @@ class FIDFlags(DetectorOptions):
 @dataclasses.dataclass(kw_only=True)
 class TeacherFlags:
     """train_teacher.py's flags of the images, the network and the export (the loop's are TeacherTrainConfig's)."""
+    HELP_GROUP = "the images, the network and the export"
+
     image_size: int = option(8, "image side: 8 trains on the digits as they are, a larger side on the digits "
                                 "bilinearly upsampled to it (32 with --image_channels 3 and CIFAR-10's network flags "
                                 "is the CIFAR-10 testbed, model_zoo/README.md)")
@@ -134,6 +147,12 @@ class TeacherFlags:
     export_ema_rate: float = option(-1.0, "the EMA rate to export (default: the first of --ema_rate)")
 
 
+HELP_ORDER = tuple(c.HELP_GROUP for c in (
+    SamplingFlags, SampleFolderFlags, FIDFlags, LoopConfig, TrainConfig, TeacherTrainConfig, TeacherFlags, NoiseLevels,
+    GuidanceOptions, LatentOptions, PresetOptions, DetectorOptions, SpeedSettings, FLAG_FAMILY.architecture_flags))
+"""The order of the --help groups: what a script does first, then the method, its inputs, evaluation, speed,
+and the network flags that files recording their architecture do not need."""
+
 SAMPLING_IGNORED = ("dropout", "weight_schedule", "loss_norm")
 """Training flags the original's sampling scripts accept (one set of model flags for all scripts)."""
 
@@ -141,7 +160,7 @@ SAMPLING_IGNORED = ("dropout", "weight_schedule", "loss_norm")
 def _model_parser(doc, presets=False):
     """A parser with the original's model flags that every script takes: the architecture flags, --use_fp16
     and the flags PID ignores."""
-    return OptionParser(doc, FLAG_FAMILY.architecture_flags, ModelFlags, presets=presets)
+    return OptionParser(doc, FLAG_FAMILY.architecture_flags, ModelFlags, presets=presets, group_order=HELP_ORDER)
 
 
 FAMILY_PROTOCOL_HELP = (
@@ -197,7 +216,7 @@ EDM2_TEACHER_EMA = "0.05,0.1"
 
 def parse_teacher_training(argv=None, doc=None):
     """train_teacher.py's namespace (--export_ema_rate resolved to a rate)."""
-    parser = OptionParser(doc, TeacherTrainConfig, TeacherFlags)
+    parser = OptionParser(doc, TeacherTrainConfig, TeacherFlags, group_order=HELP_ORDER)
     parser.epilog = f"--family edm2 without --ema_rate: --ema_rate {EDM2_TEACHER_EMA} (σ_rel of power-function EMAs)."
     args, given = parser.parse(argv)
     if args.family == "edm2" and "ema_rate" not in given:

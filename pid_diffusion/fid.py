@@ -52,6 +52,8 @@ DIGITS_DATASET = "digits"
 @dataclasses.dataclass(kw_only=True)
 class DetectorOptions:
     """What an FID is measured with: the FID walk's options, and those of FID during training."""
+    HELP_GROUP = "FID: detector and reference statistics (the walk's, and during training)"
+
     fid_dataset: str = option("cifar10", "reference statistics: cifar10 or imagenet (model_zoo/stats/{cifar10-32x32,"
                                          "imagenet-64x64}.npz), edm2-img64 or edm2-img512 (EDM2's model_zoo/stats/{img64,"
                                          "img512}.pkl), or digits (computed from the real digits; --detector digits)")

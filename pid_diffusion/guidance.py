@@ -24,6 +24,8 @@ NO_GUIDANCE = 1.0
 
 @dataclasses.dataclass(kw_only=True)
 class GuidanceOptions:
+    HELP_GROUP = "guidance: autoguidance or classifier-free"
+
     guide_model_path: str = option("", "guiding network (a teacher file of the same resolution and channels): a "
                                        "weaker network of the same labels (autoguidance, e.g. EDM2's XS beside its S) "
                                        "or an unconditional one beside a class-conditional teacher (classifier-free "

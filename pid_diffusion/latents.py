@@ -34,6 +34,8 @@ class LatentsUnavailableError(ImportError):
 
 @dataclasses.dataclass(kw_only=True)
 class LatentOptions:
+    HELP_GROUP = "latent teachers"
+
     vae_path: str = option("", "latent-space teachers (EDM2 ImageNet-512): a local folder of the VAE that decodes "
                                "their latents (diffusers' AutoencoderKL); default: the VAE the teacher file names, "
                                "fetched once into Hugging Face's cache")

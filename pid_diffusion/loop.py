@@ -68,6 +68,8 @@ class RunFolderError(RuntimeError):
 class LoopConfig(SpeedSettings):
     """What every training loop takes: batch, optimizer, EMA, schedule of logs and checkpoints,
     precision and speed options."""
+    HELP_GROUP = "the run: batch, optimizer, EMA, steps, logs, checkpoints, resuming"
+
     log_dir: str = setting()
     global_batch_size: int = option(2048, "images per step over all processes", defines_run=True)
     batch_size: int = option(-1, "images per step per process (-1 = global_batch_size / number of processes)")

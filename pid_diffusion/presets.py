@@ -128,6 +128,8 @@ def preset_named(name):
 
 @dataclasses.dataclass(kw_only=True)
 class PresetOptions:
+    HELP_GROUP = "EDM2 presets"
+
     preset: str = option("", "an EDM2 configuration by name (EDM2's generate_images.py presets, e.g. edm2-img512-xs-fid, "
                              "edm2-img512-s-guid-fid, edm2-img64-s-autog-fid): sets the teacher, its guide and "
                              "--guidance (model_zoo/ files, else EDM2's addresses) and --fid_dataset; explicit flags win")

@@ -20,6 +20,8 @@ SIGMA_DATA = 0.5
 @dataclasses.dataclass(kw_only=True)
 class NoiseLevels:
     """The noise-level options of training and sampling."""
+    HELP_GROUP = "noise levels"
+
     sigma_min: float = option(SIGMA_MIN, "smallest noise level σ_min of the ρ-grid (the one-step sample's level)",
                               defines_run=True)
     sigma_max: float = option(SIGMA_MAX, "largest noise level σ_max; the noise z = σ_max·ε", defines_run=True)

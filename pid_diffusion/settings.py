@@ -15,15 +15,18 @@ import argparse
 import dataclasses
 import sys
 
-HELP, DEFINES_RUN, PRESET = "help", "defines_run", "preset"
+HELP, DEFINES_RUN, PRESET, GROUP = "help", "defines_run", "preset", "group"
 IGNORED_HELP = "accepted for compatibility; PID ignores it"
+IGNORED_GROUP = "accepted for compatibility with the original, ignored by PID"
+"""--help lists options in groups: each class's HELP_GROUP (or an option's own `group`), these last."""
 
 
-def option(default, help_text=None, *, defines_run=False, preset=False):
+def option(default, help_text=None, *, defines_run=False, preset=False, group=None):
     """A configuration field that is also the flag --<field name>. `help_text` None: the original
     accepts the flag and PID ignores it (a warning says so when it is given). `preset`: a --speed
-    preset sets it unless it is given."""
-    return dataclasses.field(default=default, metadata={HELP: help_text, DEFINES_RUN: defines_run, PRESET: preset})
+    preset sets it unless it is given. `group`: its --help group, when not its class's HELP_GROUP."""
+    return dataclasses.field(default=default, metadata={HELP: help_text, DEFINES_RUN: defines_run, PRESET: preset,
+                                                        GROUP: group})
 
 
 def setting(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, defines_run=False):
@@ -40,6 +43,16 @@ def redefault(config_class, name, default):
 def options_of(config_class):
     """The flag fields of a configuration class, in declaration order."""
     return [f for f in dataclasses.fields(config_class) if HELP in f.metadata]
+
+
+def help_group(config_class, field):
+    """The --help group of an option: its own, else the HELP_GROUP of the class that declares it first."""
+    if field.metadata.get(GROUP):
+        return field.metadata[GROUP]
+    owner = next(c for c in reversed(config_class.__mro__) if field.name in c.__dict__.get("__annotations__", {}))
+    if not hasattr(owner, "HELP_GROUP"):
+        raise TypeError(f"{owner.__name__} declares options but no HELP_GROUP (the title of its --help group)")
+    return owner.HELP_GROUP
 
 
 def defining_settings(config_class):
@@ -76,10 +89,13 @@ def _flag_type(field):
 class OptionParser(argparse.ArgumentParser):
     """A script's parser: the options of the configuration classes it is given, nothing else."""
 
-    def __init__(self, doc, *config_classes, presets=False):
-        """`presets`: the script has --speed, which sets the preset options that are not given."""
-        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-        self.declared, self.ignored, self.presets = {}, set(), presets
+    def __init__(self, doc, *config_classes, presets=False, group_order=()):
+        """`presets`: the script has --speed, which sets the preset options that are not given. `group_order`:
+        --help group titles in the order shown (others follow in the order added; the ignored options last)."""
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+                         usage="%(prog)s [options]")
+        self.declared, self.ignored, self.presets, self.groups = {}, set(), presets, {}
+        self.group_order = list(group_order)
         for config_class in config_classes:
             self.add_options(config_class)
 
@@ -97,9 +113,24 @@ class OptionParser(argparse.ArgumentParser):
             kind = _flag_type(field)
             shown = "set by --speed" if self.presets and field.metadata[PRESET] else repr(field.default)
             text = f"{IGNORED_HELP if field.name in self.ignored else field.metadata[HELP]} (default: {shown})"
-            self.add_argument(f"--{field.name}", default=None, type=FLAG_TYPES[kind], metavar=kind.__name__.upper(),
-                              help=text.replace("%", "%%"))  # argparse %-formats help texts
+            title = IGNORED_GROUP if field.name in self.ignored else help_group(config_class, field)
+            if title not in self.groups:
+                self.groups[title] = self.add_argument_group(title)
+            self.groups[title].add_argument(f"--{field.name}", default=None, type=FLAG_TYPES[kind],
+                                            metavar=kind.__name__.upper(),
+                                            help=text.replace("%", "%%"))  # argparse %-formats help texts
         return self
+
+    def format_help(self):
+        """The help with its groups in `group_order`, the options PID ignores last."""
+        def rank(group):
+            if group not in self.groups.values():  # argparse's own (-h)
+                return -1
+            if group.title == IGNORED_GROUP:
+                return len(self.group_order) + 1
+            return self.group_order.index(group.title) if group.title in self.group_order else len(self.group_order)
+        self._action_groups.sort(key=rank)  # stable: unlisted groups in the order added
+        return super().format_help()
 
     def parse(self, argv=None):
         """(namespace with every option's value, the names of the options given). Warns once about

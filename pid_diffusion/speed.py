@@ -50,6 +50,8 @@ DEFAULT_SPEED = {"cuda": "fast", "cpu": "eager"}
 class SpeedSettings:
     """The speed and precision options of every training loop; the trainers' configurations are
     SpeedSettings with more fields (loop.LoopConfig), so run_config.json records them beside the others."""
+    HELP_GROUP = "speed and precision"
+
 
     speed_preset: str = setting("")
     """The --speed preset the speed options not given came from (auto resolved; ', use_fp16' with --use_fp16);

@@ -48,6 +48,8 @@ LOG_NORMAL_SIGMAS = {("edm", False): (EDM_P_MEAN, EDM_P_STD), ("edm2", False): (
 @dataclasses.dataclass(kw_only=True)
 class TeacherTrainConfig(LoopConfig):
     """The loop's settings with the digits teacher's defaults, the data set, the family's network and loss."""
+    HELP_GROUP = "the teacher's training: data and loss"
+
     global_batch_size: int = redefault(LoopConfig, "global_batch_size", 128)
     lr: float = redefault(LoopConfig, "lr", 2e-3)
     lr_anneal_steps: int = redefault(LoopConfig, "lr_anneal_steps", 8000)

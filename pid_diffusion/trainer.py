@@ -45,6 +45,8 @@ EVALUATION_FILE = "fid_during_training.csv"
 class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, LatentOptions):
     """PID distillation: the loop's settings, the teacher (and its guide), the ρ-grid, the loss, FID during
     training."""
+    HELP_GROUP = "PID: the teacher, the ρ-grid, the loss, the student"
+
     teacher_model_path: str = option("", "teacher file: an EDM .pkl, our .pt, or an extracted EDM state dict (.ckpt); "
                                          "a path or an http(s) URL (fetched once into torch hub's cache)",
                                      defines_run=True)
@@ -69,9 +71,10 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, Lat
                                          "doubled batch", preset=True)
     eval_interval: int = option(0, "FID of every EMA network and the raw one every this many steps, from "
                                    "--eval_samples one-step samples against --fid_dataset / --ref_path with --detector "
-                                   "(0 = off; the original accepted the flag and ignored it)")
+                                   "(0 = off; the original accepted the flag and ignored it)",
+                                group=DetectorOptions.HELP_GROUP)
     eval_samples: int = option(10000, "samples of each FID during training (fid_evaluation.py's 50,000 stay the "
-                                      "measurement)")
+                                      "measurement)", group=DetectorOptions.HELP_GROUP)
 
     def choices(self):
         return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,

@@ -1,4 +1,4 @@
-"""Distil an EDM teacher into a one-step PID student.
+r"""Distil an EDM teacher into a one-step PID student.
 
     mpirun -np 8 python scripts/cm_train.py --teacher_model_path model_zoo/edm-cifar10-32x32-uncond-vp.pkl \
         --global_batch_size 512 --lr 0.0002 --start_scales 250 --loss_norm lpips ...

@@ -1,4 +1,4 @@
-"""FID of every checkpoint in a training run folder, resumable.
+r"""FID of every checkpoint in a training run folder, resumable.
 
     python scripts/fid_evaluation.py --exp_dir experiment/pid_cifar10 --fid_dataset cifar10 \
         --num_samples 50000 --batch_size 500 --seed 0
@@ -13,8 +13,9 @@ file are skipped. Each result is a row of <exp_dir>/fid_results_{seed}.csv (in -
 options, detector and a digest of its weights, detector feed, reference statistics and their digest, a
 digest of the checkpoint's weights) and `class_accuracy` with the digits detector (the share of samples
 the classifier assigns to the label they were generated for). A checkpoint is skipped only when a row
-answers the same question; rows of other questions (and the original's, which record none) are kept. Walks beside each other on one folder share the file:
-each row is added under its lock. NaN statistics are refused, never recorded. Writes
+answers the same question; rows of other questions (and the original's, which record none) are kept.
+Walks beside each other on one folder share the file: each row is added under its lock. NaN statistics
+are refused, never recorded. Writes
 FID/{name}_{seed-tag}_samples.png, FID/{name}_{seed-tag}_samples_NxHxWx3.npz (every sample;
 --save_samples False skips it; the tag names the seed and a digest of the sampling options, so other
 samples never replace them), FID/log.txt and <exp_dir>/fid_vs_step.png. A checkpoint that cannot be

@@ -1,4 +1,4 @@
-"""Sample images from a PID student (one step) or its teacher (any official sampler).
+r"""Sample images from a PID student (one step) or its teacher (any official sampler).
 
     python scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_one_shot \
         --model_path experiment/pid_cifar10/ema_0.99995_800000.pt --num_samples 50000 --batch_size 500

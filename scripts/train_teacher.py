@@ -1,4 +1,4 @@
-"""Train an EDM teacher (EDM's denoising objective, EDM-preconditioned class-conditional DDPM++) on a
+r"""Train an EDM teacher (EDM's denoising objective, EDM-preconditioned class-conditional DDPM++) on a
 data set, on the same training loop as cm_train.py: mpirun / torchrun / one process, logs,
 checkpoints and automatic resume in the run folder ($OPENAI_LOGDIR, default ./experiment/openai-<time>).
 

@@ -9,8 +9,10 @@ import sys
 import pytest
 
 from pid_diffusion import cli
+from pid_diffusion.fid import DetectorOptions
 from pid_diffusion.loop import LoopConfig
 from pid_diffusion.settings import OptionParser, defining_settings, option, options_of, str2bool
+from pid_diffusion.speed import SpeedSettings
 from pid_diffusion.teacher_trainer import TeacherTrainConfig
 from pid_diffusion.trainer import TrainConfig
 
@@ -82,6 +84,48 @@ def test_booleans_and_a_flag_declared_twice():
 
     with pytest.raises(ValueError, match="--lr is declared twice"):
         OptionParser(None, LoopConfig, Other)
+
+
+def help_groups(text):
+    """{group title: [flags]} of a --help text, in order."""
+    groups, title = {}, None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+            groups[title] = []
+        elif title and line.startswith("  --"):
+            groups[title].append(line.split()[0])
+    return groups
+
+
+def test_help_groups_the_options_by_what_they_set_with_the_ignored_ones_last(capsys):
+    from pid_diffusion.settings import IGNORED_GROUP
+
+    with pytest.raises(SystemExit):
+        cli.parse_distillation(["--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ") and text.splitlines()[0].endswith(" [options]")  # not 35 lines of flags
+    groups = help_groups(text)
+    titles = [t for t in groups if t != "options"]
+    assert titles == [t for t in cli.HELP_ORDER if t in groups] + [IGNORED_GROUP]
+    assert groups[IGNORED_GROUP] == ["--num_heads", "--num_heads_upsample", "--num_head_channels",
+                                     "--use_checkpoint", "--use_scale_shift_norm", "--resblock_updown",
+                                     "--use_new_attention_order", "--continuous", "--teacher_dropout", "--target_ema_mode",
+                                     "--start_ema", "--distill_steps_per_iter", "--data_dir", "--schedule_sampler",
+                                     "--methodology", "--use_target_model", "--random_init_stu"]
+    assert "--lr" in groups[LoopConfig.HELP_GROUP] and "--loss_norm" in groups[TrainConfig.HELP_GROUP]
+    assert {"--speed", "--use_fp16", "--mixed_precision"} <= set(groups[SpeedSettings.HELP_GROUP])
+    assert {"--eval_interval", "--eval_samples", "--detector"} <= set(groups[DetectorOptions.HELP_GROUP])
+    listed = [flag for flags in groups.values() for flag in flags]
+    declared = cli._model_parser(None, True).add_options(TrainConfig).add_options(cli.DistillationFlags).declared
+    assert sorted(listed) == sorted(f"--{name}" for name in declared)  # each flag once, in a group
+
+    @dataclasses.dataclass(kw_only=True)
+    class Untitled:
+        knob: float = option(0.5, "a knob")
+
+    with pytest.raises(TypeError, match="Untitled declares options but no HELP_GROUP"):
+        OptionParser(None, Untitled)
 
 
 def test_what_defines_a_run_and_the_teachers_defaults_are_declared_with_the_options():

@@ -26,6 +26,8 @@ from . import TeacherFamily, load_strictly
 class ArchitectureFlags:
     """The official flags that describe an EDM network (cm/script_util.py's defaults), for files that do
     not record their architecture."""
+    HELP_GROUP = "the network (only for teacher files that do not record it)"
+
     image_size: int = option(64, "image side: 32 builds DDPM++ (SongUNet), 64 builds ADM (DhariwalUNet); only needed "
                                  "for teacher files that do not record their architecture")
     num_channels: int = option(128, "base channel count (model_channels)")
