@@ -124,6 +124,10 @@ def test_fid_during_training_on_two_processes_equals_the_fid_walk(teacher_path, 
                           cwd=REPO, env={**os.environ, "OPENAI_LOGDIR": str(tmp_path / "run")}, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()  # each phase of the start says itself, once (rank 0), before the run's line
+    assert lines[:2] == [f"starting: reading the teacher {teacher_path}",
+                         f"starting: loading the pixels detector and the reference statistics of {pixel_reference} for "
+                         "FID during training"] and lines[2].startswith("PID distillation: teacher")
     measured = {row["model_name"]: float(row["FID"]) for row in rows(tmp_path / "run" / EVALUATION_FILE)}
     walked = fid_walk(tmp_path / "run", pixel_reference, 11)
     assert set(walked) == set(measured) == {"ema_0.9_000002", "model000002"}
