@@ -16,8 +16,8 @@ from . import dist
 from .checkpoint import load_student, read_denoiser
 from .download import is_url, local_file
 from .families import family_of
-from .fid import DetectorTally
-from .files import FileLock, atomic_output
+from .fid import DetectorTally, reference_digest, reference_name
+from .files import FileLock, atomic_output, digest_of_arrays
 from .generate import generate, to_uint8
 from .guidance import GuidanceOptions
 from .latents import output_shape
@@ -227,6 +227,24 @@ def checkpoints_in(folder, names=()):
 QUESTION_FIELDS = ("num_samples", "seed", "sampling", "detector", "detector_sha256", "feed", "reference",
                    "reference_sha256", "weights_sha256")
 """What an FID of the results file measured, recorded beside it: a row answers only the same question."""
+
+
+def results_file(folder, seed):
+    """The FID results table of a folder for one seed, the original's name: the walk's and FID during training's."""
+    return os.path.join(folder, f"fid_results_{seed}.csv")
+
+
+def measured_against(detector_name, detector, fid_dataset, ref_path, reference):
+    """The items of an FID question that say what the samples are measured with: the detector and a digest of
+    its weights, the reference statistics by name and by identity."""
+    return dict(detector=detector_name, detector_sha256=digest_of_arrays(detector.state_dict().values()),
+                reference=reference_name(fid_dataset, ref_path),
+                reference_sha256=reference_digest(fid_dataset, ref_path, reference, detector))
+
+
+def weights_digest(model):
+    """Which weights an FID row measured: a digest of the sampled model's state (its file's name does not say)."""
+    return digest_of_arrays(model.state_dict().values())
 
 
 def sampling_description(options, request):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from . import dist
 from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
-from .evaluation import ONE_SHOT_MODE, GenerationStopped, run_generation, sampler_options
+from .evaluation import (ONE_SHOT_MODE, GenerationStopped, measured_against, record_result, results_file, run_generation,
+                         sampler_options, sampling_description, weights_digest)
 from .families import family_of
 from .files import digest_of_arrays
 from .fid import (DETECTORS, FAMILY_FEED, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension,
@@ -178,8 +179,11 @@ class PIDTrainer(TrainingLoop):
             probe = DetectorTally(self.detector, self.output_shape(), self.device, self.detector_feed)
             check_stats_dimension(*self.reference, probe.dimension, reference_name(config.fid_dataset, config.ref_path))
             self.notes += [probe.note] if probe.note else []
+            self.measured_with = measured_against(config.detector, self.detector, config.fid_dataset, config.ref_path,
+                                                  self.reference)
         self.preview = None  # an eval-mode copy of the student for sample grids and evaluations
         self.latest_fids = {}
+        self.answers = (None, [])  # (step, [(row, question)]): this step's FIDs, for the results table once saved
         self.start(self.student, self.student.net, network_config)
         if teacher_state is None:
             self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
@@ -230,9 +234,14 @@ class PIDTrainer(TrainingLoop):
 
     def after_save(self):
         """samples_{step}.png: the first network's (an EMA's, if any) one-step samples 0 … GRID_SAMPLES − 1 of
-        --seed, the same noises and labels at every checkpoint (image_sample.py --seed draws them too)."""
+        --seed, the same noises and labels at every checkpoint (image_sample.py --seed draws them too); and this
+        step's FIDs, if it was evaluated, as rows of the walk's fid_results_{seed}.csv."""
         if not dist.is_main():
             return
+        step, answers = self.answers
+        if step == self.step:  # FIDs of the weights just saved: the results table the walk reads holds them too
+            for row, question in answers:
+                record_result(results_file(self.config.log_dir, self.config.seed), row, question)
         name, rate = self.shown_networks()[0]
         shown = self._preview_with(self.shown_state(rate))
         batches = list(generate(shown, GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape, self.label_dim,
@@ -257,7 +266,7 @@ class PIDTrainer(TrainingLoop):
         training goes on."""
         started = time.time()
         request = GenerationRequest(self.config.eval_samples, self.batch, self.config.seed)
-        tallies, problem = {}, None
+        tallies, weights, problem = {}, {}, None
         # a stop signal ends the evaluation: one process checks before each batch, several (whose batch counts
         # may differ by one) agree before each network
         single = self.info.world_size == 1
@@ -265,7 +274,9 @@ class PIDTrainer(TrainingLoop):
             for name, rate in self.shown_networks():
                 if not single and self._stop_requested():
                     raise GenerationStopped("stopped between networks")
-                tallies[name] = run_generation(self._preview_with(self.shown_state(rate)), self.image_shape,
+                shown = self._preview_with(self.shown_state(rate))
+                weights[name] = weights_digest(shown) if dist.is_main() else None
+                tallies[name] = run_generation(shown, self.image_shape,
                                                self.label_dim, request, self.one_step_options(), self.device,
                                                detector=self.detector, feed=self.detector_feed,
                                                keep_images=False, progress=False, decode=self.decode,
@@ -288,6 +299,12 @@ class PIDTrainer(TrainingLoop):
         results = {name: (tally.fid(self.reference), tally.class_accuracy()) for name, tally in tallies.items()}
         self.latest_fids = {f"fid_{name}": f"{fid:.6f}" for name, (fid, _) in results.items()}
         files = checkpoint_files("", self.step, self.ema.rates)  # file names by network: model, ema_{rate}
+        # the walk's question for each checkpoint of this step (fid_evaluation.py --seed <--seed> --num_samples
+        # <--eval_samples> with this detector and reference): it finds these answers instead of measuring again
+        sampling = sampling_description(self.one_step_options(), request)
+        question = dict(num_samples=self.config.eval_samples, seed=self.config.seed, sampling=sampling,
+                        feed=self.detector_feed, **self.measured_with)
+        answers = []
         for name, (fid, accuracy) in results.items():
             checkpoint = os.path.splitext(files[name])[0]  # the checkpoint of this step, as fid_results names it
             row = dict(step=self.step, model_name=checkpoint, FID=f"{fid:.6f}", num_samples=self.config.eval_samples,
@@ -295,6 +312,9 @@ class PIDTrainer(TrainingLoop):
             if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional student
                 row["class_accuracy"] = f"{accuracy:.6f}"
             self.logger.metrics(row, EVALUATION_FILE)
+            answer = {key: row[key] for key in ("model_name", "step", "FID", "class_accuracy") if key in row}
+            answers.append((answer, {**question, "weights_sha256": weights[name]}))
+        self.answers = (self.step, answers)
         shown = ", ".join(f"{name} {fid:.4f}" for name, (fid, _) in results.items())
         self.logger.log(f"FID at step {self.step} ({self.config.eval_samples} samples, {self.config.detector} "
                         f"detector, {seconds:.1f} s): {shown}")

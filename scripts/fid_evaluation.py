@@ -39,9 +39,7 @@ from pid_diffusion.startup import quiet_interrupt_while_importing
 with quiet_interrupt_while_importing():
     from pid_diffusion import cli, dist, evaluation
     from pid_diffusion.digits import DigitsUnavailableError
-    from pid_diffusion.fid import (DetectorTally, check_stats_dimension, load_detector, reference_digest, reference_name,
-                                   reference_stats, resolve_feed)
-    from pid_diffusion.files import digest_of_arrays
+    from pid_diffusion.fid import DetectorTally, check_stats_dimension, load_detector, reference_stats, resolve_feed
     from pid_diffusion.generate import save_grid
     from pid_diffusion.log import RunLogger
     from pid_diffusion.plots import plot_fid_vs_step
@@ -86,9 +84,7 @@ def evaluate_folder(args, given, device):
                "evaluate them anyway" if orphans else "")
         raise FileNotFoundError(f"no checkpoints (*.pt files but opt*.pt and trainer_state*.pt) in {args.exp_dir}{why}")
     reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
-    measured_with = dict(detector=args.detector, detector_sha256=digest_of_arrays(detector.state_dict().values()),
-                         reference=reference_name(args.fid_dataset, args.ref_path),
-                         reference_sha256=reference_digest(args.fid_dataset, args.ref_path, reference, detector))
+    measured_with = evaluation.measured_against(args.detector, detector, args.fid_dataset, args.ref_path, reference)
     sample_dir = os.path.join(out_dir, "FID")
     if dist.is_main():
         os.makedirs(sample_dir, exist_ok=True)
@@ -110,7 +106,7 @@ def evaluate_folder(args, given, device):
         first = cli.generation_request(args, given, loaded)
         measurement = dict(num_samples=first.num_samples, seed=first.seed,
                            feed=resolve_feed(args.detector_feed, loaded.protocol), **measured_with)
-        weights = digest_of_arrays(loaded.model.state_dict().values())  # the file's name does not say which weights
+        weights = evaluation.weights_digest(loaded.model)
         fids = []
         for k in range(loaded.setting("seed_ranges", args, given)):  # disjoint ranges of samples, a row each
             request = dataclasses.replace(first, first_index=k * first.num_samples)
@@ -125,7 +121,7 @@ def evaluate_folder(args, given, device):
         raise ValueError(f"nothing could be evaluated: none of the {len(checkpoints)} checkpoints in {args.exp_dir} "
                          "can be loaded (see the reasons above)")
     if dist.is_main():  # every question's first sample range in this seed's file: a line per checkpoint kind and question
-        results = os.path.join(out_dir, f"fid_results_{measurement['seed']}.csv")
+        results = evaluation.results_file(out_dir, measurement["seed"])
         shown = [r for r in evaluation.read_results(results) if "first_sample=" not in r.get("sampling", "")]
         labels, shared = evaluation.question_labels(shown)
         common = ", ".join(text.format(shared[k]) for k, text in (("detector", "{} detector"), ("num_samples", "{} samples"),
@@ -151,7 +147,7 @@ class Walk:
         """The FID of checkpoint `name` for `question` (from its row if one answers it, else measured and recorded);
         None when it is not finite."""
         args, log, device = self.args, self.log, self.device
-        results_path = os.path.join(os.path.dirname(self.sample_dir), f"fid_results_{request.seed}.csv")
+        results_path = evaluation.results_file(os.path.dirname(self.sample_dir), request.seed)
         rows = evaluation.read_results(results_path)  # read again each time: another walk may have answered it
         known = dist.broadcast_object(evaluation.answer(rows, name, question) if dist.is_main() else None)
         tag = f"{name}_{evaluation.samples_tag(request, question['sampling'])}_"  # what the files measured

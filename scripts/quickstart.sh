@@ -10,14 +10,14 @@
 #   bash scripts/quickstart.sh --edm2          # the EDM2 route: PID of the shipped EDM2 digits teachers (pixel,
 #                                              # autoguided, classifier-free guided, latent; pip install -e
 #                                              # '.[latent]'), QUICKSTART_STEPS (default 300) each, and their tables
-# Sizes: QUICKSTART_STEPS (default 2000), QUICKSTART_BATCH (64), QUICKSTART_SAMPLES (2000), NUM_PROCESSES (2);
+# Sizes: QUICKSTART_STEPS (default 1000), QUICKSTART_BATCH (64), QUICKSTART_SAMPLES (2000), NUM_PROCESSES (2);
 # QUICKSTART_RUN_DIR names a new run folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
 REMAKE=()
-STEPS=${QUICKSTART_STEPS:-2000}
+STEPS=${QUICKSTART_STEPS:-1000}
 BATCH=${QUICKSTART_BATCH:-64}
 SAMPLES=${QUICKSTART_SAMPLES:-2000}
 NUM_PROCESSES=${NUM_PROCESSES:-2}
@@ -46,22 +46,31 @@ else
        "Install one with: pip install -e '.[mpich]'"
   LAUNCH=()
 fi
+EVERY=$((STEPS / 8 > 0 ? STEPS / 8 : 1))  # a checkpoint, and its FID measured while training, every EVERY steps
 START=$SECONDS
+PHASES=()
+phase_done() {  # the time of the phase that just ended, for the summary
+  PHASES+=("$1 $((SECONDS - PHASE_START)) s")
+  PHASE_START=$SECONDS
+}
+PHASE_START=$SECONDS
 
 echo "== 1/4 PID distillation: $STEPS steps of $BATCH images, ${LAUNCH[*]:-1 process} -> $RUN_DIR"
 OPENAI_LOGDIR=$RUN_DIR "${LAUNCH[@]}" "$PYTHON" scripts/cm_train.py --teacher_model_path "$TEACHER" \
   --training_mode one_shot_pinn_edm_edm --start_scales 250 --loss_norm l2 --weight_schedule uniform \
-  --optimizer radam --lr 0.001 --global_batch_size "$BATCH" --total_training_steps "$STEPS" \
-  --save_interval $((STEPS / 8 > 0 ? STEPS / 8 : 1)) --log_interval $((STEPS / 10 > 0 ? STEPS / 10 : 1)) \
-  --ema_rate 0.99,0.999 --eval_interval $((STEPS / 4 > 0 ? STEPS / 4 : 1)) --eval_samples "$SAMPLES" \
-  --detector digits --fid_dataset digits
+  --optimizer radam --lr 0.003 --global_batch_size "$BATCH" --total_training_steps "$STEPS" \
+  --save_interval "$EVERY" --log_interval $((STEPS / 10 > 0 ? STEPS / 10 : 1)) --ema_rate 0.99,0.995 \
+  --eval_interval "$EVERY" --eval_samples "$SAMPLES" --detector digits --fid_dataset digits
+phase_done "distillation (with FID of every checkpoint)"
 
 echo "== 2/4 the newest checkpoints beside the teacher's samplers: digit FID, conditional accuracy (same noises and labels)"
 "$PYTHON" scripts/demo_metrics.py --run_dir "$RUN_DIR" --num_samples "$SAMPLES"
+phase_done "teacher beside student"
 
-echo "== 3/4 digit FID and conditional accuracy of every checkpoint"
+echo "== 3/4 digit FID and conditional accuracy of every checkpoint (step 1 measured them: the same question, answered once)"
 "${LAUNCH[@]}" "$PYTHON" scripts/fid_evaluation.py --exp_dir "$RUN_DIR" --detector digits --fid_dataset digits \
-  --num_samples "$SAMPLES" --batch_size 500 --seed 0 2> >(grep -v "sampling:" >&2)
+  --num_samples "$SAMPLES" --batch_size 500 --seed 0 --save_samples False 2> >(grep -v "sampling:" >&2)
+phase_done "FID table and plot"
 
 echo "== 4/4 samples: teacher (heun_deter, 18 steps = 35 calls) and student (1 call)"
 OPENAI_LOGDIR=$RUN_DIR/samples_teacher "$PYTHON" scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_teacher \
@@ -70,8 +79,9 @@ OPENAI_LOGDIR=$RUN_DIR/samples_teacher "$PYTHON" scripts/image_sample.py --train
 FINAL=$(ls "$RUN_DIR"/ema_0.99_*.pt | sort | tail -n 1)
 OPENAI_LOGDIR=$RUN_DIR/samples_student "$PYTHON" scripts/image_sample.py --training_mode one_shot_pinn_edm_edm_one_shot \
   --model_path "$FINAL" --num_samples 100 --batch_size 100 "${REMAKE[@]}" 2> >(grep -v "sampling:" >&2)
+phase_done "samples"
 
 echo
-echo "== summary ($((SECONDS - START)) s) — run folder $RUN_DIR"
+echo "== summary ($((SECONDS - START)) s: $(IFS=,; echo "${PHASES[*]}" | sed 's/,/, /g')) — run folder $RUN_DIR"
 "$PYTHON" scripts/demo_metrics.py --run_dir "$RUN_DIR" --show
 echo "figures: $RUN_DIR/teacher_vs_student.png, $RUN_DIR/fid_vs_step.png; all checkpoints: $RUN_DIR/fid_results_0.csv"

@@ -10,11 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from pid_diffusion.fid import digits_reference_stats, load_detector
-from tolerances import between_implementations, fid_terms_size, network_roundings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSIFIER = os.path.join(REPO, "model_zoo", "digits-classifier.pt")
 
 
 @pytest.fixture
@@ -33,7 +30,7 @@ def test_shortened_quickstart_distils(run_dir):
     assert "demo metrics: 500 samples of the teacher" in done.stdout  # no silent phase
     rows = {row["generator"]: row for row in json.load(open(os.path.join(run_dir, "demo_metrics.json")))}
     assert list(rows) == ["teacher heun_deter 18 steps", "teacher euler 5 steps", "teacher euler 10 steps",
-                          "student untrained (step 0)", "student ema_0.999_000200", "student ema_0.99_000200",
+                          "student untrained (step 0)", "student ema_0.995_000200", "student ema_0.99_000200",
                           "student model000200"]
     assert [rows[name]["nfe"] for name in list(rows)[:4]] == [35, 5, 10, 1]
     with open(os.path.join(run_dir, "demo_metrics.csv"), newline="") as f:
@@ -51,20 +48,15 @@ def test_shortened_quickstart_distils(run_dir):
         evaluated = list(csv.DictReader(f))
     assert len(evaluated) == 3 * 8 and all(0 <= float(r["class_accuracy"]) <= 1 for r in evaluated)
     with open(os.path.join(run_dir, "fid_during_training.csv"), newline="") as f:
-        during = list(csv.DictReader(f))  # every 50 steps: both EMA networks and the raw one
-    assert sorted({int(r["step"]) for r in during}) == [50, 100, 150, 200] and len(during) == 12
+        during = list(csv.DictReader(f))  # at every checkpoint (every 25 steps): both EMA networks and the raw one
+    assert sorted({int(r["step"]) for r in during}) == list(range(25, 201, 25)) and len(during) == 24
     assert all(float(r["FID"]) > 0 and 0 <= float(r["class_accuracy"]) <= 1 for r in during)
-    # The same question as the walk's (digits detector, 500 samples, seed 0): the same answer, up to the
-    # detector's float32 rounding (the walk's batches of 500 and training's of 32 may round the features
-    # differently), which FID's terms (tolerances.fid_terms_size) carry twice, and the printing.
-    detector = load_detector("digits", CLASSIFIER)
-    reference_trace = float(np.trace(digits_reference_stats(detector)[1]))
-    feature_error = between_implementations(network_roundings(detector.classifier, 8))
-    walked = {r["model_name"]: float(r["FID"]) for r in evaluated}
-    for row in (r for r in during if r["step"] == "200"):
-        fid = float(row["FID"])
-        size = fid_terms_size(fid, reference_trace)
-        assert abs(walked[row["model_name"]] - fid) <= 2 * feature_error * size + 1e-6, row["model_name"]
+    # each question measured once: the walk asks what FID during training measured (digits detector, 500
+    # samples, seed 0) and finds every answer in the one table (their parity: test_watching.py)
+    assert done.stdout.count(": already evaluated (FID") == 24
+    assert {r["model_name"]: r["FID"] for r in evaluated} == {
+        r["model_name"]: r["FID"] for r in during}
+    assert "== summary (" in done.stdout and "distillation (with FID of every checkpoint) " in done.stdout
     for who in ("teacher", "student"):
         with np.load(os.path.join(run_dir, f"samples_{who}", "samples_100x8x8x1.npz")) as samples:
             assert samples["arr_0"].dtype == np.uint8 and samples["arr_0"].shape == (100, 8, 8, 1)

@@ -99,19 +99,30 @@ def test_fid_during_training_equals_the_fid_walk(teacher_path, tmp_path, pixel_r
     progress = [row for row in rows(tmp_path / "run" / "progress.csv") if row["step"] == "2"]
     assert float(progress[0]["fid_ema_0.9"]) == measured["ema_0.9_000002"]
     assert "FID at step 2 (10 samples, pixels detector" in (tmp_path / "run" / "log.txt").read_text()
-    for name, fid in fid_walk(tmp_path / "run", pixel_reference, 10).items():
+    walked, said = fid_walk(tmp_path / "run", pixel_reference, 10, results_dir=tmp_path / "walked")  # measured anew
+    assert "already evaluated" not in said
+    for name, fid in walked.items():
         assert abs(measured[name] - fid) <= _fid_bound(fid, 0.02 * PIXELS), name
+    # in the run folder the walk finds the answers FID during training recorded: measured once
+    answered, said = fid_walk(tmp_path / "run", pixel_reference, 10)
+    assert answered == measured and said.count("already evaluated") == 2
+    answered, said = fid_walk(tmp_path / "run", pixel_reference, 9)  # another question: measured
+    assert "already evaluated" not in said and answered != measured
     assert trainer.step == 2
 
 
-def fid_walk(folder, reference, num_samples):
-    """fid_evaluation.py on a run's step-2 checkpoints with the training's seed: {checkpoint: FID}."""
+def fid_walk(folder, reference, num_samples, results_dir=None):
+    """fid_evaluation.py on a run's step-2 checkpoints with the training's seed: ({checkpoint: FID} of the
+    results table's rows of `num_samples`, what it printed)."""
+    extra = ["--results_dir", str(results_dir)] if results_dir else []
     walk = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fid_evaluation.py"), "--exp_dir", str(folder),
                            "--checkpoints", "ema_0.9_000002.pt,model000002.pt", "--seed", "0", "--num_samples",
-                           str(num_samples), "--batch_size", "3", "--detector", "pixels", "--ref_path", reference],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+                           str(num_samples), "--batch_size", "3", "--detector", "pixels", "--ref_path", reference,
+                           "--save_samples", "False", *extra], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert walk.returncode == 0, walk.stderr
-    return {row["model_name"]: float(row["FID"]) for row in rows(os.path.join(folder, "fid_results_0.csv"))}
+    table = os.path.join(results_dir or folder, "fid_results_0.csv")
+    return {row["model_name"]: float(row["FID"]) for row in rows(table) if row["num_samples"] == str(num_samples)}, \
+        walk.stdout
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="no mpirun: install the mpich extra (pip install -e '.[mpich]')")
@@ -129,7 +140,7 @@ def test_fid_during_training_on_two_processes_equals_the_fid_walk(teacher_path, 
                          f"starting: loading the pixels detector and the reference statistics of {pixel_reference} for "
                          "FID during training"] and lines[2].startswith("PID distillation: teacher")
     measured = {row["model_name"]: float(row["FID"]) for row in rows(tmp_path / "run" / EVALUATION_FILE)}
-    walked = fid_walk(tmp_path / "run", pixel_reference, 11)
+    walked = fid_walk(tmp_path / "run", pixel_reference, 11, results_dir=tmp_path / "walked")[0]
     assert set(walked) == set(measured) == {"ema_0.9_000002", "model000002"}
     for name, fid in walked.items():
         assert abs(measured[name] - fid) <= _fid_bound(fid, 0.02 * PIXELS), name
