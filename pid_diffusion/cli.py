@@ -94,7 +94,9 @@ class SamplingFlags(NoiseLevels, GuidanceOptions, LatentOptions, PresetOptions):
                             "is --steps 18)")
     model_path: str = option("", "teacher file (teacher mode) or student checkpoint model*.pt / ema_*.pt (one-shot "
                                  "mode)")
-    seed: int = option(42, "seed: sample i's noise and label depend only on (seed, i)")
+    seed: int = option(42, "seed: sample i's noise and label depend only on (seed, i); 42 is the original's sampling and "
+                           "FID default (training and its grids default to 0: give --seed 0 to draw their samples); "
+                           "EDM2 models take EDM2's 0")
     class_label: int = option(-1, "class-conditional models: give every sample this label (e.g. one digit); -1 = drawn "
                                   "uniformly per sample")
     ts: str = option("", "grid indices for --sampler multistep, e.g. 0,22,39")

@@ -322,8 +322,9 @@ def _edm2_reference_stats(path):
 def check_stats_dimension(mu, sigma, dim, source):
     """Refuse reference statistics of another feature size than the detector's."""
     if mu.shape != (dim,) or sigma.shape != (dim, dim):
-        raise ValueError(f"{source}: statistics of dimension {mu.shape} do not match the detector's {dim} "
-                         "features (were they computed with another detector?)")
+        raise ValueError(f"{source}: statistics with μ of shape {tuple(mu.shape)} and Σ of shape {tuple(sigma.shape)} "
+                         f"do not fit the detector's {dim} features (μ of ({dim},) and Σ of ({dim}, {dim}) expected; "
+                         "were they computed with another detector?)")
 
 
 def check_finite_stats(mu, sigma, source):

@@ -87,8 +87,9 @@ class LoopConfig(SpeedSettings):
     resume_checkpoint: str = option("", "model%06d.pt to resume from (default: newest complete checkpoint in the run "
                                         "folder)")
     fp16_scale_growth: float = option(1e-3, "log2 loss-scale growth per fp16 step", defines_run=True)
-    seed: int = option(0, "seed of the training noise: the global batch of a step depends only on (seed, step)",
-                       defines_run=True)
+    seed: int = option(0, "seed of the training noise: the global batch of a step depends only on (seed, step); the "
+                          "sample grids and FIDs during training draw their noises from it too (0, as the original's "
+                          "training; its sampling and FID scripts default to 42)", defines_run=True)
     allow_changed_settings: bool = option(False, "resume a run folder although settings that define the run (teacher, "
                                                  "network, loss, N, seed, optimizer and its lr, weight decay, ε and "
                                                  "annealing, fp16 scale growth, EMA rates, batch) differ; the change is "
@@ -200,6 +201,12 @@ class TrainingLoop:
         # every random draw outside the step generator (initial weights, dropout) follows --seed and the rank
         torch.manual_seed(derived_seed(PROCESS, config.seed, self.info.rank))
         self.memory_format = config.memory_format(self.device.type)
+
+    def starting(self, phase):
+        """A line on the terminal (rank 0, with the stdout log format) before a phase of the start that may take
+        seconds: the run folder, and its log.txt, are not taken yet."""
+        if "stdout" in self.logger.formats:
+            dist.print0(f"starting: {phase}")
 
     def start(self, module, network, network_config):
         """Train `network` (the weights saved in checkpoints) inside `module` (what the loss calls)."""

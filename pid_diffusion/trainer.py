@@ -120,11 +120,6 @@ TEACHER_WEIGHTS = "teacher_weights_sha256"
 changes it, which a resume refuses like any other run-defining change."""
 
 
-def starting(phase):
-    """A line (rank 0) before each phase of the start that may take seconds: the log file is not open yet."""
-    dist.print0(f"starting: {phase}")
-
-
 class PIDTrainer(TrainingLoop):
     """PID distillation: the student x_θ starts from the teacher's weights (random weights for an
     analytic teacher) and learns from noise and the frozen teacher alone."""
@@ -135,7 +130,7 @@ class PIDTrainer(TrainingLoop):
     def __init__(self, config, dist_info=None):
         super().__init__(config, dist_info)
         guide = f" and its guide {config.guide_model_path}" if config.guide_model_path else ""
-        starting(f"reading the teacher {config.teacher_model_path}{guide}")
+        self.starting(f"reading the teacher {config.teacher_model_path}{guide}")
         # with --guide_model_path the student learns the autoguided teacher's ODE
         self.teacher, teacher_config, teacher_state = read_denoiser(config.teacher_model_path, config, config.attention,
                                                                     **config.network_flags)
@@ -158,7 +153,7 @@ class PIDTrainer(TrainingLoop):
         self.student.net.float32_output = config.student_precision == "fp32_output"
         self.image_shape = (self.teacher.img_channels, self.teacher.img_resolution, self.teacher.img_resolution)
         if self.decode is not None:
-            starting("loading the VAE that decodes the teacher's latents")
+            self.starting("loading the VAE that decodes the teacher's latents")
         self.output_shape()  # a latent teacher's VAE loads now, not at the first checkpoint's grid
         self.label_dim = self.teacher.label_dim
         self.lpips = None
@@ -171,7 +166,7 @@ class PIDTrainer(TrainingLoop):
         self.detector = self.reference = None
         self.detector_feed = resolve_feed(config.detector_feed, family.sampling_protocol)
         if config.eval_interval:  # refused before the run folder is touched when they cannot be loaded
-            starting(f"loading the {config.detector} detector and the reference statistics of "
+            self.starting(f"loading the {config.detector} detector and the reference statistics of "
                      f"{reference_name(config.fid_dataset, config.ref_path)} for FID during training")
             self.detector = load_detector(config.detector, config.detector_path or None, self.device)
             self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,

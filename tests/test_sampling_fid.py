@@ -13,7 +13,8 @@ from conftest import tiny_song_config
 from pid_diffusion.families import edm
 from pid_diffusion.checkpoint import save_teacher
 from pid_diffusion.evaluation import checkpoints_in
-from pid_diffusion.fid import FeatureStats, detector_input, frechet_distance, load_detector, load_reference_stats
+from pid_diffusion.fid import (FeatureStats, check_stats_dimension, detector_input, frechet_distance, load_detector,
+                               load_reference_stats)
 from pid_diffusion.generate import GRID_GAP, seeded_inputs, shard_batches
 from pid_diffusion.networks import EDMPrecond, network_from_config
 from pid_diffusion.trainer import TrainConfig, train
@@ -199,8 +200,12 @@ def test_bad_inputs(workspace, tmp_path):
         load_detector("clip")
     with pytest.raises(FileNotFoundError, match="cifar10-32x32.npz.*fid-refs"):
         load_reference_stats(str(tmp_path / "stats" / "cifar10-32x32.npz"))
-    with pytest.raises(ValueError, match=f"dimension \\({STAND_IN_FEATURES},\\) do not match the detector's 2048"):
+    with pytest.raises(ValueError, match=f"μ of shape \\({STAND_IN_FEATURES},\\) and Σ of shape \\({STAND_IN_FEATURES}, "
+                                         f"{STAND_IN_FEATURES}\\) do not fit the detector's 2048 features"):
         load_reference_stats(str(workspace / "ref.npz"), dim=2048)
+    with pytest.raises(ValueError, match=r"μ of shape \(64,\) and Σ of shape \(64,\) do not fit the detector's 64 features "
+                                         r"\(μ of \(64,\) and Σ of \(64, 64\) expected"):  # not "(64,) vs 64"
+        check_stats_dimension(np.zeros(64), np.ones(64), 64, "stats.npz")
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -214,7 +219,7 @@ def test_bad_inputs(workspace, tmp_path):
 
     wrong_dim = run("fid_evaluation.py", ["--exp_dir", str(workspace / "run"), "--detector", "pixels", "--ref_path",
                                           str(workspace / "ref.npz"), "--num_samples", "4", "--seed", "98"], workspace)
-    assert wrong_dim.returncode == 1 and "do not match the detector's 192 features" in wrong_dim.stderr
+    assert wrong_dim.returncode == 1 and "do not fit the detector's 192 features" in wrong_dim.stderr
 
     for flags, message in ((["--training_mode", "edm"], "valid: one_shot_pinn_edm_edm_one_shot"),
                            (["--training_mode", "one_shot_pinn_edm_edm_teacher", "--sampler", "heun3"],

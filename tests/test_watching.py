@@ -153,7 +153,7 @@ def test_fid_during_training_refuses_what_it_cannot_measure(teacher_path, tmp_pa
              (dict(eval_samples=1), ValueError, "--eval_samples must be at least 2"),
              (dict(eval_interval=-1), ValueError, "--eval_interval must be 0")]
     np.savez(tmp_path / "other.npz", mu=np.zeros(5), sigma=np.eye(5))
-    cases.append((dict(ref_path=str(tmp_path / "other.npz")), ValueError, "do not match the detector's 192"))
+    cases.append((dict(ref_path=str(tmp_path / "other.npz")), ValueError, "do not fit the detector's 192"))
     for number, (overrides, error, message) in enumerate(cases):
         folder = tmp_path / f"run{number}"
         config = small_run_config(teacher_path, folder, **{**dict(eval_interval=2, detector="pixels"), **overrides})
