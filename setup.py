@@ -28,7 +28,8 @@ setup(
         # EDM2's latent (ImageNet-512) teachers: Stable Diffusion's VAE decodes their samples.
         "latent": ["diffusers>=0.25"],
         # piq is only the reference for the LPIPS parity test, scipy's sqrtm the one for the Fréchet distance;
-        # tensorboard's own reader checks the event files; diffusers builds the tiny VAE of the latent tests.
-        "test": ["pytest>=7", "piq>=0.7", "scipy>=1.9", "tensorboard>=2.10", "diffusers>=0.25"],
+        # tensorboard's own reader checks the event files; diffusers builds the tiny VAE of the latent tests;
+        # torch-fidelity is the reference of the Inception Score, precision/recall and KID parity tests.
+        "test": ["pytest>=7", "piq>=0.7", "scipy>=1.9", "tensorboard>=2.10", "diffusers>=0.25", "torch-fidelity>=0.3"],
     },
 )

@@ -1,0 +1,108 @@
+"""The metrics papers report beside FID, computed from a detector's outputs for generated and real samples:
+Inception Score (from class logits), precision and recall (Kynkäänniemi et al., 2019) and the Kernel Inception
+Distance (Bińkowski et al., 2018), each with the conventions of the code the field compares against (StyleGAN3's
+metrics and torch-fidelity; the tests hold the parity). Everything is computed in float64; rows are samples in
+sample-index order, so no answer depends on the batch size or the process count.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+IS_SPLITS = 10
+"""Inception Score: the samples are cut into this many consecutive index ranges, a score each."""
+PR_NEIGHBOURS = 3
+"""Precision/recall: a sample's ball reaches its k-th nearest neighbour in its own set (itself not counted)."""
+KID_SUBSET_SIZE, KID_SUBSETS = 1000, 100
+"""KID: the unbiased MMD² is averaged over this many random subsets of at most this size of each set."""
+DISTANCE_ROWS = 1024
+"""Rows of a distance block: the pairwise distances are computed this many query rows at a time."""
+
+
+def inception_score(logits, splits=IS_SPLITS):
+    """(mean, standard deviation) over `splits` consecutive ranges of rows of exp(mean over x of KL(p(y|x) ‖ p(y))),
+    p(y|x) the softmax of a row of `logits` (N × classes) and p(y) its range's mean; the standard deviation with
+    ddof 0. The ranges are rows ⌊kN/splits⌋ … ⌊(k+1)N/splits⌋ − 1, as StyleGAN3 and torch-fidelity (unshuffled)
+    cut them. Inception's logits are taken without the output layer's bias (StyleGAN3's convention)."""
+    logits = torch.as_tensor(logits).to(torch.float64)
+    count = logits.shape[0]
+    if logits.ndim != 2 or count < splits:
+        raise ValueError(f"the Inception Score needs at least {splits} samples of class logits (N × classes); got "
+                         f"shape {tuple(logits.shape)}")
+    log_p = logits.log_softmax(dim=1)
+    scores = []
+    for k in range(splits):
+        part = log_p[k * count // splits:(k + 1) * count // splits]
+        log_marginal = part.exp().mean(dim=0).log()
+        kl = (part.exp() * (part - log_marginal)).sum(dim=1).mean()
+        scores.append(math.exp(float(kl)))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _neighbour_radii(features, k):
+    """The distance of each row of `features` to its k-th nearest other row."""
+    if features.shape[0] <= k:
+        raise ValueError(f"precision and recall with k = {k} need more than {k} samples in each set; got "
+                         f"{features.shape[0]}")
+    radii = [torch.cdist(features[i:i + DISTANCE_ROWS], features).kthvalue(k + 1, dim=1).values
+             for i in range(0, features.shape[0], DISTANCE_ROWS)]
+    return torch.cat(radii)
+
+
+def _inside_some_ball(queries, centres, radii):
+    """The share of `queries` within the ball of at least one of `centres` (radius `radii`)."""
+    inside = [(torch.cdist(queries[i:i + DISTANCE_ROWS], centres) <= radii).any(dim=1)
+              for i in range(0, queries.shape[0], DISTANCE_ROWS)]
+    return float(torch.cat(inside).to(torch.float64).mean())
+
+
+def precision_recall(real, generated, k=PR_NEIGHBOURS):
+    """(precision, recall): the share of generated samples inside the k-nearest-neighbour ball of some real
+    sample, and the share of real samples inside that of some generated sample (Kynkäänniemi et al.; the
+    ADM evaluator and torch-fidelity use k = 3). Rows are feature vectors."""
+    real, generated = (torch.as_tensor(x).to(torch.float64) for x in (real, generated))
+    _check_features(real, generated)
+    precision = _inside_some_ball(generated, real, _neighbour_radii(real, k))
+    recall = _inside_some_ball(real, generated, _neighbour_radii(generated, k))
+    return precision, recall
+
+
+def _polynomial_kernel(x, y):
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def unbiased_mmd2(x, y):
+    """The unbiased estimate of the squared MMD between the sets of rows `x` and `y` (the same count m) under
+    the cubic polynomial kernel k(a, b) = (a·b / d + 1)³: the within-set sums without their diagonals over
+    m(m − 1), less twice the cross sum over m²."""
+    m = x.shape[0]
+    within = _polynomial_kernel(x, x), _polynomial_kernel(y, y)
+    off_diagonal = sum(float(kernel.sum() - kernel.diagonal().sum()) for kernel in within)
+    return off_diagonal / (m * (m - 1)) - 2 * float(_polynomial_kernel(x, y).sum()) / m ** 2
+
+
+def kernel_inception_distance(real, generated, subset_size=KID_SUBSET_SIZE, subsets=KID_SUBSETS, seed=0):
+    """(mean, standard deviation, subset size) of the unbiased MMD² over `subsets` subsets of
+    min(n_real, n_generated, `subset_size`) rows of each set, drawn without replacement by numpy's
+    RandomState(`seed`), generated rows first, then real, subset after subset (torch-fidelity's order, so its
+    answer for the same seed is ours). The raw value, not ×1000."""
+    real, generated = (torch.as_tensor(x).to(torch.float64) for x in (real, generated))
+    _check_features(real, generated)
+    size = min(real.shape[0], generated.shape[0], subset_size)
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 samples in each set; got {generated.shape[0]} generated and "
+                         f"{real.shape[0]} real")
+    draws = np.random.RandomState(seed)
+    values = []
+    for _ in range(subsets):
+        picked_generated = torch.from_numpy(draws.choice(generated.shape[0], size, replace=False))
+        picked_real = torch.from_numpy(draws.choice(real.shape[0], size, replace=False))
+        values.append(unbiased_mmd2(generated[picked_generated], real[picked_real]))
+    return float(np.mean(values)), float(np.std(values)), size
+
+
+def _check_features(real, generated):
+    if real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]:
+        raise ValueError(f"features of real and generated samples must be N × d of the same d; got "
+                         f"{tuple(real.shape)} and {tuple(generated.shape)}")

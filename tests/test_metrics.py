@@ -1,0 +1,99 @@
+"""The metrics beside FID on fixed inputs: closed forms (one-hot classes, sets a hand can check, the MMD² written
+out), and parity with torch-fidelity's implementations (a test-only dependency, as piq is for LPIPS)."""
+
+import itertools
+
+import pytest
+import torch
+
+from pid_diffusion.metrics import inception_score, kernel_inception_distance, precision_recall, unbiased_mmd2
+
+CONFIDENT = 200.0
+"""A logit margin at which softmax is one-hot to float64's precision."""
+
+
+def one_hot_logits(classes):
+    return CONFIDENT * torch.nn.functional.one_hot(torch.as_tensor(classes), 10).to(torch.float64)
+
+
+def test_inception_score_closed_forms_and_the_split_rule():
+    interleaved = one_hot_logits([i % 10 for i in range(200)])  # every split holds every class equally
+    assert inception_score(interleaved) == pytest.approx((10.0, 0.0), abs=1e-9)
+    assert inception_score(one_hot_logits([3] * 200)) == pytest.approx((1.0, 0.0), abs=1e-12)  # identical rows
+    sorted_by_class = one_hot_logits(sorted(i % 10 for i in range(200)))  # split k holds class k alone
+    assert inception_score(sorted_by_class) == pytest.approx((1.0, 0.0), abs=1e-9)
+    assert inception_score(sorted_by_class, splits=1)[0] == pytest.approx(10.0, abs=1e-9)  # the splits decide
+    two_halves = one_hot_logits([0] * 100 + [i % 2 for i in range(100)])  # 5 splits of 1, 5 of 2
+    assert inception_score(two_halves) == pytest.approx((1.5, 0.5), abs=1e-9)  # standard deviation with ddof 0
+    with pytest.raises(ValueError, match="at least 10 samples of class logits"):
+        inception_score(torch.zeros(9, 10))
+
+
+def test_inception_score_equals_torch_fidelity_s():
+    fidelity = pytest.importorskip("torch_fidelity.metric_isc")
+    logits = torch.randn(1003, 1008, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+    expected = fidelity.isc_features_to_metric(logits, splits=10, shuffle=False)
+    mean, std = inception_score(logits)
+    assert mean == pytest.approx(expected["inception_score_mean"], rel=1e-12)
+    assert std == pytest.approx(expected["inception_score_std"], rel=1e-9)
+    assert inception_score(logits.flip(0))[0] != pytest.approx(mean, rel=1e-6)  # the order is the sample index
+
+
+def test_precision_recall_closed_forms():
+    real = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    generated = torch.tensor([[0.5], [10.0], [11.0], [12.0]])
+    # real radii (k = 1) are 1: only 0.5 lies in a real ball; the generated ball of 0.5 (radius 9.5) holds all
+    assert precision_recall(real, generated, k=1) == (0.25, 1.0)
+    assert precision_recall(generated, real, k=1) == (1.0, 0.25)  # the roles swap
+    assert precision_recall(real, real, k=1) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="need more than 3 samples"):
+        precision_recall(real[:3], generated)
+    with pytest.raises(ValueError, match="N × d of the same d"):
+        precision_recall(real, torch.zeros(4, 2))
+
+
+def test_precision_recall_equal_torch_fidelity_s():
+    fidelity = pytest.importorskip("torch_fidelity.metric_prc")
+    generator = torch.Generator().manual_seed(2)
+    real = torch.randn(300, 16, generator=generator, dtype=torch.float64)
+    generated = 1.3 * torch.randn(250, 16, generator=generator, dtype=torch.float64) + 0.4
+    expected = fidelity.prc_features_to_metric(generated, real, prc_neighborhood=3, prc_batch_size=100,
+                                               save_cpu_ram=False, verbose=False)
+    precision, recall = precision_recall(real, generated)
+    # torch-fidelity averages in float32 (0.272 reads 0.27200001); one sample more or less moves a share by 1/300
+    assert (precision, recall) == (pytest.approx(expected["precision"], abs=1e-6),
+                                   pytest.approx(expected["recall"], abs=1e-6))
+    assert 0 < precision < 1 and 0 < recall < 1 and precision != recall  # neither test is empty
+
+
+def test_kid_is_the_unbiased_mmd2_written_out_and_equals_torch_fidelity_s():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+    y = torch.randn(6, 4, generator=generator, dtype=torch.float64) + 0.5
+
+    def kernel(a, b):
+        return (float(a @ b) / 4 + 1) ** 3
+
+    m = 6
+    within = sum(kernel(s[i], s[j]) for s in (x, y) for i, j in itertools.permutations(range(m), 2))
+    cross = sum(kernel(x[i], y[j]) for i in range(m) for j in range(m))
+    written_out = within / (m * (m - 1)) - 2 * cross / m ** 2
+    assert unbiased_mmd2(x, y) == pytest.approx(written_out, rel=1e-12)
+    # a subset of every sample: each subset is a permutation of the sets, so every one gives the written-out value
+    assert kernel_inception_distance(y, x, subset_size=6, subsets=5) == (
+        pytest.approx(written_out, rel=1e-12), pytest.approx(0.0, abs=1e-12), 6)
+    assert kernel_inception_distance(x, x, subset_size=6, subsets=1)[0] < 0 < written_out  # unbiased: can dip below 0
+
+    fidelity = pytest.importorskip("torch_fidelity.metric_kid")
+    real = torch.randn(120, 8, generator=generator, dtype=torch.float64)
+    generated = torch.randn(100, 8, generator=generator, dtype=torch.float64) * 1.2
+    expected = fidelity.kid_features_to_metric(generated, real, kid_subsets=20, kid_subset_size=50, rng_seed=7,
+                                               verbose=False)
+    mean, std, size = kernel_inception_distance(real, generated, subset_size=50, subsets=20, seed=7)
+    assert (mean, std, size) == (pytest.approx(expected["kernel_inception_distance_mean"], rel=1e-10),
+                                 pytest.approx(expected["kernel_inception_distance_std"], rel=1e-8), 50)
+    assert kernel_inception_distance(real, generated, subset_size=50, subsets=20, seed=7)[0] == mean  # same seed
+    assert kernel_inception_distance(real, generated, subset_size=50, subsets=20, seed=8)[0] != mean  # another
+    assert kernel_inception_distance(real, generated)[2] == 100  # min(n_real, n_generated, 1000)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        kernel_inception_distance(real[:1], generated)
