@@ -6,6 +6,9 @@ fid_evaluation.py draw them): the teacher's 18-step / 35-call Heun sampler, the 
 teacher's weights) and trained student checkpoints. Each is measured by
   fid              FID in the digits classifier's feature space against the 1,797 real digits
   class_accuracy   share of samples the classifier assigns to the label they were generated for
+  digit_is         Inception Score from the classifier's softmax (1 to 10; 10 splits by sample index)
+  precision        share of samples inside the 3-nearest-neighbour ball of some real digit (classifier features)
+  recall           share of real digits inside that of some sample
   rmse_vs_teacher  per-pixel RMSE to the teacher's 35-call sample from the same noise and label
                    (PID learns the teacher's ODE map: this is its error)
 """
@@ -15,8 +18,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .digits import CHANNELS, NUM_CLASSES, RESOLUTION
-from .fid import DetectorTally, digits_reference_stats
+from .digits import CHANNELS, NUM_CLASSES, RESOLUTION, load_digits
+from .fid import DetectorTally, detector_input, digits_features, feature_stats, frechet_distance
+from .metrics import inception_score, kernel_inception_distance, precision_recall
 from .generate import as_images, generate, seeded_inputs, to_uint8
 from .guidance import GuidedDenoiser
 from .latents import output_shape
@@ -24,7 +28,7 @@ from .samplers import network_calls, sample
 
 TEACHER_SAMPLER = dict(sampler="heun_deter", steps=18)
 FEW_STEP_SAMPLERS = (dict(sampler="euler", steps=5), dict(sampler="euler", steps=10))
-METRIC_FIELDS = ("generator", "nfe", "fid", "class_accuracy", "rmse_vs_teacher")
+METRIC_FIELDS = ("generator", "nfe", "fid", "class_accuracy", "rmse_vs_teacher", "digit_is", "precision", "recall")
 CLIP_DENOISED = True
 """As image_sample.py and fid_evaluation.py by default (the original's --clip_denoised True)."""
 
@@ -66,7 +70,8 @@ class DigitsMetrics:
                                                "the teacher")
         self.detector = detector.to(self.device)
         self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
-        self.reference = digits_reference_stats(self.detector, self.device)
+        self.real_features = digits_features(self.detector, self.device)
+        self.reference = feature_stats(self.real_features)
         self.teacher = teacher.to(self.device)
         self.calls_per_step = 2 if isinstance(teacher, GuidedDenoiser) else 1  # a guided teacher calls its guide too
         tally, self.teacher_images, self.labels = self._generate(self.teacher, **TEACHER_SAMPLER)
@@ -75,7 +80,7 @@ class DigitsMetrics:
 
     def _generate(self, denoiser, sampler, steps, **options):
         """(DetectorTally, float images [N, *image shape] in [−1, 1], labels [N]) of one generator."""
-        tally = DetectorTally(self.detector, self.image_shape, self.device)
+        tally = DetectorTally(self.detector, self.image_shape, self.device, keep_samples=True)
         images, labels = [], []
         for batch in generate(denoiser.to(self.device), self.num_samples, self.batch_size, self.seed, self.sample_shape,
                               NUM_CLASSES, device=self.device, sampler=sampler, steps=steps,
@@ -86,8 +91,11 @@ class DigitsMetrics:
         return tally, torch.cat(images), torch.cat(labels)
 
     def _row(self, name, tally, nfe, rmse_vs_teacher):
+        features, logits = tally.samples()
+        precision, recall = precision_recall(self.real_features, features)
         return dict(generator=name, nfe=nfe, fid=tally.fid(self.reference), class_accuracy=tally.class_accuracy(),
-                    rmse_vs_teacher=rmse_vs_teacher)
+                    rmse_vs_teacher=rmse_vs_teacher, digit_is=inception_score(logits)[0], precision=precision,
+                    recall=recall)
 
     def measure(self, name, denoiser, sampler="oneshot", steps=1, **options):
         """(metrics row, float images [N, C, H, W]) of one generator (`options`: more sampler options); the
@@ -130,12 +138,33 @@ class DigitsMetrics:
         return rows
 
 
+def real_digits_calibration(detector, device="cpu", seed=0):
+    """What real digits score as a generator: the 360 held-out digits judged against the 1,437 training digits
+    with the demo's metrics (and KID, 100 subsets of 360 drawn with `seed`). A generator of 2,000 samples
+    scores against all 1,797 digits, so these values are the floor at 360 samples, not a target to the digit."""
+    train = digits_features(detector, device, "train")
+    images, _ = load_digits("held_out")
+    with torch.no_grad():
+        pixels = detector_input(images.to(device))
+        held_out, logits = detector(pixels).to(torch.float64), detector.logits(pixels)
+    precision, recall = precision_recall(train, held_out)
+    kid, kid_std, subset_size = kernel_inception_distance(train, held_out, seed=seed)
+    return dict(samples=len(held_out), fid=frechet_distance(*feature_stats(held_out), *feature_stats(train)),
+                digit_is=inception_score(logits)[0], precision=precision, recall=recall, kid=kid, kid_std=kid_std,
+                kid_subset_size=subset_size)
+
+
 def format_table(rows):
-    header = f"{'generator':<34}{'NFE':>5}{'FID':>10}{'class accuracy':>16}{'RMSE vs teacher':>17}"
+    """The rows as a text table; a metric a row lacks (a demo_metrics.json of an older version) is shown as —."""
+    columns = (("FID", "fid", 10), ("class accuracy", "class_accuracy", 16), ("digit IS", "digit_is", 10),
+               ("precision", "precision", 11), ("recall", "recall", 8), ("RMSE vs teacher", "rmse_vs_teacher", 17))
+    header = f"{'generator':<34}{'NFE':>5}" + "".join(f"{title:>{width}}" for title, _, width in columns)
     lines = [header, "-" * len(header)]
     for r in rows:
-        rmse = f"{r['rmse_vs_teacher']:17.4f}" if not math.isnan(r["rmse_vs_teacher"]) else f"{'—':>17}"
-        lines.append(f"{r['generator']:<34}{r['nfe']:>5}{r['fid']:10.4f}{r['class_accuracy']:16.4f}{rmse}")
+        values = (r.get(key, math.nan) for _, key, _ in columns)
+        cells = "".join(f"{value:{width}.4f}" if not math.isnan(value) else f"{'—':>{width}}"
+                        for value, (_, _, width) in zip(values, columns))
+        lines.append(f"{r['generator']:<34}{r['nfe']:>5}{cells}")
     return "\n".join(lines)
 
 

@@ -170,6 +170,10 @@ class DigitsDetector(torch.nn.Module):
     def classify(self, pixels):
         return self.classifier(self._scaled(pixels)).argmax(1)
 
+    def logits(self, pixels):
+        """The classifier's 10 class logits (float64): their softmax gives the digit Inception Score."""
+        return self.classifier(self._scaled(pixels)).to(torch.float64)
+
 
 def save_classifier(model, path):
     atomic_torch_save({"state_dict": model.state_dict(), "kind": "digits-classifier"}, path)

@@ -156,8 +156,12 @@ class DetectorTally:
     the detector classifies (the digits detector) and the batches carry labels, how many samples are
     classified as the label they were generated for (conditional accuracy)."""
 
-    def __init__(self, detector, image_shape, device="cpu", feed="float"):
+    def __init__(self, detector, image_shape, device="cpu", feed="float", keep_samples=False):
+        """`keep_samples`: also keep every sample's features (and a classifying detector's logits), in the order
+        of the updates, for the metrics that need them (precision/recall, KID, Inception Score)."""
         self.detector, self.feed = detector, feed
+        self.kept_features = [] if keep_samples else None
+        self.kept_logits = [] if keep_samples and hasattr(detector, "logits") else None
         with torch.no_grad():
             probe = detector(detector_input(torch.zeros((1, *image_shape), device=device), feed), return_features=True)
         self.stats = FeatureStats(probe.shape[1], device=device)
@@ -169,11 +173,22 @@ class DetectorTally:
     @torch.no_grad()
     def update(self, images, labels=None):
         pixels = detector_input(images, self.feed)
-        self.stats.update(self.detector(pixels, return_features=True))
+        features = self.detector(pixels, return_features=True)
+        self.stats.update(features)
+        if self.kept_features is not None:
+            self.kept_features.append(features.to(torch.float64))
+        if self.kept_logits is not None:
+            self.kept_logits.append(self.detector.logits(pixels))
         if labels is not None and hasattr(self.detector, "classify"):
             predicted = self.detector.classify(pixels)
             self.hits += (predicted == labels.to(predicted.device)).sum()
             self.labelled += len(labels)
+
+    def samples(self):
+        """(features N × d, logits N × classes or None) of the samples seen, kept with `keep_samples`."""
+        if self.kept_features is None:
+            raise RuntimeError("this tally keeps no per-sample features: make it with keep_samples=True")
+        return torch.cat(self.kept_features), None if self.kept_logits is None else torch.cat(self.kept_logits)
 
     @property
     def dimension(self):
@@ -221,17 +236,26 @@ def reference_stats_path(fid_dataset, ref_path=None):
     return os.path.join("model_zoo", REFERENCE_STATS[fid_dataset][0])
 
 
-def digits_reference_stats(detector, device="cpu"):
-    """(μ, Σ) of the detector's features on all 1,797 real digits: the FID reference for digits."""
+def digits_features(detector, device="cpu", split="all"):
+    """The detector's features (N × 64, float64) of the real digits of `split` (all 1,797 by default)."""
     if not isinstance(detector, DigitsDetector):
         raise ValueError(f"--fid_dataset {DIGITS_DATASET} needs --detector digits (its statistics are computed with "
                          "the digits classifier)")
-    images, _ = load_digits("all")
+    images, _ = load_digits(split)
     with torch.no_grad():
-        features = detector(detector_input(images.to(device)))
-    stats = FeatureStats(features.shape[1], device=device)
+        return detector(detector_input(images.to(device)))
+
+
+def feature_stats(features):
+    """(μ, Σ) of a block of per-sample features."""
+    stats = FeatureStats(features.shape[1], device=features.device)
     stats.update(features)
     return stats.mean_cov()
+
+
+def digits_reference_stats(detector, device="cpu"):
+    """(μ, Σ) of the detector's features on all 1,797 real digits: the FID reference for digits."""
+    return feature_stats(digits_features(detector, device))
 
 
 def reference_stats(fid_dataset, ref_path, detector, dim=None, device="cpu"):

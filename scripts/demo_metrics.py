@@ -28,7 +28,7 @@ with quiet_interrupt_while_importing():
 
     from pid_diffusion.checkpoint import load_student, read_denoiser, student_from_teacher
     from pid_diffusion.demo import (CLIP_DENOISED, METRIC_FIELDS, DigitsMetrics, check_digits_images, format_table,
-                                    from_json, json_ready)
+                                    from_json, json_ready, real_digits_calibration)
     from pid_diffusion.families import family_of
     from pid_diffusion.guidance import NO_GUIDANCE, GuidanceOptions
     from pid_diffusion.latents import output_shape
@@ -97,14 +97,18 @@ def measure(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--run_dir", required=True, help="training run folder (with run_config.json)")
+    parser.add_argument("--run_dir", default="", help="training run folder (with run_config.json)")
     parser.add_argument("--num_samples", type=int, default=2000, help="samples per generator")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noises and labels (sample i from (seed, i))")
     parser.add_argument("--detector_path", default="", help="digits classifier file (default: model_zoo/)")
     parser.add_argument("--device", default="", help="where to sample and score, e.g. cpu or cuda (default: cuda when "
                                                      "a GPU is visible, else cpu)")
     parser.add_argument("--show", action="store_true", help="print the table of an earlier run's demo_metrics.json")
+    parser.add_argument("--calibration", action="store_true", help="print what real digits score: the 360 held-out "
+                                                                    "digits against the 1,437 training digits")
     args = parser.parse_args(argv)
+    if not args.run_dir and not args.calibration:
+        parser.error("--run_dir is required (the training run folder), unless --calibration")
     if args.device:
         try:
             device_type = torch.device(args.device).type
@@ -112,6 +116,14 @@ def main(argv=None):
             parser.error(f"--device {args.device!r} is not a device; valid: cpu, cuda, cuda:<index>")
         if device_type == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {args.device} asks for a GPU, but none is visible; use --device cpu")
+    if args.calibration:
+        try:
+            values = real_digits_calibration(load_detector("digits", args.detector_path or None), seed=args.seed)
+        except (OSError, ValueError, DigitsUnavailableError) as e:
+            sys.exit(f"error: {e}")
+        print(", ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+                        for key, value in values.items()))
+        return
     if args.show:
         try:
             with open(os.path.join(args.run_dir, "demo_metrics.json")) as f:

@@ -213,6 +213,29 @@ def test_digits_detector_explains_images_of_another_kind():
     assert DetectorTally(load_detector("pixels"), (3, 32, 32)).note == ""
 
 
+def test_real_digits_calibrate_the_demo_metrics_and_noise_scores_worse_on_each():
+    from pid_diffusion.demo import real_digits_calibration
+    from pid_diffusion.fid import digits_features
+    from pid_diffusion.metrics import inception_score, kernel_inception_distance, precision_recall
+
+    detector = load_detector("digits", SHIPPED_CLASSIFIER)
+    real = real_digits_calibration(detector)
+    assert (real["samples"], real["kid_subset_size"]) == (360, 360)
+    assert 8 < real["digit_is"] <= 10 and real["precision"] > 0.8 and real["recall"] > 0.8
+    assert abs(real["kid"]) < real["kid_std"]  # real against real: zero within its spread (features of size ~4)
+    noise = torch.rand(360, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # a generator of noise
+    tally = DetectorTally(detector, (1, 8, 8), keep_samples=True)
+    tally.update(noise)
+    features, logits = tally.samples()
+    train = digits_features(detector, split="train")
+    precision, recall = precision_recall(train, features)
+    assert inception_score(logits)[0] < real["digit_is"] - 3
+    assert precision < real["precision"] - 0.5 and recall < real["recall"] - 0.5
+    assert kernel_inception_distance(train, features)[0] > 10 * max(real["kid"], 1e-3)
+    with pytest.raises(RuntimeError, match="keep_samples=True"):
+        DetectorTally(detector, (1, 8, 8)).samples()
+
+
 def test_class_label_outside_the_classes_names_the_range():
     noise, labels = seeded_inputs(0, range(4), (1, 8, 8), label_dim=10, class_label=7)
     assert labels.tolist() == [7, 7, 7, 7]
