@@ -125,6 +125,14 @@ class FIDFlags(DetectorOptions):
     checkpoints: str = option("", "comma-separated checkpoint files to evaluate (in --exp_dir, or paths); default: every "
                                   "*.pt of --exp_dir but optimizer and trainer-state files, as the original")
     save_samples: bool = option(True, "write FID/{name}_samples_NxHxWx3.npz with every sample, as the original")
+    metrics: str = option("fid", "comma list of fid, is (Inception Score), pr (precision and recall), kid: beside "
+                                 "fid_results_{seed}.csv, a row per checkpoint and metric in metrics_{seed}.csv (FID "
+                                 "is always measured: the others use its pass). is, pr and kid need the detector's "
+                                 "per-sample outputs of real and generated images: --detector digits for now")
+    is_splits: int = option(10, "Inception Score: the samples are cut into this many consecutive index ranges")
+    pr_neighbours: int = option(3, "precision/recall: a sample's ball reaches its k-th nearest neighbour")
+    kid_subset_size: int = option(1000, "KID: subsets of at most this many samples of each set")
+    kid_subsets: int = option(100, "KID: the number of subsets (drawn with --seed)")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -16,11 +16,14 @@ from . import dist
 from .checkpoint import load_student, read_denoiser
 from .download import is_url, local_file
 from .families import family_of
-from .fid import DetectorTally, reference_digest, reference_name
+from .digits import DigitsDetector
+from .fid import DetectorTally, digits_features, reference_digest, reference_name
 from .files import FileLock, atomic_output, digest_of_arrays
 from .generate import generate, to_uint8
 from .guidance import GuidanceOptions
 from .latents import output_shape
+from .metrics import (IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS, PR_NEIGHBOURS, inception_score, kernel_inception_distance,
+                      precision_recall)
 from .run_folder import checkpoint_step, model_file_names
 from .samplers import SAMPLERS, check_sampler_options
 
@@ -32,6 +35,65 @@ ONE_SHOT_OPTIONS = ("sigma_min", "sigma_max", "clip_denoised")
 """What the one-step sampler of a student uses: it starts from σ_max·ε and evaluates the student at σ_min."""
 RESULT_FIELDS = ("model_name", "FID", "step")
 """The original's columns first (model_name,FID), then ours."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultsTable:
+    """A results CSV of the walk: its file name (by seed), its value column and the columns it starts with."""
+    file_name: str
+    value: str
+    leading: tuple
+
+
+FID_TABLE = ResultsTable("fid_results_{seed}.csv", "FID", RESULT_FIELDS)
+METRICS_TABLE = ResultsTable("metrics_{seed}.csv", "value", ("model_name", "step", "metric", "value", "std"))
+"""The long table of the metrics beside FID: a row per (checkpoint, metric), then its question and parameters."""
+EXTRA_METRICS = ("is", "pr", "kid")
+"""--metrics names beside fid: Inception Score, precision and recall, KID (pid_diffusion/metrics.py)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricOptions:
+    """Which metrics beside FID a walk measures, and their parameters (recorded in each row's question)."""
+    names: tuple = ()
+    is_splits: int = IS_SPLITS
+    pr_neighbours: int = PR_NEIGHBOURS
+    kid_subset_size: int = KID_SUBSET_SIZE
+    kid_subsets: int = KID_SUBSETS
+
+    @classmethod
+    def parse(cls, text, **parameters):
+        """From a --metrics list (fid, is, pr, kid; FID is always measured: the other metrics use its pass)."""
+        names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+        unknown = [name for name in names if name not in ("fid", *EXTRA_METRICS)]
+        if unknown:
+            raise ValueError(f"--metrics {text!r}: unknown metric {unknown[0]!r}; valid: fid, {', '.join(EXTRA_METRICS)}")
+        return cls(tuple(name for name in names if name != "fid"), **parameters)
+
+    def questions(self, seed, num_generated, num_real):
+        """{metric row name: its parameters}, as recorded (KID's subset size resolved against the set sizes)."""
+        asked = {}
+        if "is" in self.names:
+            asked["inception_score"] = dict(splits=self.is_splits)
+        if "pr" in self.names:
+            asked["precision"] = asked["recall"] = dict(k=self.pr_neighbours)
+        if "kid" in self.names:
+            asked["kid"] = dict(subset_size=min(num_real, num_generated, self.kid_subset_size),
+                                subsets=self.kid_subsets, subset_seed=seed)
+        return asked
+
+    def measure(self, features, logits, real_features, seed):
+        """{metric row name: (value, standard deviation or None)} of the generated samples' per-sample outputs."""
+        measured = {}
+        if "is" in self.names:
+            measured["inception_score"] = inception_score(logits, self.is_splits)
+        if "pr" in self.names:
+            precision, recall = precision_recall(real_features, features, self.pr_neighbours)
+            measured.update(precision=(precision, None), recall=(recall, None))
+        if "kid" in self.names:
+            measured["kid"] = kernel_inception_distance(real_features, features, self.kid_subset_size,
+                                                        self.kid_subsets, seed)[:2]
+        return measured
 
 
 @dataclasses.dataclass
@@ -136,11 +198,12 @@ class GenerationStopped(Exception):
 
 
 def run_generation(model, image_shape, label_dim, request, options, device, detector=None, feed="float",
-                   keep_images=True, progress=True, decode=None, stop=None):
+                   keep_images=True, progress=True, decode=None, stop=None, keep_samples=False):
     """Generate this process's share. Returns (uint8 NHWC images, labels, indices, DetectorTally or None);
-    the images are kept only when `keep_images` (the first batch is always kept for a grid). A latent
-    model's samples (of `image_shape`) are decoded into images by `decode`. `stop`, called before each batch,
-    ends the generation with GenerationStopped when it returns true (a stop signal during training)."""
+    the images are kept only when `keep_images` (the first batch is always kept for a grid), the detector's
+    per-sample outputs when `keep_samples`. A latent model's samples (of `image_shape`) are decoded into images
+    by `decode`. `stop`, called before each batch, ends the generation with GenerationStopped when it returns
+    true (a stop signal during training)."""
     from tqdm import tqdm
 
     info = dist.info()
@@ -149,7 +212,7 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
                        class_label=request.class_label, decode=decode, first_index=request.first_index, **options)
     image_size = output_shape(decode, image_shape, device)
     # every process needs the statistics, also one that gets no batch
-    tally = None if detector is None else DetectorTally(detector, image_size, device, feed)
+    tally = None if detector is None else DetectorTally(detector, image_size, device, feed, keep_samples)
     images, labels, indices = [], [], []
     total = -(-request.num_samples // (request.batch_size * info.world_size))
     for number, batch in enumerate(tqdm(batches, total=total, disable=not (progress and dist.is_main()),
@@ -157,7 +220,7 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
         if stop is not None and stop():
             raise GenerationStopped(f"stopped after {number} of {total} batches")
         if tally is not None:
-            tally.update(batch.images, batch.labels)
+            tally.update(batch.images, batch.labels, batch.indices)
         if keep_images or number == 0:
             images.append(to_uint8(batch.images).cpu())
             indices.extend(batch.indices)
@@ -229,9 +292,25 @@ QUESTION_FIELDS = ("num_samples", "seed", "sampling", "detector", "detector_sha2
 """What an FID of the results file measured, recorded beside it: a row answers only the same question."""
 
 
-def results_file(folder, seed):
-    """The FID results table of a folder for one seed, the original's name: the walk's and FID during training's."""
-    return os.path.join(folder, f"fid_results_{seed}.csv")
+def real_features_for(metric_options, detector, device):
+    """The real images' per-sample features the asked metrics compare with (precision/recall, KID), or None when
+    none needs them; refused before any work when the detector cannot give what a metric needs."""
+    if "is" in metric_options.names and not hasattr(detector, "logits"):
+        raise ValueError("--metrics is needs the detector's class logits: the digits detector gives them (the "
+                         "Inception detector's Inception Score is not implemented yet)")
+    if not {"pr", "kid"} & set(metric_options.names):
+        return None
+    if not isinstance(detector, DigitsDetector):
+        raise ValueError("--metrics pr and kid compare per-sample features of real and generated images: with "
+                         "--detector digits they are computed from the digits; for other detectors the real "
+                         "images' features are not available yet")
+    return digits_features(detector, device)
+
+
+def results_file(folder, seed, table=FID_TABLE):
+    """A results table of a folder for one seed: the FID table (the original's name; the walk's and FID during
+    training's), or the metrics table."""
+    return os.path.join(folder, table.file_name.format(seed=seed))
 
 
 def measured_against(detector_name, detector, fid_dataset, ref_path, reference):
@@ -284,21 +363,21 @@ def answer(rows, name, question):
     return None
 
 
-def read_results(path):
+def read_results(path, table=FID_TABLE):
     """The rows of a results CSV (a list of dicts); a damaged row is reported with its line number."""
     if not os.path.isfile(path):
         return []
     rows = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"model_name", "FID"} <= set(reader.fieldnames):
-            raise ValueError(f"{path} line 1: not a results header (model_name,...,FID); move the file away")
+        if not reader.fieldnames or not {"model_name", table.value} <= set(reader.fieldnames):
+            raise ValueError(f"{path} line 1: not a results header (model_name,...,{table.value}); move the file away")
         for row in reader:
             try:
                 if not row["model_name"] or None in row or None in row.values():  # more or fewer than the header's
                     raise ValueError("wrong number of fields")
-                if not math.isfinite(float(row["FID"])):  # never recorded: a non-finite FID is damage
-                    raise ValueError(f"FID {row['FID']} is not a finite number")
+                if not math.isfinite(float(row[table.value])):  # never recorded: a non-finite value is damage
+                    raise ValueError(f"{table.value} {row[table.value]} is not a finite number")
                 if row.get("step") in (None, ""):  # a CSV the original wrote has no step: the name has it
                     row["step"] = str(checkpoint_step(row["model_name"] + ".pt"))
                 int(row["step"])
@@ -309,24 +388,24 @@ def read_results(path):
     return rows
 
 
-def record_result(path, row, question, on_wait=None):
+def record_result(path, row, question, on_wait=None, table=FID_TABLE):
     """Add `row` (the answer to `question`) to the results CSV, one writer at a time: under the file's lock
     the CSV is read again, an older answer to the same question replaced, and the file rewritten whole.
     Rows of other questions, and those other walks added meanwhile, are kept. Returns every row."""
     lock = FileLock(path + ".lock").acquire(wait=True, on_wait=on_wait)
     try:
-        rows = [r for r in read_results(path) if answer([r], row["model_name"], question) is None]
+        rows = [r for r in read_results(path, table) if answer([r], row["model_name"], question) is None]
         rows.append({**row, **{k: str(v) for k, v in question.items()}})
-        write_results(path, rows)
+        write_results(path, rows, table)
         return rows
     finally:
         lock.release()
 
 
-def write_results(path, rows):
+def write_results(path, rows, table=FID_TABLE):
     """Rewrite the results CSV whole (through a temporary file): a cut-off row cannot exist. The
-    columns are RESULT_FIELDS, the question's, then any others the rows carry."""
-    known = [*RESULT_FIELDS, *QUESTION_FIELDS]
+    columns are the table's leading ones, the question's, then any others the rows carry."""
+    known = [*table.leading, *QUESTION_FIELDS]
     fields = known + sorted({k for row in rows for k in row} - set(known))
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")

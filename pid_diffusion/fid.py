@@ -162,6 +162,7 @@ class DetectorTally:
         self.detector, self.feed = detector, feed
         self.kept_features = [] if keep_samples else None
         self.kept_logits = [] if keep_samples and hasattr(detector, "logits") else None
+        self.kept_indices = []
         with torch.no_grad():
             probe = detector(detector_input(torch.zeros((1, *image_shape), device=device), feed), return_features=True)
         self.stats = FeatureStats(probe.shape[1], device=device)
@@ -171,12 +172,14 @@ class DetectorTally:
         self.labelled = torch.zeros((), dtype=torch.float64, device=device)
 
     @torch.no_grad()
-    def update(self, images, labels=None):
+    def update(self, images, labels=None, indices=()):
+        """Add a batch (its sample indices, with `keep_samples`, order the kept samples across processes)."""
         pixels = detector_input(images, self.feed)
         features = self.detector(pixels, return_features=True)
         self.stats.update(features)
         if self.kept_features is not None:
             self.kept_features.append(features.to(torch.float64))
+            self.kept_indices.extend(indices)
         if self.kept_logits is not None:
             self.kept_logits.append(self.detector.logits(pixels))
         if labels is not None and hasattr(self.detector, "classify"):
@@ -189,6 +192,19 @@ class DetectorTally:
         if self.kept_features is None:
             raise RuntimeError("this tally keeps no per-sample features: make it with keep_samples=True")
         return torch.cat(self.kept_features), None if self.kept_logits is None else torch.cat(self.kept_logits)
+
+    def samples_in_order(self):
+        """(features, logits or None) of every process's kept samples, sorted by sample index (a collective call:
+        every process calls it and gets them all)."""
+        features, logits = self.samples()
+        parts = [(features.cpu(), None if logits is None else logits.cpu(), list(self.kept_indices))]
+        if dist.is_distributed():
+            parts = [None] * dist.info().world_size
+            torch.distributed.all_gather_object(parts, (features.cpu(), None if logits is None else logits.cpu(),
+                                                        list(self.kept_indices)))
+        order = torch.as_tensor(np.argsort([i for _, _, idx in parts for i in idx], kind="stable"))
+        logits_parts = [p[1] for p in parts if p[1] is not None]
+        return torch.cat([p[0] for p in parts])[order], torch.cat(logits_parts)[order] if logits_parts else None
 
     @property
     def dimension(self):

@@ -142,7 +142,8 @@ def main(argv=None):
         writer.writerows(rows)
     write_json_atomic(os.path.join(args.run_dir, "demo_metrics.json"), json_ready(rows))
     paired_sample_grid(figure_rows, [str(d) for d in range(10)], os.path.join(args.run_dir, "teacher_vs_student.png"),
-                       title=f"same noise and label: teacher ({rows[0]['nfe']} calls) above {best} (1 call)")
+                       title=f"same noise and label: teacher ({rows[0]['nfe']} calls) above {best} (1 call), "
+                             f"{os.path.basename(os.path.abspath(args.run_dir))}")
     print(format_table(rows))
 
 

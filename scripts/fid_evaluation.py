@@ -76,6 +76,10 @@ def evaluate_folder(args, given, device):
     guided = dict(guidance=guidance.guidance, guide_model_path=guidance.guide_model_path) if (
         guidance.guide_model_path) else {}
     detector = load_detector(args.detector, args.detector_path or None, device)
+    metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
+                                                    pr_neighbours=args.pr_neighbours,
+                                                    kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
+    real_features = evaluation.real_features_for(metric_options, detector, device)
     checkpoints = evaluation.checkpoints_in(args.exp_dir, [n for n in args.checkpoints.split(",") if n])
     if not checkpoints:
         orphans = incomplete_step_files(args.exp_dir)
@@ -89,7 +93,7 @@ def evaluate_folder(args, given, device):
     if dist.is_main():
         os.makedirs(sample_dir, exist_ok=True)
     log = RunLogger(sample_dir).log  # the terminal and FID/log.txt, as the original's logger
-    walk = Walk(args, detector, reference, sample_dir, log, device)
+    walk = Walk(args, detector, reference, sample_dir, log, device, metric_options, real_features)
     unreadable = []
     for name in incomplete_step_files(args.exp_dir):
         if name.startswith("ema_") and not args.checkpoints:
@@ -138,9 +142,9 @@ class Walk:
     """One FID measurement after another, each a row of fid_results_{seed}.csv beside `sample_dir` (the results
     folder's FID/) answering its question."""
 
-    def __init__(self, args, detector, reference, sample_dir, log, device):
+    def __init__(self, args, detector, reference, sample_dir, log, device, metric_options, real_features):
         self.args, self.detector, self.reference, self.sample_dir, self.log = args, detector, reference, sample_dir, log
-        self.device = device
+        self.device, self.metric_options, self.real_features = device, metric_options, real_features
         self.checked_dimension, self.failed = False, []
 
     def measure(self, name, step, loaded, request, question):
@@ -150,6 +154,16 @@ class Walk:
         results_path = evaluation.results_file(os.path.dirname(self.sample_dir), request.seed)
         rows = evaluation.read_results(results_path)  # read again each time: another walk may have answered it
         known = dist.broadcast_object(evaluation.answer(rows, name, question) if dist.is_main() else None)
+        metrics_path = evaluation.results_file(os.path.dirname(self.sample_dir), request.seed, evaluation.METRICS_TABLE)
+        real_count = 0 if self.real_features is None else len(self.real_features)
+        asked = {metric: {**question, "metric": metric, **parameters} for metric, parameters in
+                 self.metric_options.questions(request.seed, request.num_samples, real_count).items()}
+        metric_rows = evaluation.read_results(metrics_path, evaluation.METRICS_TABLE) if asked else []
+        unanswered = [metric for metric, metric_question in asked.items()
+                      if evaluation.answer(metric_rows, name, metric_question) is None]
+        if known is not None and unanswered:
+            log(f"{name}: measured again for {', '.join(unanswered)} (its FID is in the table, these are not)")
+            known = None
         tag = f"{name}_{evaluation.samples_tag(request, question['sampling'])}_"  # what the files measured
         samples_path = evaluation.samples_npz_path(self.sample_dir, request.num_samples, loaded.output_shape(device), tag)
         if known is not None and args.save_samples and not os.path.isfile(samples_path):
@@ -168,7 +182,8 @@ class Walk:
             self.checked_dimension = True
         images, labels, indices, tally = evaluation.run_generation(
             loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, device, detector=self.detector,
-            feed=question["feed"], keep_images=args.save_samples, decode=loaded.decode)
+            feed=question["feed"], keep_images=args.save_samples, decode=loaded.decode, keep_samples=bool(asked))
+        outputs = tally.samples_in_order() if asked else None  # every process's, in sample order (collective)
         tally.all_reduce()
         shown = min(100, request.batch_size, len(images))  # the first global batch (this process's first): in order
         grid = (images[:shown], None if labels is None else labels[:shown])
@@ -183,8 +198,26 @@ class Walk:
                 fid = None
             else:
                 self.record(name, step, fid, tally, request, question, grid, images, labels, results_path, tag)
+                if asked:
+                    self.record_metrics(name, step, outputs, asked, metrics_path, request.seed)
         dist.barrier()
         return dist.broadcast_object(fid)
+
+    def record_metrics(self, name, step, outputs, asked, metrics_path, seed):
+        """The metrics beside FID of one checkpoint's samples (`outputs`: their features and logits in sample
+        order), a row each in the metrics table; a value that is not finite is reported, not recorded."""
+        measured = self.metric_options.measure(*outputs, self.real_features, seed)
+        shown = []
+        for metric, (value, std) in measured.items():
+            if not math.isfinite(value):
+                self.log(f"{name}: {metric} is {value}: not recorded")
+                self.failed.append(f"{name} ({metric})")
+                continue
+            row = dict(model_name=name, step=step, metric=metric, value=f"{value:.6g}",
+                       std="" if std is None else f"{std:.6g}")
+            evaluation.record_result(metrics_path, row, asked[metric], table=evaluation.METRICS_TABLE)
+            shown.append(f"{metric} {value:.4f}" + ("" if std is None else f" ± {std:.4f}"))
+        self.log(f"{name}: {', '.join(shown)} ({os.path.basename(metrics_path)})")
 
     def record(self, name, step, fid, tally, request, question, grid, images, labels, results_path, tag):
         args, log = self.args, self.log

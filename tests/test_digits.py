@@ -1,10 +1,12 @@
 """The real-data case: digits data, the EDM teacher objective and trainer, the digits detector and its
 FID / conditional accuracy, and the demo metrics' handling of bad input."""
 
+import csv
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +25,8 @@ from pid_diffusion.losses import edm_denoising_loss, edm_loss_weight, edm_traini
 from pid_diffusion.networks import EDMPrecond
 from pid_diffusion.teacher_trainer import TeacherTrainConfig, TeacherTrainer
 from tolerances import rounding_bound
+
+MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_CLASSIFIER = os.path.join(REPO, "model_zoo", "digits-classifier.pt")
@@ -362,3 +366,42 @@ def test_the_digits_detector_without_the_digits_reference_says_what_to_add():
                                          "--fid_dataset digits"):
         reference_stats("cifar10", "", detector)
     assert reference_stats("digits", "", detector)[0].shape[0] == reference_stats("digits", "", detector)[1].shape[0]
+
+
+def test_the_walk_measures_is_pr_and_kid_beside_fid_in_a_long_table_whatever_the_process_count(tmp_path):
+    """fid_evaluation.py --metrics on the digits: a row per (checkpoint, metric) with its parameters; two processes
+    (each sampling its share) give one process's values; a row answers only its own question."""
+    teacher = os.path.join(REPO, "model_zoo", "digits-ddpmpp.pt")
+    base = [os.path.join(REPO, "scripts", "fid_evaluation.py"), "--training_mode", "one_shot_pinn_edm_edm_teacher",
+            "--checkpoints", teacher, "--detector", "digits", "--fid_dataset", "digits", "--sampler", "euler",
+            "--steps", "2", "--num_samples", "40", "--batch_size", "10", "--save_samples", "False",
+            "--metrics", "fid,is,pr,kid", "--kid_subset_size", "20", "--kid_subsets", "5"]
+
+    def walk(folder, processes=1, extra=()):
+        folder.mkdir(exist_ok=True)
+        launcher = [MPIRUN, "-np", str(processes)] if processes > 1 else []
+        done = subprocess.run([*launcher, sys.executable, *base, "--exp_dir", str(folder), *extra], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        with open(folder / "metrics_42.csv", newline="") as f:
+            return {row["metric"]: row for row in csv.DictReader(f)}, done.stdout
+
+    alone, said = walk(tmp_path / "one")
+    assert set(alone) == {"inception_score", "precision", "recall", "kid"}
+    assert (alone["kid"]["subset_size"], alone["kid"]["subsets"], alone["kid"]["subset_seed"]) == ("20", "5", "42")
+    assert alone["precision"]["k"] == "3" and alone["inception_score"]["splits"] == "10"
+    assert all(row["model_name"] == "digits-ddpmpp" and row["num_samples"] == "40" for row in alone.values())
+    assert 1 <= float(alone["inception_score"]["value"]) <= 10 and float(alone["inception_score"]["std"]) >= 0
+    assert "inception_score" in said and "kid" in said
+    again, said = walk(tmp_path / "one")
+    assert "already evaluated" in said and again == alone  # answered, nothing measured
+    changed, said = walk(tmp_path / "one", extra=["--kid_subsets", "6"])
+    assert "measured again for kid" in said and changed["kid"]["subsets"] == "6"
+    if MPIRUN:  # each process samples its share: the outputs are put back in sample order before any metric
+        shared, _ = walk(tmp_path / "two", processes=2)
+        for metric in alone:
+            assert float(shared[metric]["value"]) == pytest.approx(float(alone[metric]["value"]), rel=1e-9, abs=1e-12)
+    refused = subprocess.run([sys.executable, *base[:-4], "--detector", "pixels", "--fid_dataset", "cifar10",
+                              "--metrics", "fid,is", "--exp_dir", str(tmp_path)], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 1 and "--metrics is needs the detector's class logits" in refused.stderr
