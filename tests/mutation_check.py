@@ -288,6 +288,19 @@ MUTATIONS = (
       "weights[name] = weights_digest(shown) if dist.is_main() else None",
       "weights[name] = weights_digest(self.student) if dist.is_main() else None",
       ("tests/test_watching.py::test_fid_during_training_equals_the_fid_walk",)),
+    # --- the metrics beside FID (2026-12-07)
+    M("is_std_ddof_1", "pid_diffusion/metrics.py", "return float(np.mean(scores)), float(np.std(scores))",
+      "return float(np.mean(scores)), float(np.std(scores, ddof=1))",
+      ("tests/test_metrics.py::test_inception_score_closed_forms_and_the_split_rule",)),
+    M("pr_counts_itself", "pid_diffusion/metrics.py", ".kthvalue(k + 1, dim=1)", ".kthvalue(k, dim=1)",
+      ("tests/test_metrics.py::test_precision_recall_closed_forms",)),
+    M("kid_biased", "pid_diffusion/metrics.py", "off_diagonal = sum(float(kernel.sum() - kernel.diagonal().sum())",
+      "off_diagonal = sum(float(kernel.sum())",
+      ("tests/test_metrics.py::test_kid_is_the_unbiased_mmd2_written_out_and_equals_torch_fidelity_s",)),
+    M("kept_samples_out_of_order", "pid_diffusion/fid.py",
+      'order = torch.as_tensor(np.argsort([i for _, _, idx in parts for i in idx], kind="stable"))',
+      "order = torch.arange(sum(len(idx) for _, _, idx in parts))",
+      ("tests/test_digits.py::test_the_walk_measures_is_pr_and_kid_beside_fid_in_a_long_table_whatever_the_process_count",)),
 )
 
 
