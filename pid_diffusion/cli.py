@@ -127,8 +127,9 @@ class FIDFlags(DetectorOptions):
     save_samples: bool = option(True, "write FID/{name}_samples_NxHxWx3.npz with every sample, as the original")
     metrics: str = option("fid", "comma list of fid, is (Inception Score), pr (precision and recall), kid: beside "
                                  "fid_results_{seed}.csv, a row per checkpoint and metric in metrics_{seed}.csv (FID "
-                                 "is always measured: the others use its pass). is, pr and kid need the detector's "
-                                 "per-sample outputs of real and generated images: --detector digits for now")
+                                 "is always measured: the others use its pass). is needs class logits (the inception "
+                                 "and digits detectors); pr and kid need the real images' per-sample features: "
+                                 "--detector digits for now")
     is_splits: int = option(10, "Inception Score: the samples are cut into this many consecutive index ranges")
     pr_neighbours: int = option(3, "precision/recall: a sample's ball reaches its k-th nearest neighbour")
     kid_subset_size: int = option(1000, "KID: subsets of at most this many samples of each set")

@@ -17,7 +17,7 @@ from .checkpoint import load_student, read_denoiser
 from .download import is_url, local_file
 from .families import family_of
 from .digits import DigitsDetector
-from .fid import DetectorTally, digits_features, reference_digest, reference_name
+from .fid import DetectorTally, digits_features, gives_class_logits, reference_digest, reference_name
 from .files import FileLock, atomic_output, digest_of_arrays
 from .generate import generate, to_uint8
 from .guidance import GuidanceOptions
@@ -295,9 +295,9 @@ QUESTION_FIELDS = ("num_samples", "seed", "sampling", "detector", "detector_sha2
 def real_features_for(metric_options, detector, device):
     """The real images' per-sample features the asked metrics compare with (precision/recall, KID), or None when
     none needs them; refused before any work when the detector cannot give what a metric needs."""
-    if "is" in metric_options.names and not hasattr(detector, "logits"):
-        raise ValueError("--metrics is needs the detector's class logits: the digits detector gives them (the "
-                         "Inception detector's Inception Score is not implemented yet)")
+    if "is" in metric_options.names and not gives_class_logits(detector):
+        raise ValueError("--metrics is needs the detector's class logits: the Inception detector (its 1008-way "
+                         "output layer) and the digits detector give them, the pixels detector does not")
     if not {"pr", "kid"} & set(metric_options.names):
         return None
     if not isinstance(detector, DigitsDetector):

@@ -112,6 +112,28 @@ def load_detector(name="inception", path=None, device="cpu"):
     return detector.eval()
 
 
+def output_layer_weight(detector):
+    """The class layer's weight (classes × features) of an Inception-like detector (NVIDIA's TorchScript
+    Inception names it `output`: 1008 × 2048), or None."""
+    layer = getattr(detector, "output", None)
+    weight = getattr(layer, "weight", None)
+    return weight if torch.is_tensor(weight) and weight.ndim == 2 else None
+
+
+def gives_class_logits(detector):
+    """Whether the detector gives class logits (for the Inception Score): the digits classifier's, or Inception's."""
+    return hasattr(detector, "logits") or output_layer_weight(detector) is not None
+
+
+def class_logits(detector, pixels, features):
+    """A batch's class logits: the digits classifier's own, or the Inception's output layer applied to the FID
+    pass's pool `features` without its bias, as StyleGAN3 computes the Inception Score (no_output_bias=True):
+    one pass of the network serves FID and IS. Float64."""
+    if hasattr(detector, "logits"):
+        return detector.logits(pixels)
+    return features.to(torch.float64) @ output_layer_weight(detector).to(features.device, torch.float64).T
+
+
 def detector_input(images, feed="float"):
     """Generated images → what the detector eats: float pixels in [0, 255]. Floats in [-1, 1] are mapped
     (rounded first with the uint8 feed); uint8 pixels (a latent model's decoding) are taken as they are."""
@@ -161,7 +183,7 @@ class DetectorTally:
         of the updates, for the metrics that need them (precision/recall, KID, Inception Score)."""
         self.detector, self.feed = detector, feed
         self.kept_features = [] if keep_samples else None
-        self.kept_logits = [] if keep_samples and hasattr(detector, "logits") else None
+        self.kept_logits = [] if keep_samples and gives_class_logits(detector) else None
         self.kept_indices = []
         with torch.no_grad():
             probe = detector(detector_input(torch.zeros((1, *image_shape), device=device), feed), return_features=True)
@@ -181,7 +203,7 @@ class DetectorTally:
             self.kept_features.append(features.to(torch.float64))
             self.kept_indices.extend(indices)
         if self.kept_logits is not None:
-            self.kept_logits.append(self.detector.logits(pixels))
+            self.kept_logits.append(class_logits(self.detector, pixels, features))
         if labels is not None and hasattr(self.detector, "classify"):
             predicted = self.detector.classify(pixels)
             self.hits += (predicted == labels.to(predicted.device)).sum()

@@ -97,3 +97,41 @@ def test_kid_is_the_unbiased_mmd2_written_out_and_equals_torch_fidelity_s():
     assert kernel_inception_distance(real, generated)[2] == 100  # min(n_real, n_generated, 1000)
     with pytest.raises(ValueError, match="at least 2 samples"):
         kernel_inception_distance(real[:1], generated)
+
+
+class BiasedStandInInception(torch.nn.Module):
+    """Called like NVIDIA's TorchScript Inception: pool features with return_features=True, else the softmax of
+    its `output` layer, with that layer's bias unless no_output_bias (which StyleGAN3's Inception Score sets)."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(4)
+        self.projection = torch.nn.Parameter(torch.randn(48, 16, generator=generator))
+        self.output = torch.nn.Linear(16, 8)
+        with torch.no_grad():
+            self.output.weight.copy_(3 * torch.randn(8, 16, generator=generator))
+            self.output.bias.copy_(4 * torch.randn(8, generator=generator))
+
+    def forward(self, images: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
+        features = torch.tanh(torch.nn.functional.adaptive_avg_pool2d(images / 255.0, 4).flatten(1) @ self.projection)
+        if return_features:
+            return features
+        bias = None if no_output_bias else self.output.bias
+        return torch.nn.functional.linear(features, self.output.weight, bias).softmax(dim=1)
+
+
+def test_the_inception_score_comes_from_the_fid_pass_without_the_output_bias():
+    from pid_diffusion.fid import DetectorTally, detector_input, gives_class_logits
+
+    detector = torch.jit.script(BiasedStandInInception().eval())
+    images = torch.rand(60, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    tally = DetectorTally(detector, (3, 8, 8), keep_samples=True)
+    tally.update(images, None, range(60))
+    _, logits = tally.samples()  # the output layer applied to the FID pass's features: no second pass
+    pixels = detector_input(images)
+    with torch.no_grad():
+        unbiased = detector(pixels, no_output_bias=True).to(torch.float64)
+        biased = detector(pixels).to(torch.float64)
+    assert inception_score(logits) == pytest.approx(inception_score(unbiased.log()), rel=1e-5)  # the network's own
+    assert inception_score(logits)[0] != pytest.approx(inception_score(biased.log())[0], rel=1e-3)  # the bias matters
+    assert gives_class_logits(detector) and not gives_class_logits(torch.jit.script(torch.nn.Identity()))
