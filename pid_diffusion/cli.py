@@ -128,8 +128,11 @@ class FIDFlags(DetectorOptions):
     metrics: str = option("fid", "comma list of fid, is (Inception Score), pr (precision and recall), kid: beside "
                                  "fid_results_{seed}.csv, a row per checkpoint and metric in metrics_{seed}.csv (FID "
                                  "is always measured: the others use its pass). is needs class logits (the inception "
-                                 "and digits detectors); pr and kid need the real images' per-sample features: "
-                                 "--detector digits for now")
+                                 "and digits detectors); pr and kid compare with --real_images (with --detector digits: "
+                                 "the real digits)")
+    real_images: str = option("", "the real images that --metrics pr and kid compare with (a samples .npz in the "
+                                  "original's format, or a folder or .zip of images, e.g. the training set); default "
+                                  "with --detector digits: the real digits")
     is_splits: int = option(10, "Inception Score: the samples are cut into this many consecutive index ranges")
     pr_neighbours: int = option(3, "precision/recall: a sample's ball reaches its k-th nearest neighbour")
     kid_subset_size: int = option(1000, "KID: subsets of at most this many samples of each set")

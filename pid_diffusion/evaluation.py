@@ -5,9 +5,11 @@ values (cli.py turns the flags into them); nothing here reads the command line."
 import csv
 import dataclasses
 import hashlib
+import io
 import math
 import os
 import re
+import zipfile
 
 import numpy as np
 import torch
@@ -70,16 +72,18 @@ class MetricOptions:
             raise ValueError(f"--metrics {text!r}: unknown metric {unknown[0]!r}; valid: fid, {', '.join(EXTRA_METRICS)}")
         return cls(tuple(name for name in names if name != "fid"), **parameters)
 
-    def questions(self, seed, num_generated, num_real):
-        """{metric row name: its parameters}, as recorded (KID's subset size resolved against the set sizes)."""
+    def questions(self, seed, num_generated, real_count=0, real=None):
+        """{metric row name: its parameters}, as recorded: KID's subset size resolved against the set sizes, and
+        for the metrics that compare with real images `real`, what identifies them (real_identity)."""
         asked = {}
+        real = real or {}
         if "is" in self.names:
             asked["inception_score"] = dict(splits=self.is_splits)
         if "pr" in self.names:
-            asked["precision"] = asked["recall"] = dict(k=self.pr_neighbours)
+            asked["precision"] = asked["recall"] = dict(k=self.pr_neighbours, **real)
         if "kid" in self.names:
-            asked["kid"] = dict(subset_size=min(num_real, num_generated, self.kid_subset_size),
-                                subsets=self.kid_subsets, subset_seed=seed)
+            asked["kid"] = dict(subset_size=min(real_count, num_generated, self.kid_subset_size),
+                                subsets=self.kid_subsets, subset_seed=seed, **real)
         return asked
 
     def measure(self, features, logits, real_features, seed):
@@ -292,19 +296,74 @@ QUESTION_FIELDS = ("num_samples", "seed", "sampling", "detector", "detector_sha2
 """What an FID of the results file measured, recorded beside it: a row answers only the same question."""
 
 
-def real_features_for(metric_options, detector, device):
-    """The real images' per-sample features the asked metrics compare with (precision/recall, KID), or None when
-    none needs them; refused before any work when the detector cannot give what a metric needs."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_images(path):
+    """Images as uint8 NHWC: a samples file in the original's format (.npz with arr_0 uint8 NHWC), or a folder
+    or a .zip of image files (their names sorted; every image of one size and mode), as EDM2's
+    calculate_metrics.py takes them."""
+    from PIL import Image
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder of images")
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            if "arr_0" not in data or data["arr_0"].dtype != np.uint8 or data["arr_0"].ndim != 4:
+                raise ValueError(f"{path}: not a samples file (arr_0 of uint8 images N × H × W × C)")
+            return torch.from_numpy(data["arr_0"].copy())
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+        opened = [Image.open(os.path.join(path, n)) for n in names]
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = sorted(n for n in archive.namelist() if n.lower().endswith(IMAGE_SUFFIXES))
+            opened = [Image.open(io.BytesIO(archive.read(n))) for n in names]
+    else:
+        raise ValueError(f"{path}: give a samples .npz, a folder of images or a .zip of images")
+    if not opened:
+        raise ValueError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    arrays = [np.asarray(image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)) for image in opened]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"{path}: images of several sizes or modes ({', '.join(map(str, sorted(shapes)))}); give "
+                         "one size")
+    stacked = np.stack(arrays)
+    return torch.from_numpy(stacked[..., None] if stacked.ndim == 3 else stacked)
+
+
+def image_features(images, detector, device, batch_size=250):
+    """The detector's per-sample features (float64) of uint8 NHWC images, in order."""
+    tally = DetectorTally(detector, (images.shape[3], images.shape[1], images.shape[2]), device, keep_samples=True)
+    for start in range(0, len(images), batch_size):
+        tally.update(images[start:start + batch_size].permute(0, 3, 1, 2).to(device))
+    return tally.samples()[0]
+
+
+def real_features_for(metric_options, detector, device, real_images=""):
+    """The real images' per-sample features the asked metrics compare with (precision/recall, KID): those of
+    `real_images` (read_images), or with the digits detector the real digits'; None when no metric needs them.
+    Refused before any work when the detector cannot give what a metric needs."""
     if "is" in metric_options.names and not gives_class_logits(detector):
         raise ValueError("--metrics is needs the detector's class logits: the Inception detector (its 1008-way "
                          "output layer) and the digits detector give them, the pixels detector does not")
     if not {"pr", "kid"} & set(metric_options.names):
         return None
+    if real_images:
+        return image_features(read_images(real_images), detector, device)
     if not isinstance(detector, DigitsDetector):
-        raise ValueError("--metrics pr and kid compare per-sample features of real and generated images: with "
-                         "--detector digits they are computed from the digits; for other detectors the real "
-                         "images' features are not available yet")
+        raise ValueError("--metrics pr and kid compare per-sample features of real and generated images: give the "
+                         "real images with --real_images (a samples .npz, or a folder or .zip of images, e.g. the "
+                         "training set); with --detector digits the real digits are used")
     return digits_features(detector, device)
+
+
+def real_identity(real_features, real_images):
+    """What identifies the real set of precision/recall and KID in a question: its name and a digest of its
+    features (the same images read again give the same digest)."""
+    if real_features is None:
+        return {}
+    return dict(real_images=real_images or "the real digits (all 1,797)", real_sha256=digest_of_arrays([real_features]))
 
 
 def results_file(folder, seed, table=FID_TABLE):

@@ -79,7 +79,7 @@ def evaluate_folder(args, given, device):
     metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
                                                     pr_neighbours=args.pr_neighbours,
                                                     kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
-    real_features = evaluation.real_features_for(metric_options, detector, device)
+    real_features = evaluation.real_features_for(metric_options, detector, device, args.real_images)
     checkpoints = evaluation.checkpoints_in(args.exp_dir, [n for n in args.checkpoints.split(",") if n])
     if not checkpoints:
         orphans = incomplete_step_files(args.exp_dir)
@@ -145,6 +145,7 @@ class Walk:
     def __init__(self, args, detector, reference, sample_dir, log, device, metric_options, real_features):
         self.args, self.detector, self.reference, self.sample_dir, self.log = args, detector, reference, sample_dir, log
         self.device, self.metric_options, self.real_features = device, metric_options, real_features
+        self.real = evaluation.real_identity(real_features, args.real_images)
         self.checked_dimension, self.failed = False, []
 
     def measure(self, name, step, loaded, request, question):
@@ -157,7 +158,7 @@ class Walk:
         metrics_path = evaluation.results_file(os.path.dirname(self.sample_dir), request.seed, evaluation.METRICS_TABLE)
         real_count = 0 if self.real_features is None else len(self.real_features)
         asked = {metric: {**question, "metric": metric, **parameters} for metric, parameters in
-                 self.metric_options.questions(request.seed, request.num_samples, real_count).items()}
+                 self.metric_options.questions(request.seed, request.num_samples, real_count, self.real).items()}
         metric_rows = evaluation.read_results(metrics_path, evaluation.METRICS_TABLE) if asked else []
         unanswered = [metric for metric, metric_question in asked.items()
                       if evaluation.answer(metric_rows, name, metric_question) is None]

@@ -401,6 +401,18 @@ def test_the_walk_measures_is_pr_and_kid_beside_fid_in_a_long_table_whatever_the
         shared, _ = walk(tmp_path / "two", processes=2)
         for metric in alone:
             assert float(shared[metric]["value"]) == pytest.approx(float(alone[metric]["value"]), rel=1e-9, abs=1e-12)
+    # another real set: the precision/recall and KID rows name it and its digest, and answer their own question
+    from PIL import Image
+
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, image in enumerate(digits.load_digits("held_out")[0][:50]):
+        Image.fromarray(((image[0] + 1) * 127.5).round().to(torch.uint8).numpy()).save(real / f"{i:02d}.png")
+    held_out, said = walk(tmp_path / "one", extra=["--real_images", str(real)])
+    assert "measured again for precision, recall, kid" in said
+    assert held_out["kid"]["real_images"] == str(real) and held_out["kid"]["subset_size"] == "20"
+    assert held_out["kid"]["real_sha256"] != alone["kid"]["real_sha256"] and held_out["kid"]["value"] != alone["kid"]["value"]
+    assert held_out["inception_score"] == alone["inception_score"]  # no real images in its question
     refused = subprocess.run([sys.executable, *base[:-4], "--detector", "pixels", "--fid_dataset", "cifar10",
                               "--metrics", "fid,is", "--exp_dir", str(tmp_path)], cwd=REPO, capture_output=True,
                              text=True, timeout=120)

@@ -2,6 +2,7 @@
 out), and parity with torch-fidelity's implementations (a test-only dependency, as piq is for LPIPS)."""
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -135,3 +136,35 @@ def test_the_inception_score_comes_from_the_fid_pass_without_the_output_bias():
     assert inception_score(logits) == pytest.approx(inception_score(unbiased.log()), rel=1e-5)  # the network's own
     assert inception_score(logits)[0] != pytest.approx(inception_score(biased.log())[0], rel=1e-3)  # the bias matters
     assert gives_class_logits(detector) and not gives_class_logits(torch.jit.script(torch.nn.Identity()))
+
+
+def test_images_are_read_from_a_samples_file_a_folder_or_a_zip_alike(tmp_path):
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from pid_diffusion.evaluation import read_images
+
+    pixels = (np.arange(5 * 4 * 6 * 3) % 256).astype(np.uint8).reshape(5, 4, 6, 3)
+    np.savez(tmp_path / "samples_5x4x6x3.npz", pixels, np.arange(5))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        for name in sorted(os.listdir(folder)):
+            archive.write(folder / name, name)
+    for path in (tmp_path / "samples_5x4x6x3.npz", folder, tmp_path / "images.zip"):
+        assert torch.equal(read_images(str(path)), torch.from_numpy(pixels)), path
+    Image.fromarray(pixels[0, :, :4]).save(folder / "999.png")  # another size
+    with pytest.raises(ValueError, match="images of several sizes or modes"):
+        read_images(str(folder))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        read_images(str(tmp_path / "empty"))
+    np.savez(tmp_path / "floats.npz", pixels.astype(np.float32))
+    with pytest.raises(ValueError, match="not a samples file"):
+        read_images(str(tmp_path / "floats.npz"))
+    with pytest.raises(FileNotFoundError, match="no such file or folder of images"):
+        read_images(str(tmp_path / "missing"))
