@@ -130,6 +130,8 @@ class FIDFlags(DetectorOptions):
                                  "is always measured: the others use its pass). is needs class logits (the inception "
                                  "and digits detectors); pr and kid compare with --real_images (with --detector digits: "
                                  "the real digits)")
+    samples: str = option("", "measure images made by any code instead of checkpoints: a samples .npz in the original's "
+                              "format, or a folder or .zip of images; a row named after it in --results_dir's tables")
     real_images: str = option("", "the real images that --metrics pr and kid compare with (a samples .npz in the "
                                   "original's format, or a folder or .zip of images, e.g. the training set); default "
                                   "with --detector digits: the real digits")
@@ -315,7 +317,12 @@ def parse_fid(argv=None, doc=None):
     parser = _sampling_parser(doc).add_options(FIDFlags)
     args, given = parser.parse(argv)
     _teacher_preset(parser, args, given, "checkpoints")
-    if not args.exp_dir:
+    if args.samples and (args.exp_dir or args.checkpoints or args.preset):
+        parser.error("--samples measures images made elsewhere: drop --exp_dir, --checkpoints and --preset (the "
+                     "results go to --results_dir)")
+    if args.samples and not args.results_dir:
+        parser.error("--samples needs --results_dir: the folder its results table is written to")
+    if not args.exp_dir and not args.samples:
         parser.error("--exp_dir is required: the folder of checkpoints to evaluate (with --preset: where its results go)")
     if args.seed_ranges < 1:
         parser.error(f"--seed_ranges must be at least 1, got {args.seed_ranges}")

@@ -39,7 +39,8 @@ from pid_diffusion.startup import quiet_interrupt_while_importing
 with quiet_interrupt_while_importing():
     from pid_diffusion import cli, dist, evaluation
     from pid_diffusion.digits import DigitsUnavailableError
-    from pid_diffusion.fid import DetectorTally, check_stats_dimension, load_detector, reference_stats, resolve_feed
+    from pid_diffusion.fid import (DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats,
+                                   resolve_feed)
     from pid_diffusion.generate import save_grid
     from pid_diffusion.log import RunLogger
     from pid_diffusion.plots import plot_fid_vs_step
@@ -59,6 +60,51 @@ def results_folder(args):
         raise PermissionError(f"{out_dir} is not writable (the walk writes fid_results_*.csv, FID/ and fid_vs_step.png "
                               f"there): {advice}")
     return out_dir
+
+
+def evaluate_samples(args, device):
+    """FID (and --metrics) of images made by any code (--samples), a row named after them in --results_dir's
+    tables; the question names the images by a digest of their pixels. Every process measures its share."""
+    out_dir = results_folder(args)
+    detector = load_detector(args.detector, args.detector_path or None, device)
+    metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
+                                                    pr_neighbours=args.pr_neighbours,
+                                                    kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
+    real_features = evaluation.real_features_for(metric_options, detector, device, args.real_images)
+    images = evaluation.read_images(args.samples)
+    reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
+    tally = DetectorTally(detector, (images.shape[3], images.shape[1], images.shape[2]), device, "uint8",
+                          keep_samples=bool(metric_options.names))
+    check_stats_dimension(*reference, tally.dimension, reference_name(args.fid_dataset, args.ref_path))
+    info = dist.info()
+    for start in range(info.rank * args.batch_size, len(images), info.world_size * args.batch_size):
+        indices = range(start, min(start + args.batch_size, len(images)))
+        tally.update(images[indices.start:indices.stop].permute(0, 3, 1, 2).to(device), None, indices)
+    outputs = tally.samples_in_order() if metric_options.names else None
+    tally.all_reduce()
+    name = os.path.splitext(os.path.basename(os.path.normpath(args.samples)))[0]
+    question = dict(num_samples=len(images), seed="", sampling=f"samples={os.path.abspath(args.samples)}",
+                    feed="uint8", weights_sha256=evaluation.digest_of_arrays([images]),
+                    **evaluation.measured_against(args.detector, detector, args.fid_dataset, args.ref_path, reference))
+    if not dist.is_main():
+        return
+    fid = tally.fid(reference)
+    if not math.isfinite(fid):
+        raise ValueError(f"{args.samples}: FID is {fid} (the images' features hold NaN or infinite values): not recorded")
+    seed = "samples"
+    row = dict(model_name=name, step=0, FID=f"{fid:.6f}")
+    evaluation.record_result(evaluation.results_file(out_dir, seed), row, question)
+    shown = [f"FID {fid:.4f}"]
+    real = evaluation.real_identity(real_features, args.real_images)
+    for metric, (value, std) in (metric_options.measure(*outputs, real_features, args.seed).items() if outputs else ()):
+        parameters = metric_options.questions(args.seed, len(images), 0 if real_features is None else
+                                              len(real_features), real)[metric]
+        metric_row = dict(model_name=name, step=0, metric=metric, value=f"{value:.6g}",
+                          std="" if std is None else f"{std:.6g}")
+        evaluation.record_result(evaluation.results_file(out_dir, seed, evaluation.METRICS_TABLE), metric_row,
+                                 {**question, "metric": metric, **parameters}, table=evaluation.METRICS_TABLE)
+        shown.append(f"{metric} {value:.4f}" + ("" if std is None else f" ± {std:.4f}"))
+    print(f"{name}: {', '.join(shown)} ({len(images)} images; {evaluation.results_file(out_dir, seed)})", flush=True)
 
 
 def evaluate_folder(args, given, device):
@@ -243,7 +289,9 @@ class Walk:
 
 def main(argv=None):
     args, given = cli.parse_fid(argv, __doc__)
-    run_script(lambda info: evaluate_folder(args, given, info.device), extra_errors=(DigitsUnavailableError,))
+    body = (lambda info: evaluate_samples(args, info.device)) if args.samples else (
+        lambda info: evaluate_folder(args, given, info.device))
+    run_script(body, extra_errors=(DigitsUnavailableError,))
 
 
 if __name__ == "__main__":

@@ -417,3 +417,30 @@ def test_the_walk_measures_is_pr_and_kid_beside_fid_in_a_long_table_whatever_the
                               "--metrics", "fid,is", "--exp_dir", str(tmp_path)], cwd=REPO, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 1 and "--metrics is needs the detector's class logits" in refused.stderr
+
+
+def test_samples_made_by_any_code_are_measured_as_checkpoints_are(tmp_path):
+    """fid_evaluation.py --samples: the held-out real digits as a samples file of the original's format; their
+    FID is the one computed from their features directly, their rows name them by a digest of their pixels."""
+    from pid_diffusion.fid import detector_input, feature_stats, frechet_distance
+
+    images = ((digits.load_digits("held_out")[0] + 1) * 127.5).round().to(torch.uint8)  # N × 1 × 8 × 8
+    np.savez(tmp_path / "samples_360x8x8x1.npz", images.permute(0, 2, 3, 1).numpy())
+    command = [sys.executable, os.path.join(REPO, "scripts", "fid_evaluation.py"), "--samples",
+               str(tmp_path / "samples_360x8x8x1.npz"), "--results_dir", str(tmp_path / "results"), "--detector",
+               "digits", "--fid_dataset", "digits", "--metrics", "fid,is,pr", "--batch_size", "100"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "results" / "fid_results_samples.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    detector = load_detector("digits", SHIPPED_CLASSIFIER)
+    with torch.no_grad():
+        features = detector(detector_input(images)).to(torch.float64)
+    direct = frechet_distance(*feature_stats(features), *digits_reference_stats(detector))
+    assert row["model_name"] == "samples_360x8x8x1" and float(row["FID"]) == pytest.approx(direct, rel=1e-6)
+    assert row["num_samples"] == "360" and len(row["weights_sha256"]) == 16
+    with open(tmp_path / "results" / "metrics_samples.csv", newline="") as f:
+        assert {r["metric"] for r in csv.DictReader(f)} == {"inception_score", "precision", "recall"}
+    refused = subprocess.run([*command, "--exp_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2 and "drop --exp_dir" in refused.stderr
