@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from . import dist
 from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
-from .evaluation import (ONE_SHOT_MODE, GenerationStopped, measured_against, record_result, results_file, run_generation,
+from .evaluation import (METRICS_TABLE, ONE_SHOT_MODE, GenerationStopped, MetricOptions, measured_against,
+                         real_features_for, real_identity, record_result, results_file, run_generation,
                          sampler_options, sampling_description, weights_digest)
 from .families import family_of
 from .files import digest_of_arrays
@@ -76,6 +77,10 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, Lat
                                 group=DetectorOptions.HELP_GROUP)
     eval_samples: int = option(10000, "samples of each FID during training (fid_evaluation.py's 50,000 stay the "
                                       "measurement)", group=DetectorOptions.HELP_GROUP)
+    eval_metrics: str = option("fid", "what FID during training adds from its pass, as fid_evaluation.py --metrics: is "
+                                      "(Inception or digits detector), pr and kid (the digits detector: its real "
+                                      "digits), e.g. fid,is,pr,kid; a column each in fid_during_training.csv and rows "
+                                      "of metrics_{seed}.csv", group=DetectorOptions.HELP_GROUP)
 
     def choices(self):
         return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,
@@ -163,11 +168,16 @@ class PIDTrainer(TrainingLoop):
                                  "channel(s) (latents, or greyscale): use --loss_norm l2 or l1")
             self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
                 self.device, memory_format=self.memory_format)
-        self.detector = self.reference = None
+        self.detector = self.reference = self.real_features = None
+        self.real = {}  # what identifies the real set of precision/recall and KID during training
         self.detector_feed = resolve_feed(config.detector_feed, family.sampling_protocol)
+        self.metric_options = MetricOptions.parse(config.eval_metrics)
+        if self.metric_options.names and not config.eval_interval:
+            raise ValueError(f"--eval_metrics {config.eval_metrics} adds to FID during training, which --eval_interval "
+                             "0 turns off: give --eval_interval N")
         if config.eval_interval:  # refused before the run folder is touched when they cannot be loaded
             self.starting(f"loading the {config.detector} detector and the reference statistics of "
-                     f"{reference_name(config.fid_dataset, config.ref_path)} for FID during training")
+                          f"{reference_name(config.fid_dataset, config.ref_path)} for FID during training")
             self.detector = load_detector(config.detector, config.detector_path or None, self.device)
             self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,
                                              device=self.device)
@@ -176,9 +186,11 @@ class PIDTrainer(TrainingLoop):
             self.notes += [probe.note] if probe.note else []
             self.measured_with = measured_against(config.detector, self.detector, config.fid_dataset, config.ref_path,
                                                   self.reference)
+            self.real_features = real_features_for(self.metric_options, self.detector, self.device)
+            self.real = real_identity(self.real_features, "")
         self.preview = None  # an eval-mode copy of the student for sample grids and evaluations
         self.latest_fids = {}
-        self.answers = (None, [])  # (step, [(row, question)]): this step's FIDs, for the results table once saved
+        self.answers = (None, [], [])  # (step, FID [(row, question)], other metrics'): for the tables once saved
         self.start(self.student, self.student.net, network_config)
         if teacher_state is None:
             self.logger.log(f"{config.teacher_model_path} is an analytic teacher without weights: the student "
@@ -233,10 +245,13 @@ class PIDTrainer(TrainingLoop):
         step's FIDs, if it was evaluated, as rows of the walk's fid_results_{seed}.csv."""
         if not dist.is_main():
             return
-        step, answers = self.answers
+        step, answers, metric_answers = self.answers
         if step == self.step:  # FIDs of the weights just saved: the results table the walk reads holds them too
             for row, question in answers:
                 record_result(results_file(self.config.log_dir, self.config.seed), row, question)
+            for row, question in metric_answers:
+                record_result(results_file(self.config.log_dir, self.config.seed, METRICS_TABLE), row, question,
+                              table=METRICS_TABLE)
         name, rate = self.shown_networks()[0]
         shown = self._preview_with(self.shown_state(rate))
         batches = list(generate(shown, GRID_SAMPLES, GRID_SAMPLES, self.config.seed, self.image_shape, self.label_dim,
@@ -275,7 +290,8 @@ class PIDTrainer(TrainingLoop):
                                                self.label_dim, request, self.one_step_options(), self.device,
                                                detector=self.detector, feed=self.detector_feed,
                                                keep_images=False, progress=False, decode=self.decode,
-                                               stop=(lambda: self.stop_signal is not None) if single else None)[3]
+                                               stop=(lambda: self.stop_signal is not None) if single else None,
+                                               keep_samples=bool(self.metric_options.names))[3]
         except GenerationStopped as e:
             self.logger.log(f"FID at step {self.step} interrupted by a stop signal ({e}); the checkpoint is written "
                             "next and the run ends")
@@ -286,6 +302,8 @@ class PIDTrainer(TrainingLoop):
             self.logger.log(f"FID at step {self.step} failed ({problem or 'on another process'}); training goes on, "
                             "the next evaluation tries again")
             return
+        # every process's per-sample outputs in sample order, for the metrics beside FID (a collective call)
+        outputs = {name: tally.samples_in_order() for name, tally in tallies.items()} if self.metric_options.names else {}
         for tally in tallies.values():
             tally.all_reduce()
         if not dist.is_main():
@@ -299,20 +317,32 @@ class PIDTrainer(TrainingLoop):
         sampling = sampling_description(self.one_step_options(), request)
         question = dict(num_samples=self.config.eval_samples, seed=self.config.seed, sampling=sampling,
                         feed=self.detector_feed, **self.measured_with)
-        answers = []
+        answers, metric_answers, measured = [], [], {}
+        asked = self.metric_options.questions(self.config.seed, self.config.eval_samples,
+                                              0 if self.real_features is None else len(self.real_features), self.real)
         for name, (fid, accuracy) in results.items():
             checkpoint = os.path.splitext(files[name])[0]  # the checkpoint of this step, as fid_results names it
             row = dict(step=self.step, model_name=checkpoint, FID=f"{fid:.6f}", num_samples=self.config.eval_samples,
                        seed=self.config.seed, detector=self.config.detector, seconds=f"{seconds:.2f}")
             if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional student
                 row["class_accuracy"] = f"{accuracy:.6f}"
+            if outputs:
+                measured[name] = self.metric_options.measure(*outputs[name], self.real_features, self.config.seed)
+                row.update({metric: f"{value:.6g}" for metric, (value, _) in measured[name].items()})
             self.logger.metrics(row, EVALUATION_FILE)
             answer = {key: row[key] for key in ("model_name", "step", "FID", "class_accuracy") if key in row}
             answers.append((answer, {**question, "weights_sha256": weights[name]}))
-        self.answers = (self.step, answers)
+            for metric, (value, std) in measured.get(name, {}).items():
+                metric_row = dict(model_name=checkpoint, step=self.step, metric=metric, value=f"{value:.6g}",
+                                  std="" if std is None else f"{std:.6g}")
+                metric_answers.append((metric_row, {**question, "weights_sha256": weights[name], "metric": metric,
+                                                    **asked[metric]}))
+        self.answers = (self.step, answers, metric_answers)
         shown = ", ".join(f"{name} {fid:.4f}" for name, (fid, _) in results.items())
         self.logger.log(f"FID at step {self.step} ({self.config.eval_samples} samples, {self.config.detector} "
                         f"detector, {seconds:.1f} s): {shown}")
+        for name, values in measured.items():
+            self.logger.log(f"  {name}: " + ", ".join(f"{metric} {value:.4f}" for metric, (value, _) in values.items()))
 
     def logged_evaluation(self):
         if not self.config.eval_interval:

@@ -444,3 +444,33 @@ def test_samples_made_by_any_code_are_measured_as_checkpoints_are(tmp_path):
     refused = subprocess.run([*command, "--exp_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 2 and "drop --exp_dir" in refused.stderr
+
+
+def test_training_adds_the_asked_metrics_to_its_fid_and_the_walk_finds_them(tmp_path):
+    from pid_diffusion.trainer import PIDTrainer, TrainConfig, train
+
+    config = dict(teacher_model_path=SHIPPED_TEACHER, global_batch_size=4, loss_norm="l2", ema_rate="0.9",
+                  total_training_steps=2, save_interval=2, log_interval=1, lr=1e-3, eval_interval=2, eval_samples=40,
+                  detector="digits", fid_dataset="digits", eval_metrics="fid,is,pr,kid")
+    train(TrainConfig(log_dir=str(tmp_path / "run"), **config))
+    with open(tmp_path / "run" / "fid_during_training.csv", newline="") as f:
+        during = list(csv.DictReader(f))
+    assert len(during) == 2 and all(float(r["inception_score"]) >= 1 and 0 <= float(r["recall"]) <= 1 for r in during)
+    with open(tmp_path / "run" / "metrics_0.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["model_name"], r["metric"]) for r in rows} == {
+        (name, metric) for name in ("ema_0.9_000002", "model000002")
+        for metric in ("inception_score", "precision", "recall", "kid")}
+    assert {r["subset_size"] for r in rows if r["metric"] == "kid"} == {"40"}
+    walk = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fid_evaluation.py"), "--exp_dir",
+                           str(tmp_path / "run"), "--checkpoints", "ema_0.9_000002.pt,model000002.pt", "--seed", "0",
+                           "--num_samples", "40", "--batch_size", "10", "--detector", "digits", "--fid_dataset",
+                           "digits", "--metrics", "fid,is,pr,kid", "--save_samples", "False"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert walk.returncode == 0 and walk.stdout.count("already evaluated") == 2, walk.stdout + walk.stderr[-2000:]
+    with pytest.raises(ValueError, match="--eval_metrics fid,kid adds to FID during training, which --eval_interval 0"):
+        PIDTrainer(TrainConfig(log_dir=str(tmp_path / "off"), **{**config, "eval_interval": 0,
+                                                                 "eval_metrics": "fid,kid"}))
+    with pytest.raises(ValueError, match="unknown metric 'fd'"):
+        PIDTrainer(TrainConfig(log_dir=str(tmp_path / "bad"), **{**config, "eval_metrics": "fid,fd"}))
+    assert not (tmp_path / "off").exists() and not (tmp_path / "bad").exists()
