@@ -375,7 +375,8 @@ def results_file(folder, seed, table=FID_TABLE):
 def measured_against(detector_name, detector, fid_dataset, ref_path, reference):
     """The items of an FID question that say what the samples are measured with: the detector and a digest of
     its weights, the reference statistics by name and by identity."""
-    return dict(detector=detector_name, detector_sha256=digest_of_arrays(detector.state_dict().values()),
+    return dict(detector=getattr(detector, "question_name", detector_name),
+                detector_sha256=digest_of_arrays(detector.state_dict().values()),
                 reference=reference_name(fid_dataset, ref_path),
                 reference_sha256=reference_digest(fid_dataset, ref_path, reference, detector))
 

@@ -27,7 +27,8 @@ from . import dist
 from .download import local_file
 from .edm_pickle import EDMPickleError, is_pickle_file, read_restricted_pickle
 from .digits import DigitsDetector, load_classifier, load_digits
-from .files import atomic_output, digest_of_arrays, find_weight_file, is_zip_archive, weight_search_dirs
+from .files import (atomic_output, digest_of_arrays, find_weight_file, is_zip_archive, read_torch_file,
+                    weight_search_dirs)
 from .generate import to_pixels
 from .settings import option
 
@@ -44,7 +45,12 @@ statistics EDM2's published FIDs are measured against)."""
 FEEDS = ("float", "uint8")
 ORIGINAL_FEED, FAMILY_FEED = "float", "auto"
 """The original PID code's feed, and the default: the teacher family's (families.TeacherFamily.sampling_protocol)."""
-DETECTORS = ("inception", "digits", "pixels")
+DETECTORS = ("inception", "dinov2", "digits", "pixels")
+DINOV2_MODEL, DINOV2_HUB, DINOV2_FEATURES, DINOV2_SIDE = "dinov2_vitl14", "facebookresearch/dinov2", 1024, 224
+"""FD_DINOv2's network (EDM2's calculate_metrics.py): DINOv2 ViT-L/14 through torch.hub, its 1,024-d class token, on
+images resized to 224 × 224."""
+DINOV2_RESIZES = ("torch", "pil")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_CLASSIFIER_FILE = "digits-classifier.pt"
 DIGITS_DATASET = "digits"
 
@@ -59,10 +65,17 @@ class DetectorOptions:
                                          "img512}.pkl), or digits (computed from the real digits; --detector digits)")
     ref_path: str = option("", "reference statistics .npz (mu, sigma) or EDM2 .pkl instead of --fid_dataset's; a path "
                                "or an http(s) URL")
-    detector: str = option("inception", "feature detector: inception (TF-Inception TorchScript), digits (the digits "
-                                        "classifier's features; also gives class accuracy) or pixels (raw pixels)")
+    detector: str = option("inception", "feature detector: inception (TF-Inception TorchScript), dinov2 (DINOv2 "
+                                        "ViT-L/14: FD_DINOv2, against the fd_dinov2 entry of EDM2's reference .pkl), "
+                                        "digits (the digits classifier's features; also gives class accuracy) or pixels "
+                                        "(raw pixels)")
     detector_path: str = option("", "path or http(s) URL of inception-2015-12-05.pt or digits-classifier.pt (default: "
                                     "model_zoo/, torch hub cache)")
+    dinov2_repo: str = option("", "--detector dinov2: a local checkout of facebookresearch/dinov2 (torch.hub, "
+                                  "source='local'), with --detector_path its weights file (dinov2_vitl14_pretrain.pth); "
+                                  "default: torch.hub fetches both (network)")
+    dinov2_resize: str = option("torch", "--detector dinov2: resizing to 224 by torch (bicubic with antialiasing, not "
+                                         "re-quantised) or pil (PIL's bicubic, re-quantised): EDM2's two modes")
     detector_feed: str = option(FAMILY_FEED, "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM "
                                              "and EDM2; auto: the teacher family's (float for EDM teachers and their "
                                              "students, uint8 for EDM2's)")
@@ -88,13 +101,78 @@ def _find_file(file_name, path):
     return find_weight_file([file_name]), " or ".join(os.path.join(d, file_name) for d in weight_search_dirs())
 
 
-def load_detector(name="inception", path=None, device="cpu"):
+class DINOv2Detector(torch.nn.Module):
+    """FD_DINOv2's detector, called like the Inception detector: float NCHW pixels in [0, 255] (a grey image's
+    channel repeated) → the network's 1,024-d class token (float64), after EDM2's preprocessing: resize to 224
+    by bicubic interpolation (torch: antialiased, the floats kept; pil: PIL's bicubic on uint8, re-quantised),
+    /255, ImageNet's mean and standard deviation."""
+
+    def __init__(self, model, resize="torch"):
+        super().__init__()
+        if resize not in DINOV2_RESIZES:
+            raise ValueError(f"--dinov2_resize {resize!r}; valid: {', '.join(DINOV2_RESIZES)}")
+        self.model, self.resize = model.eval().requires_grad_(False), resize
+        self.question_name = f"dinov2 (resize {resize})"  # what a results row says measured it
+
+    def preprocess(self, pixels):
+        x = pixels.to(torch.float32)
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if self.resize == "pil":
+            from PIL import Image
+
+            images = to_pixels_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
+            resized = [np.asarray(Image.fromarray(image).resize((DINOV2_SIDE, DINOV2_SIDE), Image.Resampling.BICUBIC))
+                       for image in images]
+            x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(pixels.device, torch.float32)
+        else:
+            x = torch.nn.functional.interpolate(x, size=(DINOV2_SIDE, DINOV2_SIDE), mode="bicubic", antialias=True)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).reshape(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).reshape(1, 3, 1, 1)
+        return (x / 255 - mean) / std
+
+    def forward(self, pixels, return_features=True):
+        features = self.model(self.preprocess(pixels))
+        if features.ndim != 2 or features.shape[1] != DINOV2_FEATURES:
+            raise ValueError(f"the DINOv2 network gave features of shape {tuple(features.shape)}, not N × "
+                             f"{DINOV2_FEATURES:,} ({DINOV2_MODEL}'s class token): another model or repository")
+        return features.to(torch.float64)
+
+
+def to_pixels_uint8(pixels):
+    """Float pixels in [0, 255] rounded to uint8 (what PIL resizes)."""
+    return pixels.round().clamp(0, 255).to(torch.uint8)
+
+
+def load_dinov2(path=None, repo="", device="cpu", resize="torch"):
+    """FD_DINOv2's detector: DINOv2 ViT-L/14 from a local torch.hub checkout `repo` with its weights file `path`,
+    or through torch.hub's network fetch of both when neither is given."""
+    if bool(repo) != bool(path):
+        raise ValueError("--detector dinov2 from files needs both --dinov2_repo (a checkout of "
+                         f"{DINOV2_HUB}) and --detector_path (its {DINOV2_MODEL} weights); give both, or neither "
+                         "for torch.hub's download")
+    try:
+        if repo:
+            if not os.path.isfile(os.path.join(repo, "hubconf.py")):
+                raise FileNotFoundError(f"--dinov2_repo {repo}: no hubconf.py there (a checkout of {DINOV2_HUB})")
+            model = torch.hub.load(repo, DINOV2_MODEL, source="local", pretrained=False)
+            model.load_state_dict(read_torch_file(local_file(path, "the DINOv2 weights")))
+        else:
+            model = torch.hub.load(DINOV2_HUB, DINOV2_MODEL)
+    except (RuntimeError, AttributeError, ImportError) as e:
+        raise ValueError(f"DINOv2 could not be loaded ({type(e).__name__}: {e})") from e
+    return DINOv2Detector(model, resize).to(device)
+
+
+def load_detector(name="inception", path=None, device="cpu", dinov2_repo="", dinov2_resize="torch"):
     """The feature detector: 'inception' (TorchScript file: `path`, else ./model_zoo/, else torch's
-    hub cache), 'digits' (the digits classifier file, found the same way) or 'pixels'."""
+    hub cache), 'dinov2' (load_dinov2), 'digits' (the digits classifier file, found like Inception's) or
+    'pixels'."""
     if name == "pixels":
         return PixelDetector().to(device)
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
+    if name == "dinov2":
+        return load_dinov2(path, dinov2_repo, device, dinov2_resize)
     if name == "digits":
         found, where = _find_file(DIGITS_CLASSIFIER_FILE, local_file(path, "the digits classifier"))
         if found is None:
@@ -305,7 +383,8 @@ def reference_stats(fid_dataset, ref_path, detector, dim=None, device="cpu"):
         raise ValueError(f"--detector digits measures digits, not --fid_dataset {fid_dataset}: add --fid_dataset "
                          f"{DIGITS_DATASET} (its reference is computed from the real digits), or give --ref_path "
                          "statistics computed with the digits classifier")
-    return load_reference_stats(reference_stats_path(fid_dataset, ref_path), dim)
+    entry = "fd_dinov2" if isinstance(detector, DINOv2Detector) else "fid"  # EDM2's pickles hold both
+    return load_reference_stats(reference_stats_path(fid_dataset, ref_path), dim, entry)
 
 
 def reference_digest(fid_dataset, ref_path, reference, detector):
@@ -325,9 +404,9 @@ def reference_name(fid_dataset, ref_path):
     return reference_stats_path(fid_dataset, ref_path)
 
 
-def load_reference_stats(path, dim=None):
-    """(μ, Σ) from an EDM-style reference .npz (keys mu, sigma; a path or an http(s) URL), checked
-    against the detector's dim."""
+def load_reference_stats(path, dim=None, entry="fid"):
+    """(μ, Σ) from an EDM-style reference .npz (keys mu, sigma; a path or an http(s) URL) or EDM2's .pkl (its
+    `entry`: fid or fd_dinov2), checked against the detector's dim."""
     path = local_file(path, "the FID reference statistics")
     if not os.path.isfile(path):
         urls = {os.path.basename(rel): url for rel, url in REFERENCE_STATS.values()}
@@ -335,7 +414,7 @@ def load_reference_stats(path, dim=None):
         source = f"download {hint} to {path}" if hint else "compute it with the same detector"
         raise FileNotFoundError(f"FID reference statistics not found: {path}; {source}")
     if not os.path.isdir(path) and is_pickle_file(path):
-        mu, sigma = _edm2_reference_stats(path)
+        mu, sigma = _edm2_reference_stats(path, entry)
     elif os.path.isdir(path) or not is_zip_archive(path):
         raise ValueError(f"{path}: not a reference-statistics .npz (a numpy archive with arrays 'mu' and 'sigma') "
                          "nor EDM2's reference .pkl")
@@ -370,14 +449,15 @@ def check_covariance(sigma, source):
                          "is not a covariance matrix; recompute the statistics")
 
 
-def _edm2_reference_stats(path):
-    """(μ, Σ) of the Inception features in EDM2's reference statistics: a pickle of plain dicts
-    {'fid': {'mu', 'sigma'}, 'fd_dinov2': {...}}, read without running anything in it."""
+def _edm2_reference_stats(path, entry="fid"):
+    """(μ, Σ) of one entry of EDM2's reference statistics, a pickle of plain dicts {'fid': {'mu', 'sigma'},
+    'fd_dinov2': {...}} ('fid': Inception's features, 'fd_dinov2': DINOv2's), read without running anything in it."""
     try:
         data = read_restricted_pickle(path)
-        mu, sigma = (np.asarray(data["fid"][key], dtype=np.float64) for key in ("mu", "sigma"))
+        mu, sigma = (np.asarray(data[entry][key], dtype=np.float64) for key in ("mu", "sigma"))
     except (EDMPickleError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not EDM2's reference statistics (a pickle of {{'fid': {{'mu', 'sigma'}}}}; {e})") from e
+        raise ValueError(f"{path}: not EDM2's reference statistics with a {entry!r} entry (a pickle of "
+                         f"{{'{entry}': {{'mu', 'sigma'}}}}; {e})") from e
     return mu, sigma
 
 

@@ -66,7 +66,8 @@ def evaluate_samples(args, device):
     """FID (and --metrics) of images made by any code (--samples), a row named after them in --results_dir's
     tables; the question names the images by a digest of their pixels. Every process measures its share."""
     out_dir = results_folder(args)
-    detector = load_detector(args.detector, args.detector_path or None, device)
+    detector = load_detector(args.detector, args.detector_path or None, device, args.dinov2_repo,
+                             args.dinov2_resize)
     metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
                                                     pr_neighbours=args.pr_neighbours,
                                                     kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
@@ -121,7 +122,8 @@ def evaluate_folder(args, given, device):
     # a guided teacher's rows answer their own question (unguided descriptions stay as they were)
     guided = dict(guidance=guidance.guidance, guide_model_path=guidance.guide_model_path) if (
         guidance.guide_model_path) else {}
-    detector = load_detector(args.detector, args.detector_path or None, device)
+    detector = load_detector(args.detector, args.detector_path or None, device, args.dinov2_repo,
+                             args.dinov2_resize)
     metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
                                                     pr_neighbours=args.pr_neighbours,
                                                     kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)

@@ -168,3 +168,98 @@ def test_images_are_read_from_a_samples_file_a_folder_or_a_zip_alike(tmp_path):
         read_images(str(tmp_path / "floats.npz"))
     with pytest.raises(FileNotFoundError, match="no such file or folder of images"):
         read_images(str(tmp_path / "missing"))
+
+
+TINY_HUB = '''
+import torch
+
+
+class TinyViT(torch.nn.Module):
+    """Stands in for DINOv2 ViT-L/14: a 224 × 224 image → a class token of FEATURES values."""
+
+    def __init__(self):
+        super().__init__()
+        self.project = torch.nn.Linear(3 * 4 * 4, FEATURES)
+
+    def forward(self, x):
+        return self.project(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+
+def dinov2_vitl14(pretrained=True, **kwargs):
+    assert not pretrained, "the test loads its own weights"
+    return TinyViT()
+'''
+
+
+def tiny_hub(folder, features):
+    folder.mkdir()
+    (folder / "hubconf.py").write_text(TINY_HUB.replace("FEATURES", str(features)))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tiny_hub_{features}", folder / "hubconf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    network = module.dinov2_vitl14(pretrained=False)
+    torch.save(network.state_dict(), folder / "weights.pth")
+    return network
+
+
+def test_fd_dinov2_s_detector_loads_from_a_local_hub_and_preprocesses_as_edm2(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pid_diffusion.fid import DINOv2Detector, load_detector
+
+    network = tiny_hub(tmp_path / "hub", 1024)
+    detector = load_detector("dinov2", str(tmp_path / "hub" / "weights.pth"), dinov2_repo=str(tmp_path / "hub"))
+    pixels = torch.randint(0, 256, (3, 3, 20, 20), generator=torch.Generator().manual_seed(6)).to(torch.float32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+    resized = torch.nn.functional.interpolate(pixels, size=(224, 224), mode="bicubic", antialias=True)
+    assert torch.allclose(detector.preprocess(pixels), (resized / 255 - mean) / std, atol=1e-6)
+    assert not torch.equal(resized, resized.round())  # the torch path keeps the floats (not re-quantised)
+    with torch.no_grad():
+        features = detector(pixels)
+        assert features.shape == (3, 1024) and features.dtype == torch.float64
+        assert torch.allclose(features, network(detector.preprocess(pixels)).double(), atol=1e-6)  # its weights
+    pil = DINOv2Detector(network, "pil")
+    by_pil = np.stack([np.asarray(Image.fromarray(image.astype(np.uint8)).resize((224, 224), Image.Resampling.BICUBIC))
+                       for image in pixels.permute(0, 2, 3, 1).numpy()])
+    expected = (torch.from_numpy(by_pil).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    assert torch.allclose(pil.preprocess(pixels), expected, atol=1e-6)
+    assert not torch.allclose(pil.preprocess(pixels), detector.preprocess(pixels), atol=1e-3)  # the two modes differ
+    grey = pixels[:, :1]
+    assert torch.equal(detector.preprocess(grey), detector.preprocess(grey.expand(-1, 3, -1, -1)))
+    assert detector.question_name == "dinov2 (resize torch)" and pil.question_name == "dinov2 (resize pil)"
+
+    tiny_hub(tmp_path / "other", 16)
+    other = load_detector("dinov2", str(tmp_path / "other" / "weights.pth"), dinov2_repo=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="not N × 1,024"):
+        other(pixels)
+    with pytest.raises(ValueError, match="needs both --dinov2_repo"):
+        load_detector("dinov2", dinov2_repo=str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="no hubconf.py there"):
+        load_detector("dinov2", str(tmp_path / "hub" / "weights.pth"), dinov2_repo=str(tmp_path))
+
+
+def test_fd_dinov2_is_measured_against_the_fd_dinov2_entry_of_edm2_s_statistics(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from pid_diffusion.fid import load_detector, reference_stats
+
+    tiny_hub(tmp_path / "hub", 1024)
+    dinov2 = load_detector("dinov2", str(tmp_path / "hub" / "weights.pth"), dinov2_repo=str(tmp_path / "hub"))
+    mu_fid, mu_dino = np.zeros(2048), np.ones(1024)
+    with open(tmp_path / "img64.pkl", "wb") as f:
+        pickle.dump({"fid": {"mu": mu_fid, "sigma": np.eye(2048)}, "fd_dinov2": {"mu": mu_dino, "sigma": np.eye(1024)}},
+                    f)
+    mu, sigma = reference_stats("edm2-img64", str(tmp_path / "img64.pkl"), dinov2)
+    assert np.array_equal(mu, mu_dino) and sigma.shape == (1024, 1024)
+    mu, _ = reference_stats("edm2-img64", str(tmp_path / "img64.pkl"), load_detector("pixels"))
+    assert np.array_equal(mu, mu_fid)  # another detector: the Inception entry
+    with open(tmp_path / "fid-only.pkl", "wb") as f:
+        pickle.dump({"fid": {"mu": mu_fid, "sigma": np.eye(2048)}}, f)
+    with pytest.raises(ValueError, match="with a 'fd_dinov2' entry"):
+        reference_stats("edm2-img64", str(tmp_path / "fid-only.pkl"), dinov2)
