@@ -132,6 +132,9 @@ class FIDFlags(DetectorOptions):
                                  "the real digits)")
     samples: str = option("", "measure images made by any code instead of checkpoints: a samples .npz in the original's "
                               "format, or a folder or .zip of images; a row named after it in --results_dir's tables")
+    write_reference: str = option("", "with --samples: write the images' feature statistics (mu, sigma) with --detector "
+                                      "to this .npz instead of measuring (reference statistics for a data set without "
+                                      "them, e.g. FD_DINOv2's for CIFAR-10); an existing file is never replaced")
     real_images: str = option("", "the real images that --metrics pr and kid compare with (a samples .npz in the "
                                   "original's format, or a folder or .zip of images, e.g. the training set); default "
                                   "with --detector digits: the real digits")
@@ -320,7 +323,9 @@ def parse_fid(argv=None, doc=None):
     if args.samples and (args.exp_dir or args.checkpoints or args.preset):
         parser.error("--samples measures images made elsewhere: drop --exp_dir, --checkpoints and --preset (the "
                      "results go to --results_dir)")
-    if args.samples and not args.results_dir:
+    if args.write_reference and not args.samples:
+        parser.error("--write_reference computes statistics of images: give them with --samples")
+    if args.samples and not args.results_dir and not args.write_reference:
         parser.error("--samples needs --results_dir: the folder its results table is written to")
     if not args.exp_dir and not args.samples:
         parser.error("--exp_dir is required: the folder of checkpoints to evaluate (with --preset: where its results go)")

@@ -37,10 +37,13 @@ import os
 from pid_diffusion.startup import quiet_interrupt_while_importing
 
 with quiet_interrupt_while_importing():
+    import numpy as np
+
     from pid_diffusion import cli, dist, evaluation
     from pid_diffusion.digits import DigitsUnavailableError
     from pid_diffusion.fid import (DetectorTally, check_stats_dimension, load_detector, reference_name, reference_stats,
                                    resolve_feed)
+    from pid_diffusion.files import atomic_output
     from pid_diffusion.generate import save_grid
     from pid_diffusion.log import RunLogger
     from pid_diffusion.plots import plot_fid_vs_step
@@ -64,8 +67,11 @@ def results_folder(args):
 
 def evaluate_samples(args, device):
     """FID (and --metrics) of images made by any code (--samples), a row named after them in --results_dir's
-    tables; the question names the images by a digest of their pixels. Every process measures its share."""
-    out_dir = results_folder(args)
+    tables; the question names the images by a digest of their pixels. Every process measures its share. With
+    --write_reference, their feature statistics are written as reference statistics instead."""
+    if args.write_reference and os.path.exists(args.write_reference):
+        raise FileExistsError(f"--write_reference {args.write_reference} exists; nothing was replaced: give another path")
+    out_dir = None if args.write_reference else results_folder(args)
     detector = load_detector(args.detector, args.detector_path or None, device, args.dinov2_repo,
                              args.dinov2_resize)
     metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
@@ -73,9 +79,12 @@ def evaluate_samples(args, device):
                                                     kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
     real_features = evaluation.real_features_for(metric_options, detector, device, args.real_images)
     images = evaluation.read_images(args.samples)
-    reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
     tally = DetectorTally(detector, (images.shape[3], images.shape[1], images.shape[2]), device, "uint8",
                           keep_samples=bool(metric_options.names))
+    if args.write_reference:
+        write_reference_stats(args, images, tally, device)
+        return
+    reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
     check_stats_dimension(*reference, tally.dimension, reference_name(args.fid_dataset, args.ref_path))
     info = dist.info()
     for start in range(info.rank * args.batch_size, len(images), info.world_size * args.batch_size):
@@ -106,6 +115,20 @@ def evaluate_samples(args, device):
                                  {**question, "metric": metric, **parameters}, table=evaluation.METRICS_TABLE)
         shown.append(f"{metric} {value:.4f}" + ("" if std is None else f" ± {std:.4f}"))
     print(f"{name}: {', '.join(shown)} ({len(images)} images; {evaluation.results_file(out_dir, seed)})", flush=True)
+
+
+def write_reference_stats(args, images, tally, device):
+    """The images' feature statistics as a reference .npz (mu, sigma: EDM's format), each process its share."""
+    info = dist.info()
+    for start in range(info.rank * args.batch_size, len(images), info.world_size * args.batch_size):
+        tally.update(images[start:start + args.batch_size].permute(0, 3, 1, 2).to(device))
+    tally.all_reduce()
+    if dist.is_main():
+        mu, sigma = tally.stats.mean_cov()
+        with atomic_output(args.write_reference) as tmp, open(tmp, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma)
+        print(f"wrote {args.write_reference}: statistics of {len(images)} images in the {args.detector} detector's "
+              f"{mu.shape[0]}-d features", flush=True)
 
 
 def evaluate_folder(args, given, device):

@@ -444,6 +444,20 @@ def test_samples_made_by_any_code_are_measured_as_checkpoints_are(tmp_path):
     refused = subprocess.run([*command, "--exp_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 2 and "drop --exp_dir" in refused.stderr
+    # the images' own statistics as a reference: the same images then score FID 0 against them
+    statistics = tmp_path / "held-out-stats.npz"
+    wrote = subprocess.run([*command[:4], "--detector", "digits", "--write_reference", str(statistics)], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert wrote.returncode == 0 and "statistics of 360 images in the digits detector's 64-d features" in wrote.stdout
+    with np.load(statistics) as written:
+        assert np.allclose(written["mu"], features.mean(0).numpy()) and written["sigma"].shape == (64, 64)
+    again = subprocess.run([*command[:4], "--detector", "digits", "--write_reference", str(statistics)], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "exists; nothing was replaced" in again.stderr
+    own = subprocess.run([*command[:6], "--detector", "digits", "--ref_path", str(statistics)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert own.returncode == 0, own.stderr
+    assert abs(float(re.search(r"samples_360x8x8x1: FID (-?[0-9.]+)", own.stdout).group(1))) < 1e-4  # 0 up to rounding
 
 
 def test_training_adds_the_asked_metrics_to_its_fid_and_the_walk_finds_them(tmp_path):
