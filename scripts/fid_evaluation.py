@@ -65,6 +65,17 @@ def results_folder(args):
     return out_dir
 
 
+def measuring_tools(args, device):
+    """(detector, the metrics beside FID, the real set's features they compare with), each refused at once when
+    it cannot be had."""
+    detector = load_detector(args.detector, args.detector_path or None, device, args.dinov2_repo,
+                             args.dinov2_resize)
+    metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
+                                                    pr_neighbours=args.pr_neighbours,
+                                                    kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
+    return detector, metric_options, evaluation.real_features_for(metric_options, detector, device, args.real_images)
+
+
 def evaluate_samples(args, device):
     """FID (and --metrics) of images made by any code (--samples), a row named after them in --results_dir's
     tables; the question names the images by a digest of their pixels. Every process measures its share. With
@@ -72,12 +83,7 @@ def evaluate_samples(args, device):
     if args.write_reference and os.path.exists(args.write_reference):
         raise FileExistsError(f"--write_reference {args.write_reference} exists; nothing was replaced: give another path")
     out_dir = None if args.write_reference else results_folder(args)
-    detector = load_detector(args.detector, args.detector_path or None, device, args.dinov2_repo,
-                             args.dinov2_resize)
-    metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
-                                                    pr_neighbours=args.pr_neighbours,
-                                                    kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
-    real_features = evaluation.real_features_for(metric_options, detector, device, args.real_images)
+    detector, metric_options, real_features = measuring_tools(args, device)
     images = evaluation.read_images(args.samples)
     tally = DetectorTally(detector, (images.shape[3], images.shape[1], images.shape[2]), device, "uint8",
                           keep_samples=bool(metric_options.names))
@@ -145,12 +151,7 @@ def evaluate_folder(args, given, device):
     # a guided teacher's rows answer their own question (unguided descriptions stay as they were)
     guided = dict(guidance=guidance.guidance, guide_model_path=guidance.guide_model_path) if (
         guidance.guide_model_path) else {}
-    detector = load_detector(args.detector, args.detector_path or None, device, args.dinov2_repo,
-                             args.dinov2_resize)
-    metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
-                                                    pr_neighbours=args.pr_neighbours,
-                                                    kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
-    real_features = evaluation.real_features_for(metric_options, detector, device, args.real_images)
+    detector, metric_options, real_features = measuring_tools(args, device)
     checkpoints = evaluation.checkpoints_in(args.exp_dir, [n for n in args.checkpoints.split(",") if n])
     if not checkpoints:
         orphans = incomplete_step_files(args.exp_dir)
