@@ -196,7 +196,7 @@ def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path, num_samp
 def test_bad_inputs(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt.*nvlabs-fi-cdn"):
         load_detector("inception", path=str(tmp_path / "missing.pt"))
-    with pytest.raises(ValueError, match="valid: inception, digits, pixels"):
+    with pytest.raises(ValueError, match="valid: inception, dinov2, digits, pixels"):
         load_detector("clip")
     with pytest.raises(FileNotFoundError, match="cifar10-32x32.npz.*fid-refs"):
         load_reference_stats(str(tmp_path / "stats" / "cifar10-32x32.npz"))
