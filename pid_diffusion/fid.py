@@ -45,7 +45,6 @@ statistics EDM2's published FIDs are measured against)."""
 FEEDS = ("float", "uint8")
 ORIGINAL_FEED, FAMILY_FEED = "float", "auto"
 """The original PID code's feed, and the default: the teacher family's (families.TeacherFamily.sampling_protocol)."""
-DETECTORS = ("inception", "dinov2", "digits", "pixels")
 DINOV2_MODEL, DINOV2_HUB, DINOV2_FEATURES, DINOV2_SIDE = "dinov2_vitl14", "facebookresearch/dinov2", 1024, 224
 """FD_DINOv2's network (EDM2's calculate_metrics.py): DINOv2 ViT-L/14 through torch.hub, its 1,024-d class token, on
 images resized to 224 × 224."""
@@ -163,22 +162,22 @@ def load_dinov2(path=None, repo="", device="cpu", resize="torch"):
     return DINOv2Detector(model, resize).to(device)
 
 
-def load_detector(name="inception", path=None, device="cpu", dinov2_repo="", dinov2_resize="torch"):
-    """The feature detector: 'inception' (TorchScript file: `path`, else ./model_zoo/, else torch's
-    hub cache), 'dinov2' (load_dinov2), 'digits' (the digits classifier file, found like Inception's) or
-    'pixels'."""
-    if name == "pixels":
-        return PixelDetector().to(device)
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
-    if name == "dinov2":
-        return load_dinov2(path, dinov2_repo, device, dinov2_resize)
-    if name == "digits":
-        found, where = _find_file(DIGITS_CLASSIFIER_FILE, local_file(path, "the digits classifier"))
-        if found is None:
-            raise FileNotFoundError(f"digits classifier {DIGITS_CLASSIFIER_FILE} not found at {where}; it ships in "
-                                    "model_zoo/ (remake it with scripts/train_digits_classifier.py)")
-        return DigitsDetector(load_classifier(found)).to(device)
+def load_pixels(path, device, **options):
+    """Raw pixels as features (PixelDetector): their count is the image's."""
+    return PixelDetector().to(device)
+
+
+def load_digits_detector(path, device, **options):
+    """The digits classifier file: `path`, else ./model_zoo/, else torch's hub cache."""
+    found, where = _find_file(DIGITS_CLASSIFIER_FILE, local_file(path, "the digits classifier"))
+    if found is None:
+        raise FileNotFoundError(f"digits classifier {DIGITS_CLASSIFIER_FILE} not found at {where}; it ships in "
+                                "model_zoo/ (remake it with scripts/train_digits_classifier.py)")
+    return DigitsDetector(load_classifier(found)).to(device)
+
+
+def load_inception(path, device, **options):
+    """NVIDIA's TorchScript TF-Inception: `path`, else ./model_zoo/, else torch's hub cache."""
     found, where = _find_file(INCEPTION_FILE, local_file(path, "the FID detector"))
     if found is None:
         raise FileNotFoundError(f"Inception detector {INCEPTION_FILE} not found at {where}. Download {INCEPTION_URL} into "
@@ -188,6 +187,27 @@ def load_detector(name="inception", path=None, device="cpu", dinov2_repo="", din
     except Exception as e:  # torch raises RuntimeError / ValueError for non-TorchScript files
         raise ValueError(f"{found} is not a TorchScript detector ({type(e).__name__}: {e})") from e
     return detector.eval()
+
+
+def load_dinov2_detector(path, device, dinov2_repo="", dinov2_resize="torch", **options):
+    """DINOv2 ViT-L/14 (load_dinov2): 1,024-d class tokens of images resized to 224."""
+    return load_dinov2(path, dinov2_repo, device, dinov2_resize)
+
+
+DETECTOR_LOADERS = {"inception": load_inception, "dinov2": load_dinov2_detector, "digits": load_digits_detector,
+                    "pixels": load_pixels}
+"""--detector → its loader (path, device, **options): a new feature space is one entry. Every detector is called
+as detector(float NCHW pixels in [0, 255], return_features=True) → N × d features; the feature size is checked
+against the reference statistics before any sampling."""
+DETECTORS = tuple(DETECTOR_LOADERS)
+"""The --detector names."""
+
+
+def load_detector(name="inception", path=None, device="cpu", **options):
+    """The feature detector `name` of DETECTOR_LOADERS (`options`: dinov2_repo, dinov2_resize for DINOv2)."""
+    if name not in DETECTOR_LOADERS:
+        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
+    return DETECTOR_LOADERS[name](path, device, **options)
 
 
 def output_layer_weight(detector):

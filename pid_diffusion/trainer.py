@@ -179,7 +179,7 @@ class PIDTrainer(TrainingLoop):
             self.starting(f"loading the {config.detector} detector and the reference statistics of "
                           f"{reference_name(config.fid_dataset, config.ref_path)} for FID during training")
             self.detector = load_detector(config.detector, config.detector_path or None, self.device,
-                                          config.dinov2_repo, config.dinov2_resize)
+                                          dinov2_repo=config.dinov2_repo, dinov2_resize=config.dinov2_resize)
             self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,
                                              device=self.device)
             probe = DetectorTally(self.detector, self.output_shape(), self.device, self.detector_feed)

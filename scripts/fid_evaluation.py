@@ -68,8 +68,8 @@ def results_folder(args):
 def measuring_tools(args, device):
     """(detector, the metrics beside FID, the real set's features they compare with), each refused at once when
     it cannot be had."""
-    detector = load_detector(args.detector, args.detector_path or None, device, args.dinov2_repo,
-                             args.dinov2_resize)
+    detector = load_detector(args.detector, args.detector_path or None, device, dinov2_repo=args.dinov2_repo,
+                             dinov2_resize=args.dinov2_resize)
     metric_options = evaluation.MetricOptions.parse(args.metrics, is_splits=args.is_splits,
                                                     pr_neighbours=args.pr_neighbours,
                                                     kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
