@@ -68,7 +68,8 @@ echo "== 2/4 the newest checkpoints beside the teacher's samplers: digit FID, co
 phase_done "teacher beside student"
 
 echo "== 3/4 digit FID and conditional accuracy of every checkpoint (step 1 measured them: the same question, answered once)"
-"${LAUNCH[@]}" "$PYTHON" scripts/fid_evaluation.py --exp_dir "$RUN_DIR" --detector digits --fid_dataset digits \
+# one process: the walk finds every answer in the table (a walk that measures runs under mpirun as step 1 does)
+"$PYTHON" scripts/fid_evaluation.py --exp_dir "$RUN_DIR" --detector digits --fid_dataset digits \
   --num_samples "$SAMPLES" --batch_size 500 --seed 0 --save_samples False 2> >(grep -v "sampling:" >&2)
 phase_done "FID table and plot"
 
