@@ -30,7 +30,7 @@ from .trainer import TrainConfig
 REFERENCE = preset_values(TrainConfig, "reference", "cuda")
 ABLATION = [("attention", "sdpa"), ("batched_student", True), ("fused_optimizer", True), ("channels_last", True),
             ("mixed_precision", "bf16"), ("student_precision", "fp32"), ("cudnn_benchmark", True), ("compile", True),
-            ("ddp_bucket_cap_mb", 0), ("speculative_step", True)]
+            ("ddp_bucket_cap_mb", 0)]
 FAST = preset_values(TrainConfig, "fast", "cuda")
 
 

@@ -30,8 +30,7 @@ ONE_BUCKET = 0
 """--ddp_bucket_cap_mb 0: every gradient in one DDP bucket."""
 
 PRESET_CHANGES = {
-    "reference": dict(batched_student=False, attention="reference", fused_optimizer=False, cudnn_benchmark=False,
-                      speculative_step=False),
+    "reference": dict(batched_student=False, attention="reference", fused_optimizer=False, cudnn_benchmark=False),
     "eager": {},
     "fast": dict(mixed_precision="bf16", student_precision="fp32", channels_last=True, compile=True,
                  ddp_bucket_cap_mb=ONE_BUCKET),
@@ -65,9 +64,11 @@ class SpeedSettings:
                            preset=True)
     compile_mode: str = option("default", "speed: torch.compile mode: default, or reduce-overhead (CUDA graphs)")
     fused_optimizer: bool = option(True, "speed: multi-tensor / fused optimizer kernels", preset=True)
-    speculative_step: bool = option(True, "speed: under fp16 loss scaling, queue the next step before the host has read "
-                                          "whether this one overflowed (an overflow then discards both on the device and "
-                                          "the skipped step is retried: the same numbers either way)", preset=True)
+    speculative_step: bool = option(False, "speed: under fp16 loss scaling, queue the next step before the host has read "
+                                           "whether this one overflowed (an overflow then discards both on the device "
+                                           "and the skipped step is retried: the same numbers either way). Off: on an "
+                                           "H100 it ran CIFAR-10's first steps at 0.89x (docs/benchmarks.md)",
+                                    preset=True)
     cudnn_benchmark: bool = option(True, "speed: cuDNN times its convolution algorithms once and keeps the fastest",
                                    preset=True)
     ddp_bucket_cap_mb: int = option(

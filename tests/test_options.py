@@ -32,7 +32,7 @@ PID_VALUES = {  # a valid value other than the default for every flag that is a 
     "resume_checkpoint": "model000009.pt", "fp16_scale_growth": 0.01, "seed": 5, "mixed_precision": "bf16",
     "student_precision": "fp32_output", "batched_student": False, "attention": "reference", "fused_optimizer": False,
     "channels_last": True, "compile": True, "compile_mode": "reduce-overhead", "cudnn_benchmark": False,
-    "ddp_bucket_cap_mb": 64, "speculative_step": False, "allow_changed_settings": True, "log_format": "stdout,tensorboard", "eval_interval": 500,
+    "ddp_bucket_cap_mb": 64, "speculative_step": True, "allow_changed_settings": True, "log_format": "stdout,tensorboard", "eval_interval": 500,
     "eval_samples": 300, "eval_metrics": "fid,is",
     "detector": "digits", "detector_path": "d.pt", "detector_feed": "uint8", "dinov2_repo": "dinov2", "dinov2_resize": "pil", "fid_dataset": "digits", "ref_path": "r.npz",
     "guide_model_path": "guide.pt", "guidance": 1.5, "vae_path": "vae",
