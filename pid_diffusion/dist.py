@@ -223,6 +223,16 @@ def all_gather_objects(obj):
     return gathered
 
 
+def gather_in_order(rows, more_rows, indices):
+    """Every process's `rows` (and `more_rows`, which a process without batches lacks: None), each row with its
+    sample index in `indices`, concatenated in sample-index order, on every process (a collective call)."""
+    parts = all_gather_objects((rows, more_rows, list(indices)))
+    all_indices = [i for _, _, idx in parts for i in idx]
+    order = torch.as_tensor(sorted(range(len(all_indices)), key=all_indices.__getitem__), dtype=torch.long)
+    more = [p[1] for p in parts if p[1] is not None]
+    return torch.cat([p[0] for p in parts])[order], torch.cat(more)[order] if more else None
+
+
 def broadcast_object(obj, src=0):
     if not is_distributed():
         return obj

@@ -235,20 +235,6 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
     return images, (torch.cat(labels) if labels else None), indices, tally
 
 
-def gather_in_order(images, labels, indices):
-    """All processes' images (and labels) on rank 0, sorted by sample index."""
-    parts = [(images, labels, indices)]
-    if dist.is_distributed():
-        parts = [None] * dist.info().world_size
-        torch.distributed.all_gather_object(parts, (images, labels, indices))
-    all_indices = [i for _, _, idx in parts for i in idx]
-    order = np.argsort(all_indices, kind="stable")
-    all_images = torch.cat([p[0] for p in parts])[order]
-    label_parts = [p[1] for p in parts if p[1] is not None]  # a process without batches has none
-    all_labels = torch.cat(label_parts)[order] if label_parts else None
-    return all_images, all_labels
-
-
 def samples_npz_path(folder, count, image_shape, prefix=""):
     """{folder}/{prefix}samples_{N}x{H}x{W}x{C}.npz, the original's name, for `count` images of shape (C, H, W)."""
     channels, height, width = image_shape
@@ -332,11 +318,20 @@ def read_images(path):
     return torch.from_numpy(stacked[..., None] if stacked.ndim == 3 else stacked)
 
 
-def image_features(images, detector, device, batch_size=250):
+def tally_images(tally, images, device, batch_size=250, shared=False):
+    """Feed uint8 NHWC `images` to `tally` in batches, with their sample indices: all of them, or with `shared`
+    this process's share (batches rank, rank + processes, ...)."""
+    info = dist.info()
+    first, stride = (info.rank, info.world_size) if shared else (0, 1)
+    for start in range(first * batch_size, len(images), stride * batch_size):
+        stop = min(start + batch_size, len(images))
+        tally.update(images[start:stop].permute(0, 3, 1, 2).to(device), None, range(start, stop))
+
+
+def image_features(images, detector, device):
     """The detector's per-sample features (float64) of uint8 NHWC images, in order."""
     tally = DetectorTally(detector, (images.shape[3], images.shape[1], images.shape[2]), device, keep_samples=True)
-    for start in range(0, len(images), batch_size):
-        tally.update(images[start:start + batch_size].permute(0, 3, 1, 2).to(device))
+    tally_images(tally, images, device)
     return tally.samples()[0]
 
 
@@ -364,6 +359,27 @@ def real_identity(real_features, real_images):
     if real_features is None:
         return {}
     return dict(real_images=real_images or "the real digits (all 1,797)", real_sha256=digest_of_arrays([real_features]))
+
+
+def metric_answers(name, step, measured, asked):
+    """The metrics table's rows of one model's `measured` metrics ({metric: (value, standard deviation or None)}),
+    each with its whole question from `asked` ({metric: question}): ([(row, question)], the metrics whose value
+    is not finite, which are reported and never recorded)."""
+    answers, not_finite = [], []
+    for metric, (value, std) in measured.items():
+        if not math.isfinite(value):
+            not_finite.append(metric)
+            continue
+        row = dict(model_name=name, step=step, metric=metric, value=f"{value:.6g}",
+                   std="" if std is None else f"{std:.6g}")
+        answers.append((row, asked[metric]))
+    return answers, not_finite
+
+
+def metrics_text(measured):
+    """measured metrics as one line: 'metric value ± std, ...'."""
+    return ", ".join(f"{metric} {value:.4f}" + ("" if std is None else f" ± {std:.4f}")
+                     for metric, (value, std) in measured.items())
 
 
 def results_file(folder, seed, table=FID_TABLE):

@@ -142,24 +142,26 @@ def to_pixels_uint8(pixels):
     return pixels.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_dinov2(path=None, repo="", device="cpu", resize="torch"):
-    """FD_DINOv2's detector: DINOv2 ViT-L/14 from a local torch.hub checkout `repo` with its weights file `path`,
-    or through torch.hub's network fetch of both when neither is given."""
-    if bool(repo) != bool(path):
+def load_dinov2(path, device, dinov2_repo="", dinov2_resize="torch", **options):
+    """FD_DINOv2's detector: DINOv2 ViT-L/14 (1,024-d class tokens of images resized to 224) from a local
+    torch.hub checkout `dinov2_repo` with its weights file `path`, or through torch.hub's network fetch of both
+    when neither is given."""
+    if bool(dinov2_repo) != bool(path):
         raise ValueError("--detector dinov2 from files needs both --dinov2_repo (a checkout of "
                          f"{DINOV2_HUB}) and --detector_path (its {DINOV2_MODEL} weights); give both, or neither "
                          "for torch.hub's download")
     try:
-        if repo:
-            if not os.path.isfile(os.path.join(repo, "hubconf.py")):
-                raise FileNotFoundError(f"--dinov2_repo {repo}: no hubconf.py there (a checkout of {DINOV2_HUB})")
-            model = torch.hub.load(repo, DINOV2_MODEL, source="local", pretrained=False)
+        if dinov2_repo:
+            if not os.path.isfile(os.path.join(dinov2_repo, "hubconf.py")):
+                raise FileNotFoundError(f"--dinov2_repo {dinov2_repo}: no hubconf.py there (a checkout of "
+                                        f"{DINOV2_HUB})")
+            model = torch.hub.load(dinov2_repo, DINOV2_MODEL, source="local", pretrained=False)
             model.load_state_dict(read_torch_file(local_file(path, "the DINOv2 weights")))
         else:
             model = torch.hub.load(DINOV2_HUB, DINOV2_MODEL)
     except (RuntimeError, AttributeError, ImportError) as e:
         raise ValueError(f"DINOv2 could not be loaded ({type(e).__name__}: {e})") from e
-    return DINOv2Detector(model, resize).to(device)
+    return DINOv2Detector(model, dinov2_resize).to(device)
 
 
 def load_pixels(path, device, **options):
@@ -189,12 +191,7 @@ def load_inception(path, device, **options):
     return detector.eval()
 
 
-def load_dinov2_detector(path, device, dinov2_repo="", dinov2_resize="torch", **options):
-    """DINOv2 ViT-L/14 (load_dinov2): 1,024-d class tokens of images resized to 224."""
-    return load_dinov2(path, dinov2_repo, device, dinov2_resize)
-
-
-DETECTOR_LOADERS = {"inception": load_inception, "dinov2": load_dinov2_detector, "digits": load_digits_detector,
+DETECTOR_LOADERS = {"inception": load_inception, "dinov2": load_dinov2, "digits": load_digits_detector,
                     "pixels": load_pixels}
 """--detector → its loader (path, device, **options): a new feature space is one entry. Every detector is called
 as detector(float NCHW pixels in [0, 255], return_features=True) → N × d features; the feature size is checked
@@ -300,10 +297,11 @@ class DetectorTally:
         if self.kept_features is not None:
             self.kept_features.append(features.to(torch.float64))
             self.kept_indices.extend(indices)
-        if self.kept_logits is not None:
-            self.kept_logits.append(class_logits(self.detector, pixels, features))
-        if labels is not None and hasattr(self.detector, "classify"):
-            predicted = self.detector.classify(pixels)
+        logits = None if self.kept_logits is None else class_logits(self.detector, pixels, features)
+        if logits is not None:
+            self.kept_logits.append(logits)
+        if labels is not None and hasattr(self.detector, "classify"):  # the classifier runs once per batch
+            predicted = self.detector.classify(pixels) if logits is None else logits.argmax(1)
             self.hits += (predicted == labels.to(predicted.device)).sum()
             self.labelled += len(labels)
 
@@ -317,14 +315,7 @@ class DetectorTally:
         """(features, logits or None) of every process's kept samples, sorted by sample index (a collective call:
         every process calls it and gets them all)."""
         features, logits = self.samples()
-        parts = [(features.cpu(), None if logits is None else logits.cpu(), list(self.kept_indices))]
-        if dist.is_distributed():
-            parts = [None] * dist.info().world_size
-            torch.distributed.all_gather_object(parts, (features.cpu(), None if logits is None else logits.cpu(),
-                                                        list(self.kept_indices)))
-        order = torch.as_tensor(np.argsort([i for _, _, idx in parts for i in idx], kind="stable"))
-        logits_parts = [p[1] for p in parts if p[1] is not None]
-        return torch.cat([p[0] for p in parts])[order], torch.cat(logits_parts)[order] if logits_parts else None
+        return dist.gather_in_order(features.cpu(), None if logits is None else logits.cpu(), self.kept_indices)
 
     @property
     def dimension(self):
@@ -356,6 +347,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"statistics of different dimensions: μ {mu1.shape} vs {mu2.shape}, "
                          f"Σ {sigma1.shape} vs {sigma2.shape}")
+    if not all(np.isfinite(array).all() for array in (mu1, sigma1, mu2, sigma2)):
+        return float("nan")  # samples or features holding NaN or infinity: no distance (callers report, never record)
     values, vectors = np.linalg.eigh((sigma1 + sigma1.T) / 2)
     root1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     product = root1 @ sigma2 @ root1

@@ -17,8 +17,8 @@ from . import dist
 from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
 from .evaluation import (METRICS_TABLE, ONE_SHOT_MODE, GenerationStopped, MetricOptions, measured_against,
-                         real_features_for, real_identity, record_result, results_file, run_generation,
-                         sampler_options, sampling_description, weights_digest)
+                         metric_answers, metrics_text, real_features_for, real_identity, record_result, results_file,
+                         run_generation, sampler_options, sampling_description, weights_digest)
 from .families import family_of
 from .files import digest_of_arrays
 from .fid import (DETECTORS, FAMILY_FEED, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension,
@@ -246,11 +246,11 @@ class PIDTrainer(TrainingLoop):
         step's FIDs, if it was evaluated, as rows of the walk's fid_results_{seed}.csv."""
         if not dist.is_main():
             return
-        step, answers, metric_answers = self.answers
+        step, answers, metric_rows = self.answers
         if step == self.step:  # FIDs of the weights just saved: the results table the walk reads holds them too
             for row, question in answers:
                 record_result(results_file(self.config.log_dir, self.config.seed), row, question)
-            for row, question in metric_answers:
+            for row, question in metric_rows:
                 record_result(results_file(self.config.log_dir, self.config.seed, METRICS_TABLE), row, question,
                               table=METRICS_TABLE)
         name, rate = self.shown_networks()[0]
@@ -318,7 +318,7 @@ class PIDTrainer(TrainingLoop):
         sampling = sampling_description(self.one_step_options(), request)
         question = dict(num_samples=self.config.eval_samples, seed=self.config.seed, sampling=sampling,
                         feed=self.detector_feed, **self.measured_with)
-        answers, metric_answers, measured = [], [], {}
+        answers, metric_rows, measured = [], [], {}
         asked = self.metric_options.questions(self.config.seed, self.config.eval_samples,
                                               0 if self.real_features is None else len(self.real_features), self.real)
         for name, (fid, accuracy) in results.items():
@@ -332,18 +332,17 @@ class PIDTrainer(TrainingLoop):
                 row.update({metric: f"{value:.6g}" for metric, (value, _) in measured[name].items()})
             self.logger.metrics(row, EVALUATION_FILE)
             answer = {key: row[key] for key in ("model_name", "step", "FID", "class_accuracy") if key in row}
-            answers.append((answer, {**question, "weights_sha256": weights[name]}))
-            for metric, (value, std) in measured.get(name, {}).items():
-                metric_row = dict(model_name=checkpoint, step=self.step, metric=metric, value=f"{value:.6g}",
-                                  std="" if std is None else f"{std:.6g}")
-                metric_answers.append((metric_row, {**question, "weights_sha256": weights[name], "metric": metric,
-                                                    **asked[metric]}))
-        self.answers = (self.step, answers, metric_answers)
+            measured_by = {**question, "weights_sha256": weights[name]}
+            if math.isfinite(fid):  # the results table holds finite values only (a NaN row is damage)
+                answers.append((answer, measured_by))
+            metric_rows += metric_answers(checkpoint, self.step, measured.get(name, {}), {
+                metric: {**measured_by, "metric": metric, **parameters} for metric, parameters in asked.items()})[0]
+        self.answers = (self.step, answers, metric_rows)
         shown = ", ".join(f"{name} {fid:.4f}" for name, (fid, _) in results.items())
         self.logger.log(f"FID at step {self.step} ({self.config.eval_samples} samples, {self.config.detector} "
                         f"detector, {seconds:.1f} s): {shown}")
         for name, values in measured.items():
-            self.logger.log(f"  {name}: " + ", ".join(f"{metric} {value:.4f}" for metric, (value, _) in values.items()))
+            self.logger.log(f"  {name}: {metrics_text(values)}")
 
     def logged_evaluation(self):
         if not self.config.eval_interval:

@@ -92,10 +92,7 @@ def evaluate_samples(args, device):
         return
     reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
     check_stats_dimension(*reference, tally.dimension, reference_name(args.fid_dataset, args.ref_path))
-    info = dist.info()
-    for start in range(info.rank * args.batch_size, len(images), info.world_size * args.batch_size):
-        indices = range(start, min(start + args.batch_size, len(images)))
-        tally.update(images[indices.start:indices.stop].permute(0, 3, 1, 2).to(device), None, indices)
+    evaluation.tally_images(tally, images, device, args.batch_size, shared=True)
     outputs = tally.samples_in_order() if metric_options.names else None
     tally.all_reduce()
     name = os.path.splitext(os.path.basename(os.path.normpath(args.samples)))[0]
@@ -110,24 +107,23 @@ def evaluate_samples(args, device):
     seed = "samples"
     row = dict(model_name=name, step=0, FID=f"{fid:.6f}")
     evaluation.record_result(evaluation.results_file(out_dir, seed), row, question)
-    shown = [f"FID {fid:.4f}"]
-    real = evaluation.real_identity(real_features, args.real_images)
-    for metric, (value, std) in (metric_options.measure(*outputs, real_features, args.seed).items() if outputs else ()):
-        parameters = metric_options.questions(args.seed, len(images), 0 if real_features is None else
-                                              len(real_features), real)[metric]
-        metric_row = dict(model_name=name, step=0, metric=metric, value=f"{value:.6g}",
-                          std="" if std is None else f"{std:.6g}")
+    measured = metric_options.measure(*outputs, real_features, args.seed) if outputs else {}
+    asked = {metric: {**question, "metric": metric, **parameters} for metric, parameters in metric_options.questions(
+        args.seed, len(images), 0 if real_features is None else len(real_features),
+        evaluation.real_identity(real_features, args.real_images)).items()}
+    answers, not_finite = evaluation.metric_answers(name, 0, measured, asked)
+    for metric_row, metric_question in answers:
         evaluation.record_result(evaluation.results_file(out_dir, seed, evaluation.METRICS_TABLE), metric_row,
-                                 {**question, "metric": metric, **parameters}, table=evaluation.METRICS_TABLE)
-        shown.append(f"{metric} {value:.4f}" + ("" if std is None else f" ± {std:.4f}"))
-    print(f"{name}: {', '.join(shown)} ({len(images)} images; {evaluation.results_file(out_dir, seed)})", flush=True)
+                                 metric_question, table=evaluation.METRICS_TABLE)
+    shown = ", ".join([f"FID {fid:.4f}", *([evaluation.metrics_text(measured)] if measured else [])])
+    print(f"{name}: {shown} ({len(images)} images; {evaluation.results_file(out_dir, seed)})", flush=True)
+    if not_finite:
+        raise ValueError(f"{args.samples}: {', '.join(not_finite)} not finite: not recorded")
 
 
 def write_reference_stats(args, images, tally, device):
     """The images' feature statistics as a reference .npz (mu, sigma: EDM's format), each process its share."""
-    info = dist.info()
-    for start in range(info.rank * args.batch_size, len(images), info.world_size * args.batch_size):
-        tally.update(images[start:start + args.batch_size].permute(0, 3, 1, 2).to(device))
+    evaluation.tally_images(tally, images, device, args.batch_size, shared=True)
     tally.all_reduce()
     if dist.is_main():
         mu, sigma = tally.stats.mean_cov()
@@ -261,7 +257,7 @@ class Walk:
         shown = min(100, request.batch_size, len(images))  # the first global batch (this process's first): in order
         grid = (images[:shown], None if labels is None else labels[:shown])
         if args.save_samples:
-            images, labels = evaluation.gather_in_order(images, labels, indices)
+            images, labels = dist.gather_in_order(images, labels, indices)
         fid = None
         if dist.is_main():
             fid = tally.fid(self.reference)
@@ -280,17 +276,13 @@ class Walk:
         """The metrics beside FID of one checkpoint's samples (`outputs`: their features and logits in sample
         order), a row each in the metrics table; a value that is not finite is reported, not recorded."""
         measured = self.metric_options.measure(*outputs, self.real_features, seed)
-        shown = []
-        for metric, (value, std) in measured.items():
-            if not math.isfinite(value):
-                self.log(f"{name}: {metric} is {value}: not recorded")
-                self.failed.append(f"{name} ({metric})")
-                continue
-            row = dict(model_name=name, step=step, metric=metric, value=f"{value:.6g}",
-                       std="" if std is None else f"{std:.6g}")
-            evaluation.record_result(metrics_path, row, asked[metric], table=evaluation.METRICS_TABLE)
-            shown.append(f"{metric} {value:.4f}" + ("" if std is None else f" ± {std:.4f}"))
-        self.log(f"{name}: {', '.join(shown)} ({os.path.basename(metrics_path)})")
+        answers, not_finite = evaluation.metric_answers(name, step, measured, asked)
+        for row, question in answers:
+            evaluation.record_result(metrics_path, row, question, table=evaluation.METRICS_TABLE)
+        for metric in not_finite:
+            self.log(f"{name}: {metric} is {measured[metric][0]}: not recorded")
+            self.failed.append(f"{name} ({metric})")
+        self.log(f"{name}: {evaluation.metrics_text(measured)} ({os.path.basename(metrics_path)})")
 
     def record(self, name, step, fid, tally, request, question, grid, images, labels, results_path, tag):
         args, log = self.args, self.log

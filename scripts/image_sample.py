@@ -45,7 +45,7 @@ def sample_to_folder(args, given, info):
         prepare_log_dir(out_dir)
     images, labels, indices, _ = evaluation.run_generation(loaded.model, loaded.shape, loaded.label_dim, request,
                                                            loaded.options, info.device, decode=loaded.decode)
-    images, labels = evaluation.gather_in_order(images, labels, indices)
+    images, labels = dist.gather_in_order(images, labels, indices)
     if dist.is_main():
         path = evaluation.save_samples_npz(images, labels, out_dir)
         shown = min(64, len(images))

@@ -45,8 +45,8 @@ WATCHING = "tests/test_watching.py"
 EDM2 = "tests/test_edm2.py"
 MUTATIONS = (
     # --- the table of the tests issue, row by row
-    M("ema_rate", "pid_diffusion/ema.py", "torch._foreach_lerp_(averages, params, 1.0 - self.rate(rate, updates_before))",
-      "torch._foreach_lerp_(averages, params, self.rate(rate, updates_before))", (FORMULAS,)),
+    M("ema_rate", "pid_diffusion/ema.py", "weight = 1.0 - self.rate(rate, updates_before)",
+      "weight = self.rate(rate, updates_before)", (FORMULAS,)),
     M("loss_norm", "pid_diffusion/trainer.py", "labels, self.config.loss_norm,", "labels, \"l2\",", (FORMULAS,)),
     M("weight_schedule", "pid_diffusion/trainer.py", "self.config.weight_schedule, lpips,", "\"karras\", lpips,",
       (FORMULAS,)),
@@ -160,13 +160,14 @@ MUTATIONS = (
       "for rate in self.ema.rates)]", (WATCHING,)),
     M("evaluation_features_not_gathered", "pid_diffusion/trainer.py", "            tally.all_reduce()\n",
       "            pass\n", (WATCHING,)),
-    M("grid_of_the_raw_network", "pid_diffusion/trainer.py", "self.shown_state(self.shown_networks()[0][1])",
-      "self.shown_state(self.shown_networks()[-1][1])", (WATCHING,)),
+    M("grid_of_the_raw_network", "pid_diffusion/trainer.py", "name, rate = self.shown_networks()[0]",
+      "name, rate = self.shown_networks()[-1]", (WATCHING,)),
     M("tensorboard_without_the_numbers", "pid_diffusion/log.py",
       "            self.scalars({k: v for k, v in row.items() if k != \"step\"}, row[\"step\"])\n", "",
       (WATCHING,)),
-    M("fid_reference_ignored", "scripts/fid_evaluation.py", "reference_stats(args.fid_dataset, args.ref_path or None,",
-      "reference_stats(args.fid_dataset, None,", (FID_QUESTIONS,)),
+    M("fid_reference_ignored", "scripts/fid_evaluation.py",
+      "reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)\n    measured_with",
+      "reference_stats(args.fid_dataset, None, detector, device=device)\n    measured_with", (FID_QUESTIONS,)),
     M("fid_sample_count_ignored", "scripts/fid_evaluation.py",
       "request = dataclasses.replace(first, first_index=k * first.num_samples)",
       "request = dataclasses.replace(first, num_samples=8, first_index=k * first.num_samples)",
@@ -223,7 +224,7 @@ MUTATIONS = (
       "run_config = settings_at_step(run_config, checkpoint_step(path))", "pass",
       ("tests/test_run_folder.py::test_each_checkpoint_samples_at_the_noise_levels_it_was_trained_with",)),
     M("fid_row_by_file_name", "scripts/fid_evaluation.py", '"weights_sha256": weights}', "}", (FID_QUESTIONS,)),
-    M("nan_fid_row_answers", "pid_diffusion/evaluation.py", "if not math.isfinite(float(row[\"FID\"])):",
+    M("nan_fid_row_answers", "pid_diffusion/evaluation.py", "if not math.isfinite(float(row[table.value])):",
       "if False:", ("tests/test_sampling_fid.py::test_a_non_finite_fid_in_the_results_file_is_damage_reported_with_its_"
                     "line",)),
     # --- the fp16 step decided on the device (#43)
@@ -310,15 +311,15 @@ MUTATIONS = (
       ("tests/test_metrics.py::test_fd_dinov2_is_measured_against_the_fd_dinov2_entry_of_edm2_s_statistics",)),
     M("real_images_ignored", "pid_diffusion/evaluation.py", "    if real_images:\n", "    if False:\n",
       ("tests/test_digits.py::test_the_walk_measures_is_pr_and_kid_beside_fid_in_a_long_table_whatever_the_process_count",)),
-    M("training_metrics_not_recorded", "pid_diffusion/trainer.py", "            for row, question in metric_answers:",
+    M("training_metrics_not_recorded", "pid_diffusion/trainer.py", "            for row, question in metric_rows:",
       "            for row, question in []:",
       ("tests/test_digits.py::test_training_adds_the_asked_metrics_to_its_fid_and_the_walk_finds_them",)),
     M("samples_not_identified", "scripts/fid_evaluation.py", "weights_sha256=evaluation.digest_of_arrays([images]),",
       'weights_sha256="",',
       ("tests/test_digits.py::test_samples_made_by_any_code_are_measured_as_checkpoints_are",)),
-    M("kept_samples_out_of_order", "pid_diffusion/fid.py",
-      'order = torch.as_tensor(np.argsort([i for _, _, idx in parts for i in idx], kind="stable"))',
-      "order = torch.arange(sum(len(idx) for _, _, idx in parts))",
+    M("kept_samples_out_of_order", "pid_diffusion/dist.py",
+      "order = torch.as_tensor(sorted(range(len(all_indices)), key=all_indices.__getitem__), dtype=torch.long)",
+      "order = torch.arange(len(all_indices))",
       ("tests/test_digits.py::test_the_walk_measures_is_pr_and_kid_beside_fid_in_a_long_table_whatever_the_process_count",)),
 )
 

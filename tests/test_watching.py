@@ -279,3 +279,20 @@ def test_a_grid_has_gaps_its_images_enlarged_their_labels_and_a_caption(tmp_path
     assert (captioned[:CAPTION_HEIGHT] != GRID_BACKGROUND).any()  # the caption's text
     long = save_grid(images, tmp_path / "long.png", columns=3, caption="a long caption " * 8)
     assert long.shape[0] > captioned.shape[0]  # wrapped to the grid's width
+
+
+def test_a_non_finite_fid_during_training_is_logged_but_never_written_as_an_answer(teacher_path, tmp_path,
+                                                                                    pixel_reference):
+    """The walk's results table holds finite values only (a NaN row there is damage): a NaN FID during training
+    stays in fid_during_training.csv and the log; the finite ones of another run become rows."""
+    trainer = PIDTrainer(evaluated_config(teacher_path, tmp_path / "nan", pixel_reference))
+    real_detector = trainer.detector
+    trainer.detector = lambda pixels, return_features=True: real_detector(pixels) * float("nan")
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    assert {row["FID"] for row in rows(tmp_path / "nan" / EVALUATION_FILE)} == {"nan"}
+    assert not (tmp_path / "nan" / "fid_results_0.csv").exists()
+    train(evaluated_config(teacher_path, tmp_path / "finite", pixel_reference))
+    assert len(rows(tmp_path / "finite" / "fid_results_0.csv")) == 2
