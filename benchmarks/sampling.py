@@ -40,6 +40,17 @@ class InceptionStandIn(torch.nn.Module):
         return self.net(x / 127.5 - 1)
 
 
+class TracedFeatures(torch.nn.Module):
+    """A traced (TorchScript) stand-in behind the detector's call form, as NVIDIA's file is TorchScript."""
+
+    def __init__(self, traced):
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, images, return_features=True):
+        return self.traced(images)
+
+
 def timed(function):
     torch.cuda.synchronize()
     started = time.time()
@@ -69,20 +80,30 @@ def main():
     noise, seconds = timed(lambda: seeded_inputs(0, range(args.num_samples), shape)[0])
     record("seeded noise (CPU)", args.num_samples / seconds)
 
-    def one_step(dtype):
+    def one_step(network, dtype, memory_format=torch.contiguous_format):
         with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
             for chunk in noise.split(args.batch_size):
-                student(chunk.to(device, non_blocking=True) * 80, 0.002)
+                network(chunk.to(device, non_blocking=True).contiguous(memory_format=memory_format) * 80, 0.002)
 
-    one_step(torch.float16)  # warm-up
-    for name, dtype in (("student one step, fp16", torch.float16), ("student one step, bf16", torch.bfloat16)):
-        _, seconds = timed(lambda: one_step(dtype))
+    def student_row(name, network, dtype=torch.float16, memory_format=torch.contiguous_format):
+        one_step(network, dtype, memory_format)  # warm-up (cuDNN's choice of kernels, compilation)
+        _, seconds = timed(lambda: one_step(network, dtype, memory_format))
         record(name, args.num_samples / seconds)
+
+    student.to(memory_format=torch.contiguous_format)
+    for name, dtype in (("student one step, fp16", torch.float16), ("student one step, bf16", torch.bfloat16)):
+        student_row(name, student, dtype)
+    torch.backends.cudnn.benchmark = True
+    student_row("student one step, fp16, cuDNN autotuned", student)
+    student.to(memory_format=torch.channels_last)
+    student_row("student one step, fp16, cuDNN autotuned, channels-last", student, memory_format=torch.channels_last)
+    for mode in ("default", "reduce-overhead"):
+        compiled = torch.compile(student, mode=mode)
+        student_row(f"student one step, fp16, channels-last, torch.compile {mode}", compiled,
+                    memory_format=torch.channels_last)
+        torch._dynamo.reset()
     # compiled for fp16, the precision of the end-to-end run below (another dtype would recompile)
     student = torch.compile(student)
-    one_step(torch.float16)  # compilation
-    _, seconds = timed(lambda: one_step(torch.float16))
-    record("student one step, fp16, torch.compile", args.num_samples / seconds)
 
     def features(network, dtype=None, memory_format=torch.contiguous_format, keep=False):
         kept = []
@@ -104,6 +125,11 @@ def main():
     detector_row("detector (fp32), cuDNN autotuned", detector)
     detector.to(memory_format=torch.channels_last)
     detector_row("detector (fp32), cuDNN autotuned, channels-last", detector, memory_format=torch.channels_last)
+    scripted = TracedFeatures(torch.jit.trace(InceptionStandIn().to(device).eval(), torch.zeros(2, 3, 32, 32, device=device)))
+    detector_row("TorchScript detector (fp32), cuDNN autotuned", scripted)
+    scripted.to(memory_format=torch.channels_last)  # what the scripts could do with NVIDIA's TorchScript file
+    detector_row("TorchScript detector (fp32), cuDNN autotuned, channels-last", scripted, memory_format=torch.channels_last)
+    del scripted
     compiled_detector = torch.compile(detector)
     detector_row("detector (fp32), channels-last, torch.compile", compiled_detector, memory_format=torch.channels_last)
     reference = features(detector, memory_format=torch.channels_last, keep=True)

@@ -79,6 +79,19 @@ def benchmark_config(folder, config_name, loss, per_gpu_batch, options):
                        lpips_lin_weights=os.path.join(folder, "lin.pt"), **options)
 
 
+def count_attempts(trainer):
+    """A one-item list counting the update attempts queued from now on: more than the steps when fp16 steps
+    overflowed (each retried), or when a step queued ahead was discarded after the one before it overflowed."""
+    count, queue = [0], trainer._queue_attempt
+
+    def counted(step, prior=None):
+        count[0] += 1
+        return queue(step, prior)
+
+    trainer._queue_attempt = counted
+    return count
+
+
 def measure(config_name, loss, batch, options, folder, warmup, steps):
     info = dist.info()
     torch.cuda.reset_peak_memory_stats()
@@ -90,6 +103,8 @@ def measure(config_name, loss, batch, options, folder, warmup, steps):
     peak_whole_run = torch.cuda.max_memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    attempts = count_attempts(trainer)
+    scale_before = trainer.log2_loss_scale
     dist.barrier()
     start.record()
     trainer.train_steps(steps)
@@ -101,13 +116,15 @@ def measure(config_name, loss, batch, options, folder, warmup, steps):
     peak = torch.cuda.max_memory_allocated() / 2 ** 30
     # CUDA graphs allocate their memory pools while warming up, so the timed steps alone understate it.
     peak_whole_run = max(peak_whole_run, torch.cuda.max_memory_allocated()) / 2 ** 30
+    scale_after = trainer.log2_loss_scale
     trainer.close()
     del trainer
     torch.cuda.empty_cache()
     return dict(config=config_name, loss=loss, per_gpu_batch=batch, world_size=info.world_size,
                 images_per_second_per_gpu=per_gpu, images_per_second_total=total, peak_memory_gib=peak,
-                peak_memory_whole_run_gib=peak_whole_run,
-                warmup_seconds=warmup_seconds, timed_steps=steps, **options)
+                peak_memory_whole_run_gib=peak_whole_run, warmup_seconds=warmup_seconds, timed_steps=steps,
+                attempts_queued=attempts[0], log2_loss_scale_before=scale_before, log2_loss_scale_after=scale_after,
+                **options)
 
 
 def main():
@@ -137,7 +154,9 @@ def main():
                                     f"{row['images_per_second_per_gpu']:9.1f} img/s/GPU "
                                     f"{row['images_per_second_total']:9.1f} img/s total "
                                     f"{row['peak_memory_gib']:6.2f} GiB ({row['peak_memory_whole_run_gib']:.2f} with warm-up) "
-                                    f"(warm-up {row['warmup_seconds']:.0f}s)")
+                                    f"(warm-up {row['warmup_seconds']:.0f}s) {row['attempts_queued']} attempts for "
+                                    f"{args.steps} steps, log2 loss scale {row['log2_loss_scale_before']:.2f} → "
+                                    f"{row['log2_loss_scale_after']:.2f}")
     if dist.is_main():
         meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, world_size=info.world_size,
                     date=time.strftime("%Y-%m-%d"))

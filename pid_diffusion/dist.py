@@ -141,6 +141,16 @@ def visible_device_type():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def gpu_of_local_process(local, visible_gpus):
+    """cuda:<local rank>: each process of a host drives a GPU of its own, as NCCL requires (two processes on one
+    GPU stop inside NCCL with 'Duplicate GPU detected'); a process without one is refused here, saying why."""
+    if local >= visible_gpus:
+        raise LaunchError(f"process {local} of this host has no GPU of its own: {visible_gpus} GPU(s) visible, and "
+                          "NCCL needs one per process. Start at most as many processes per host as it has GPUs "
+                          f"(mpirun -np {visible_gpus}), or make more visible (CUDA_VISIBLE_DEVICES)")
+    return torch.device("cuda", local)
+
+
 def init(device=None):
     """Start the process group for whatever launched us. Returns the DistInfo (also kept for
     `info()`). `device` overrides the default: cuda:<local rank> when CUDA exists, else cpu."""
@@ -160,7 +170,7 @@ def init(device=None):
     else:
         rank, world, local, init_method = 0, 1, 0, None
     if device is None:
-        device = torch.device("cuda", local % torch.cuda.device_count()) if visible_device_type() == "cuda" else "cpu"
+        device = gpu_of_local_process(local, torch.cuda.device_count()) if visible_device_type() == "cuda" else "cpu"
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from pid_diffusion.dist import (SLURM_PORT_BASE, LaunchError, check_one_group, first_slurm_host,
+from pid_diffusion.dist import (SLURM_PORT_BASE, LaunchError, check_one_group, first_slurm_host, gpu_of_local_process,
                                 launcher_from_environment, slurm_rendezvous)
 from test_trainer import REPO, TINY_FLAGS, TRAIN_SCRIPT, load, run_difference_bounds, run_script
 
@@ -55,6 +56,17 @@ def test_bad_slurm_variables_are_named():
         check_one_group(1, {"SLURM_STEP_NUM_TASKS": "8"})
     check_one_group(8, {"SLURM_STEP_NUM_TASKS": "8"})
     check_one_group(1, {})
+
+
+def test_each_process_of_a_host_gets_a_gpu_of_its_own_or_a_reason():
+    """NCCL refuses two processes on one GPU deep inside its start ('Duplicate GPU detected'): a process whose local
+    rank has no GPU is refused before, naming the counts and the fix."""
+    assert gpu_of_local_process(0, 1) == torch.device("cuda", 0)
+    assert gpu_of_local_process(3, 4) == torch.device("cuda", 3)
+    with pytest.raises(LaunchError, match=r"process 1 of this host has no GPU of its own: 1 GPU\(s\) visible.*mpirun -np 1"):
+        gpu_of_local_process(1, 1)
+    with pytest.raises(LaunchError, match=r"process 4 .* 4 GPU\(s\) visible.*mpirun -np 4"):
+        gpu_of_local_process(4, 4)
 
 
 def _free_slurm_job_id():
