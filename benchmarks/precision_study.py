@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from pid_diffusion import dist
 from pid_diffusion.benchmark_modes import STUDY_SETTINGS, mode_options, study_config
 from pid_diffusion.checkpoint import load_student, load_teacher
-from pid_diffusion.demo import CLIP_DENOISED, DigitsMetrics, check_digits_teacher, format_table, json_ready
+from pid_diffusion.evaluation.demo import check_digits_teacher, CLIP_DENOISED, DigitsMetrics, format_table, json_ready
 from pid_diffusion.digits import NUM_CLASSES
-from pid_diffusion.evaluation import checkpoints_in
-from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
+from pid_diffusion.evaluation.walk import checkpoints_in
+from pid_diffusion.evaluation.detectors import load_detector
+from pid_diffusion.evaluation.statistics import DetectorTally, digits_reference_stats
 from pid_diffusion.generate import generate
 from pid_diffusion.losses import implied_denoised
 from pid_diffusion.loop import TrainingInterrupted

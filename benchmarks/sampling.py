@@ -1,5 +1,5 @@
 """One-step sampling of 50,000 CIFAR-10 images with the 55.7M-parameter DDPM++ student, and their
-Inception statistics, on a GPU, through the FID script's code path (evaluation.run_generation).
+Inception statistics, on a GPU, through the FID script's code path (run_generation).
 
     python benchmarks/sampling.py --num_samples 50000 --batch_size 1000
 
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from pid_diffusion import dist, evaluation
+from pid_diffusion import dist
+from pid_diffusion.evaluation.sampling import run_generation
 from pid_diffusion.families import edm
 from pid_diffusion.generate import GenerationRequest, seeded_inputs
 from pid_diffusion.networks import network_from_config
@@ -137,14 +138,14 @@ def main():
         detector_row(f"detector ({name} autocast), channels-last", detector, dtype=dtype,
                      memory_format=torch.channels_last)
         error = (features(detector, dtype=dtype, memory_format=torch.channels_last, keep=True) - reference).norm(dim=1)
-        record(f"  its feature error vs fp32, max relative (x1e6)", 1e6 * float((error / reference.norm(dim=1)).max()))
+        record("  its feature error vs fp32, max relative (x1e6)", 1e6 * float((error / reference.norm(dim=1)).max()))
     del reference
 
     options = dict(sampler="oneshot", steps=1, sigma_min=0.002, sigma_max=80.0, clip_denoised=True)
 
     def end_to_end(num_samples):
         request = GenerationRequest(num_samples, args.batch_size, seed=0, use_fp16=True)
-        return evaluation.run_generation(student, shape, 0, request, options, device, detector=detector,
+        return run_generation(student, shape, 0, request, options, device, detector=detector,
                                          keep_images=False, progress=False)
 
     end_to_end(args.batch_size)  # warm-up: one batch through the same path

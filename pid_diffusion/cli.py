@@ -14,8 +14,8 @@ import os
 from .checkpoint import FLAG_FAMILY
 from .digits import DIGITS_NETWORK_CONFIG, NUM_CLASSES, RESOLUTION
 from .families import edm
-from .evaluation import ONE_SHOT_MODE, TEACHER_MODE, sampler_options
-from .fid import DetectorOptions
+from .evaluation.sampling import ONE_SHOT_MODE, sampler_options, TEACHER_MODE
+from .evaluation.detectors import DetectorOptions
 from .generate import GenerationRequest
 from .guidance import GuidanceOptions
 from .latents import LatentOptions

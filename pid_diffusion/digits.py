@@ -138,43 +138,6 @@ def accuracy(model, images, labels):
         return float((model(images).argmax(1) == labels).to(torch.float64).mean())
 
 
-class DigitsDetector(torch.nn.Module):
-    """The FID detector for digits, called like the Inception detector: `detector(pixels,
-    return_features=True)` on float NCHW pixels in [0, 255] → the classifier's 64-d features
-    (float64). `classify(pixels)` → predicted classes."""
-
-    def __init__(self, classifier):
-        super().__init__()
-        self.classifier = classifier.eval().requires_grad_(False)
-
-    def _scaled(self, pixels):
-        """Pixels as the classifier sees digits: 1×8×8 in [−1, 1], larger sides and three channels
-        brought back by `from_size`."""
-        if (pixels.ndim != 4 or pixels.shape[1] not in (CHANNELS, 3) or pixels.shape[2] != pixels.shape[3]
-                or pixels.shape[-1] % RESOLUTION):
-            raise ValueError(f"the digits detector expects square 1- or 3-channel images whose side is a multiple of "
-                             f"{RESOLUTION}, as the digits teachers make; got images of shape {tuple(pixels.shape[1:])}")
-        return from_size(pixels.to(torch.float32) / 127.5 - 1)
-
-    def input_note(self, image_shape):
-        """What the detector makes of images of `image_shape` (C, H, W) other than 1×8×8 ('' for those)."""
-        if tuple(image_shape) == (CHANNELS, RESOLUTION, RESOLUTION):
-            return ""
-        return (f"the digits detector judges these {'×'.join(map(str, image_shape))} images as the grey 8×8 digits they "
-                "upsample (channels averaged, the bilinear upsampling undone): the shapes train_teacher.py's "
-                "--image_size/--image_channels give digits teachers, accepted by design")
-
-    def forward(self, pixels, return_features=True):
-        return self.classifier.embed(self._scaled(pixels)).to(torch.float64)
-
-    def classify(self, pixels):
-        return self.classifier(self._scaled(pixels)).argmax(1)
-
-    def logits(self, pixels):
-        """The classifier's 10 class logits (float64): their softmax gives the digit Inception Score."""
-        return self.classifier(self._scaled(pixels)).to(torch.float64)
-
-
 def save_classifier(model, path):
     atomic_torch_save({"state_dict": model.state_dict(), "kind": "digits-classifier"}, path)
 

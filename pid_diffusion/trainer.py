@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from . import dist
 from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
-from .evaluation import (METRICS_TABLE, ONE_SHOT_MODE, GenerationStopped, MetricOptions, measured_against,
-                         metric_answers, metrics_text, real_features_for, real_identity, record_result, results_file,
-                         run_generation, sampler_options, sampling_description, weights_digest)
+from .evaluation.metrics import metric_answers, MetricOptions, metrics_text, real_features_for, real_identity
+from .evaluation.results import (measured_against, METRICS_TABLE, record_result, results_file, sampling_description,
+                                 weights_digest)
+from .evaluation.sampling import GenerationStopped, ONE_SHOT_MODE, run_generation, sampler_options
 from .families import family_of
 from .files import digest_of_arrays
-from .fid import (DETECTORS, FAMILY_FEED, FEEDS, DetectorOptions, DetectorTally, check_stats_dimension,
-                  load_detector, reference_name, reference_stats, resolve_feed)
+from .evaluation.detectors import DetectorOptions, DETECTORS, FAMILY_FEED, FEEDS, load_detector, resolve_feed
+from .evaluation.statistics import check_stats_dimension, DetectorTally, reference_name, reference_stats
 from .generate import GenerationRequest, generate, save_grid, to_uint8
 from .guidance import GuidanceOptions
 from .latents import LatentOptions, output_shape

@@ -27,15 +27,15 @@ with quiet_interrupt_while_importing():
     import torch
 
     from pid_diffusion.checkpoint import load_student, read_denoiser, student_from_teacher
-    from pid_diffusion.demo import (CLIP_DENOISED, METRIC_FIELDS, DigitsMetrics, check_digits_images, format_table,
-                                    from_json, json_ready, real_digits_calibration)
+    from pid_diffusion.evaluation.demo import (check_digits_images, CLIP_DENOISED, DigitsMetrics, format_table,
+                                               from_json, json_ready, METRIC_FIELDS, real_digits_calibration)
     from pid_diffusion.families import family_of
     from pid_diffusion.guidance import NO_GUIDANCE, GuidanceOptions
     from pid_diffusion.latents import output_shape
     from pid_diffusion.digits import DigitsUnavailableError
     from pid_diffusion.dist import visible_device_type
-    from pid_diffusion.evaluation import checkpoints_in
-    from pid_diffusion.fid import load_detector
+    from pid_diffusion.evaluation.walk import checkpoints_in
+    from pid_diffusion.evaluation.detectors import load_detector
     from pid_diffusion.files import atomic_output
     from pid_diffusion.files import write_json_atomic
     from pid_diffusion.plots import paired_sample_grid

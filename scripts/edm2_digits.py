@@ -102,8 +102,8 @@ def train_teachers(args, zoo, out):
 def guidance_table(args, zoo, out):
     """{guide: [(weight, fid, accuracy)]} of the pixel teacher's 35-call sampler, from `args.samples` samples."""
     from pid_diffusion.checkpoint import read_denoiser
-    from pid_diffusion.demo import DigitsMetrics
-    from pid_diffusion.fid import load_detector
+    from pid_diffusion.evaluation.demo import DigitsMetrics
+    from pid_diffusion.evaluation.detectors import load_detector
     from pid_diffusion.guidance import GuidanceOptions
 
     saved = os.path.join(out, "guidance.json")

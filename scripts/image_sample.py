@@ -19,7 +19,9 @@ import os
 from pid_diffusion.startup import quiet_interrupt_while_importing
 
 with quiet_interrupt_while_importing():
-    from pid_diffusion import cli, dist, evaluation
+    from pid_diffusion import cli, dist
+    from pid_diffusion.evaluation.sampling import (load_sampling_model, run_generation, samples_files_in,
+                                                   samples_npz_path, save_samples_npz)
     from pid_diffusion.generate import check_class_label, save_grid
     from pid_diffusion.log import prepare_log_dir
     from pid_diffusion.process import run_script
@@ -30,24 +32,24 @@ GRID_FILE = "samples_grid.png"
 def sample_to_folder(args, given, info):
     options = cli.sampling_options(args)
     cli.generation_request(args, given)  # its values are checked before the model is loaded
-    loaded = evaluation.load_sampling_model(args.training_mode, args.model_path, cli.network_flags(args, given),
+    loaded = load_sampling_model(args.training_mode, args.model_path, cli.network_flags(args, given),
                                             info.device, options, given, cli.guidance(args), args.vae_path)
     request = cli.generation_request(args, given, loaded)
     check_class_label(request.class_label, loaded.label_dim)  # before the output folder is made
     out_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
-    outputs = (evaluation.samples_npz_path(out_dir, request.num_samples, loaded.output_shape(info.device)),
+    outputs = (samples_npz_path(out_dir, request.num_samples, loaded.output_shape(info.device)),
                os.path.join(out_dir, GRID_FILE))
-    existing = list(dict.fromkeys([*evaluation.samples_files_in(out_dir), *filter(os.path.exists, outputs)]))
+    existing = list(dict.fromkeys([*samples_files_in(out_dir), *filter(os.path.exists, outputs)]))
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]} exists (samples of an earlier run); nothing was replaced. Give another "
                               "folder (OPENAI_LOGDIR), or --overwrite True to replace it")
     if dist.is_main():
         prepare_log_dir(out_dir)
-    images, labels, indices, _ = evaluation.run_generation(loaded.model, loaded.shape, loaded.label_dim, request,
+    images, labels, indices, _ = run_generation(loaded.model, loaded.shape, loaded.label_dim, request,
                                                            loaded.options, info.device, decode=loaded.decode)
     images, labels = dist.gather_in_order(images, labels, indices)
     if dist.is_main():
-        path = evaluation.save_samples_npz(images, labels, out_dir)
+        path = save_samples_npz(images, labels, out_dir)
         shown = min(64, len(images))
         caption = (f"{os.path.basename(args.model_path)}: samples {request.first_index}-{request.first_index + shown - 1} "
                    f"of seed {request.seed}, {loaded.options['sampler']}"

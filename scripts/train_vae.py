@@ -19,7 +19,8 @@ with quiet_interrupt_while_importing():
     import torch
 
     from pid_diffusion.digits import DigitsUnavailableError, load_digits
-    from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
+    from pid_diffusion.evaluation.detectors import load_detector
+    from pid_diffusion.evaluation.statistics import DetectorTally, digits_reference_stats
     from pid_diffusion.latents import LatentsUnavailableError
     from pid_diffusion.vae_trainer import reconstruction_rmse, reconstructions, save_autoencoder, train_autoencoder
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pid_diffusion import cli
-from pid_diffusion.fid import DetectorOptions
+from pid_diffusion.evaluation.detectors import DetectorOptions
 from pid_diffusion.loop import LoopConfig
 from pid_diffusion.settings import OptionParser, defining_settings, option, options_of, str2bool
 from pid_diffusion.speed import SpeedSettings

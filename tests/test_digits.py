@@ -18,8 +18,9 @@ from conftest import tiny_song_config
 from pid_diffusion import cli, digits
 from pid_diffusion.families import edm
 from pid_diffusion.checkpoint import load_teacher, save_teacher, student_from_teacher
-from pid_diffusion.demo import DigitsMetrics, check_digits_teacher
-from pid_diffusion.fid import DetectorTally, digits_reference_stats, load_detector
+from pid_diffusion.evaluation.demo import check_digits_teacher, DigitsMetrics
+from pid_diffusion.evaluation.detectors import load_detector
+from pid_diffusion.evaluation.statistics import DetectorTally, digits_reference_stats
 from pid_diffusion.generate import seeded_inputs
 from pid_diffusion.losses import edm_denoising_loss, edm_loss_weight, edm_training_sigmas
 from pid_diffusion.networks import EDMPrecond
@@ -218,9 +219,9 @@ def test_digits_detector_explains_images_of_another_kind():
 
 
 def test_real_digits_calibrate_the_demo_metrics_and_noise_scores_worse_on_each():
-    from pid_diffusion.demo import real_digits_calibration
-    from pid_diffusion.fid import digits_features
-    from pid_diffusion.metrics import inception_score, kernel_inception_distance, precision_recall
+    from pid_diffusion.evaluation.demo import real_digits_calibration
+    from pid_diffusion.evaluation.statistics import digits_features
+    from pid_diffusion.evaluation.metrics import inception_score, kernel_inception_distance, precision_recall
 
     detector = load_detector("digits", SHIPPED_CLASSIFIER)
     real = real_digits_calibration(detector)
@@ -338,7 +339,8 @@ def test_image_sample_refuses_a_label_outside_the_teacher_classes(tmp_path):
 
 def test_the_digits_reference_is_identified_by_its_data_and_detector_whatever_the_threads():
     """A second walk with another process count (1 thread under mpirun, 2 alone) asks the same question."""
-    from pid_diffusion.fid import load_detector, reference_digest, reference_stats
+    from pid_diffusion.evaluation.detectors import load_detector
+    from pid_diffusion.evaluation.statistics import reference_digest, reference_stats
 
     detector = load_detector("digits")
     threads = torch.get_num_threads()
@@ -359,7 +361,8 @@ def test_the_digits_reference_is_identified_by_its_data_and_detector_whatever_th
 
 
 def test_the_digits_detector_without_the_digits_reference_says_what_to_add():
-    from pid_diffusion.fid import load_detector, reference_stats
+    from pid_diffusion.evaluation.detectors import load_detector
+    from pid_diffusion.evaluation.statistics import reference_stats
 
     detector = load_detector("digits")
     with pytest.raises(ValueError, match="--detector digits measures digits, not --fid_dataset cifar10: add "
@@ -422,7 +425,8 @@ def test_the_walk_measures_is_pr_and_kid_beside_fid_in_a_long_table_whatever_the
 def test_samples_made_by_any_code_are_measured_as_checkpoints_are(tmp_path):
     """fid_evaluation.py --samples: the held-out real digits as a samples file of the original's format; their
     FID is the one computed from their features directly, their rows name them by a digest of their pixels."""
-    from pid_diffusion.fid import detector_input, feature_stats, frechet_distance
+    from pid_diffusion.evaluation.detectors import detector_input
+    from pid_diffusion.evaluation.statistics import feature_stats, frechet_distance
 
     images = ((digits.load_digits("held_out")[0] + 1) * 127.5).round().to(torch.uint8)  # N × 1 × 8 × 8
     np.savez(tmp_path / "samples_360x8x8x1.npz", images.permute(0, 2, 3, 1).numpy())

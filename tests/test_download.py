@@ -17,7 +17,8 @@ import torchvision
 from conftest import save_random_teacher, tiny_song_config
 from pid_diffusion.checkpoint import load_teacher
 from pid_diffusion.download import DownloadError, cache_path, local_file
-from pid_diffusion.fid import load_detector, load_reference_stats
+from pid_diffusion.evaluation.detectors import load_detector
+from pid_diffusion.evaluation.statistics import load_reference_stats
 from pid_diffusion.lpips import LPIPS
 
 

@@ -16,9 +16,9 @@ from conftest import load_fixture, relative_error
 from tolerances import (PARITY_ORDER, between_implementations, implied_denoised_difference_bound, network_roundings,
                         per_sample_distance_difference_bound, per_sample_norm, rounding_bound)
 from pid_diffusion.checkpoint import TeacherLoadError, load_student, load_teacher, read_teacher_file, save_teacher
-from pid_diffusion.evaluation import TEACHER_MODE, load_sampling_model, run_generation
+from pid_diffusion.evaluation.sampling import load_sampling_model, run_generation, TEACHER_MODE
 from pid_diffusion.families.edm2 import ENCODER_KEY, LATENT_ENCODER, PIXEL_ENCODER, network_state_dict
-from pid_diffusion.fid import load_detector
+from pid_diffusion.evaluation.detectors import load_detector
 from pid_diffusion.generate import GenerationRequest
 from pid_diffusion.guidance import GuidanceOptions, GuidedDenoiser
 from pid_diffusion.latents import LatentsUnavailableError
@@ -497,7 +497,7 @@ def test_sampling_an_edm2_teacher_with_autoguidance_from_its_flags(tmp_path):
 def test_edm2_reference_statistics_pickle_is_read_without_running_it(tmp_path):
     import numpy as np
 
-    from pid_diffusion.fid import load_reference_stats
+    from pid_diffusion.evaluation.statistics import load_reference_stats
 
     mu, sigma = np.arange(4, dtype=np.float32), np.eye(4, dtype=np.float32) * 2
     with open(tmp_path / "img512.pkl", "wb") as f:
@@ -589,7 +589,7 @@ def test_edm2_models_take_edm2_s_protocol_and_edm_models_the_original_s(tmp_path
         args, given = cli.parse_fid(["--exp_dir", "d", "--training_mode", TEACHER_MODE, "--model_path", path])
         loaded = load_sampling_model(TEACHER_MODE, path, {}, "cpu", cli.sampling_options(args), given)
         request = cli.generation_request(args, given, loaded)
-        from pid_diffusion.fid import resolve_feed
+        from pid_diffusion.evaluation.detectors import resolve_feed
 
         assert {k: loaded.options[k] for k in ("sampler", "steps", "clip_denoised")} == {
             k: expected[k] for k in ("sampler", "steps", "clip_denoised")}
@@ -636,7 +636,7 @@ def test_the_fid_walk_measures_an_autoguided_teacher_as_its_own_question(tmp_pat
     assert {row["feed"] for row in rows} == {"uint8"}  # EDM2's protocol, not the original's float feed
     log = (folder / "FID" / "log.txt").read_text()
     minimum = min(float(row["FID"]) for row in rows[3:])
-    assert f"teacher: FID over 3 disjoint sample ranges (samples 0–3: " in log and f"minimum {minimum:.4f}" in log
+    assert "teacher: FID over 3 disjoint sample ranges (samples 0–3: " in log and f"minimum {minimum:.4f}" in log
 
 
 # ------------------------------------------------------------------ classifier-free guidance (an unconditional guide)

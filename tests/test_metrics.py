@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from pid_diffusion.metrics import inception_score, kernel_inception_distance, precision_recall, unbiased_mmd2
+from pid_diffusion.evaluation.metrics import inception_score, kernel_inception_distance, precision_recall, unbiased_mmd2
 
 CONFIDENT = 200.0
 """A logit margin at which softmax is one-hot to float64's precision."""
@@ -122,7 +122,8 @@ class BiasedStandInInception(torch.nn.Module):
 
 
 def test_the_inception_score_comes_from_the_fid_pass_without_the_output_bias():
-    from pid_diffusion.fid import DetectorTally, detector_input, gives_class_logits
+    from pid_diffusion.evaluation.detectors import detector_input, gives_class_logits
+    from pid_diffusion.evaluation.statistics import DetectorTally
 
     detector = torch.jit.script(BiasedStandInInception().eval())
     images = torch.rand(60, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
@@ -144,7 +145,7 @@ def test_images_are_read_from_a_samples_file_a_folder_or_a_zip_alike(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pid_diffusion.evaluation import read_images
+    from pid_diffusion.evaluation.sampling import read_images
 
     pixels = (np.arange(5 * 4 * 6 * 3) % 256).astype(np.uint8).reshape(5, 4, 6, 3)
     np.savez(tmp_path / "samples_5x4x6x3.npz", pixels, np.arange(5))
@@ -208,7 +209,7 @@ def test_fd_dinov2_s_detector_loads_from_a_local_hub_and_preprocesses_as_edm2(tm
     import numpy as np
     from PIL import Image
 
-    from pid_diffusion.fid import DINOv2Detector, load_detector
+    from pid_diffusion.evaluation.detectors import DINOv2Detector, load_detector
 
     network = tiny_hub(tmp_path / "hub", 1024)
     detector = load_detector("dinov2", str(tmp_path / "hub" / "weights.pth"), dinov2_repo=str(tmp_path / "hub"))
@@ -247,7 +248,8 @@ def test_fd_dinov2_is_measured_against_the_fd_dinov2_entry_of_edm2_s_statistics(
 
     import numpy as np
 
-    from pid_diffusion.fid import load_detector, reference_stats
+    from pid_diffusion.evaluation.detectors import load_detector
+    from pid_diffusion.evaluation.statistics import reference_stats
 
     tiny_hub(tmp_path / "hub", 1024)
     dinov2 = load_detector("dinov2", str(tmp_path / "hub" / "weights.pth"), dinov2_repo=str(tmp_path / "hub"))

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pid_diffusion import cli, digits
-from pid_diffusion.evaluation import TEACHER_MODE, SamplingModel, run_generation
-from pid_diffusion.fid import detector_input, digits_reference_stats, load_detector
+from pid_diffusion.evaluation.sampling import run_generation, SamplingModel, TEACHER_MODE
+from pid_diffusion.evaluation.detectors import detector_input, load_detector
+from pid_diffusion.evaluation.statistics import digits_reference_stats
 from pid_diffusion.generate import GenerationRequest, draw_inputs, per_sample_randn_like, sample_generators, to_uint8
 from pid_diffusion.guidance import GuidanceOptions
 from pid_diffusion.loop import LoopConfig

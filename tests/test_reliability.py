@@ -17,7 +17,8 @@ import torch
 
 from conftest import small_run_config as make_config
 from pid_diffusion import cli, process
-from pid_diffusion.evaluation import checkpoints_in, load_sampling_model, sampler_options
+from pid_diffusion.evaluation.sampling import load_sampling_model, sampler_options
+from pid_diffusion.evaluation.walk import checkpoints_in
 from pid_diffusion.generate import generate, seeded_inputs
 from pid_diffusion.run_folder import TEACHER_RUN, write_run_config
 from pid_diffusion.samplers import check_sampler_options, sample
@@ -343,7 +344,7 @@ def test_abbreviated_flags_are_refused_not_misread(teacher_path, tmp_path):
 
 def test_wrong_files_get_messages_that_point_the_right_way(teacher_path, tmp_path):
     from pid_diffusion.checkpoint import StudentLoadError, TeacherLoadError, load_student, load_teacher, read_teacher_file
-    from pid_diffusion.fid import load_reference_stats
+    from pid_diffusion.evaluation.statistics import load_reference_stats
 
     png = tmp_path / "picture.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
@@ -381,7 +382,7 @@ def test_resume_checkpoint_must_name_a_model_file(teacher_path, tmp_path):
 
 
 def test_options_that_would_be_silently_ignored_are_refused(teacher_path, tmp_path):
-    from pid_diffusion.evaluation import load_sampling_model
+    from pid_diffusion.evaluation.sampling import load_sampling_model
     from pid_diffusion.log import log_formats
 
     with pytest.raises(ValueError, match="--vae_path vae: .* models pixels, not latents.*drop --vae_path"):

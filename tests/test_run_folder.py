@@ -387,7 +387,7 @@ def test_resuming_an_earlier_step_in_its_folder_never_replaces_the_later_checkpo
 
 def test_each_checkpoint_samples_at_the_noise_levels_it_was_trained_with(teacher_path, tmp_path):
     from pid_diffusion.checkpoint import load_student
-    from pid_diffusion.evaluation import student_options
+    from pid_diffusion.evaluation.sampling import student_options
 
     train(make_config(teacher_path, tmp_path))  # σ_max 80 up to step 2
     train(make_config(teacher_path, tmp_path, total_training_steps=4, sigma_max=40.0, allow_changed_settings=True))

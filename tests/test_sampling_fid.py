@@ -12,9 +12,10 @@ from PIL import Image
 from conftest import tiny_song_config
 from pid_diffusion.families import edm
 from pid_diffusion.checkpoint import save_teacher
-from pid_diffusion.evaluation import checkpoints_in
-from pid_diffusion.fid import (FeatureStats, check_stats_dimension, detector_input, frechet_distance, load_detector,
-                               load_reference_stats)
+from pid_diffusion.evaluation.walk import checkpoints_in
+from pid_diffusion.evaluation.detectors import detector_input, load_detector
+from pid_diffusion.evaluation.statistics import (check_stats_dimension, FeatureStats, frechet_distance,
+                                                 load_reference_stats)
 from pid_diffusion.generate import GRID_GAP, seeded_inputs, shard_batches
 from pid_diffusion.networks import EDMPrecond, network_from_config
 from pid_diffusion.trainer import TrainConfig, train
@@ -281,7 +282,7 @@ def test_a_walk_writes_its_results_outside_the_folder_it_measures_when_asked(wor
 
 
 def test_a_shortened_results_row_is_damage_not_a_row_of_the_originals_format(tmp_path):
-    from pid_diffusion.evaluation import QUESTION_FIELDS, read_results
+    from pid_diffusion.evaluation.results import QUESTION_FIELDS, read_results
 
     header = ",".join(["model_name", "step", "FID", *QUESTION_FIELDS])
     whole = "model000001,1,12.5," + ",".join(["x"] * len(QUESTION_FIELDS))
@@ -454,7 +455,7 @@ def test_nan_statistics_are_refused_and_never_recorded(workspace, tmp_path):
 
 
 def _record_rows(path, names):
-    from pid_diffusion.evaluation import record_result
+    from pid_diffusion.evaluation.results import record_result
     for name in names:
         record_result(path, dict(model_name=name, step=0, FID="1.0"), dict(seed=0))
 
@@ -486,7 +487,7 @@ def test_walks_beside_each_other_keep_every_row(workspace, tmp_path):
 
 
 def test_fid_figure_draws_a_line_per_question_and_says_what_they_share(tmp_path):
-    from pid_diffusion.evaluation import question_labels
+    from pid_diffusion.evaluation.results import question_labels
     from pid_diffusion.plots import plot_fid_vs_step
 
     def row(name, step, fid, label):
@@ -522,7 +523,7 @@ def test_a_folder_of_ema_files_only_says_why_nothing_is_evaluated(workspace, tmp
 
 
 def test_reference_statistics_that_are_not_a_covariance_are_refused(tmp_path):
-    from pid_diffusion.fid import load_reference_stats
+    from pid_diffusion.evaluation.statistics import load_reference_stats
 
     mu = np.zeros(3)
     cases = {"negative": np.diag([1.0, 0.5, -0.2]), "asymmetric": np.array([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]])}

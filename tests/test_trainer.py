@@ -409,7 +409,7 @@ def test_explicit_resume_checkpoint_from_another_folder(teacher_path, tmp_path):
 
 
 def test_the_teacher_precision_follows_the_command_line_not_the_file(tmp_path):
-    from pid_diffusion.evaluation import load_sampling_model
+    from pid_diffusion.evaluation.sampling import load_sampling_model
 
     config = tiny_song_config(use_fp16=True)  # as EDM's ImageNet-64 .pkl records
     save_teacher(EDMPrecond(**config), tmp_path / "fp16_teacher.pt", config)

@@ -2,13 +2,20 @@
 Inception Score (from class logits), precision and recall (Kynkäänniemi et al., 2019) and the Kernel Inception
 Distance (Bińkowski et al., 2018), each with the conventions of the code the field compares against (StyleGAN3's
 metrics and torch-fidelity; the tests hold the parity). Everything is computed in float64; rows are samples in
-sample-index order, so no answer depends on the batch size or the process count.
-"""
+sample-index order, so no answer depends on the batch size or the process count. MetricOptions says which of them
+a walk measures (--metrics) and records their parameters in each row's question."""
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
+
+from ..files import digest_of_arrays
+from .detectors import DigitsDetector, gives_class_logits
+from .sampling import image_features, read_images
+from .statistics import digits_features
+
 
 IS_SPLITS = 10
 """Inception Score: the samples are cut into this many consecutive index ranges, a score each."""
@@ -106,3 +113,98 @@ def _check_features(real, generated):
     if real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]:
         raise ValueError(f"features of real and generated samples must be N × d of the same d; got "
                          f"{tuple(real.shape)} and {tuple(generated.shape)}")
+EXTRA_METRICS = ("is", "pr", "kid")
+"""--metrics names beside fid: Inception Score, precision and recall, KID (pid_diffusion/metrics.py)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricOptions:
+    """Which metrics beside FID a walk measures, and their parameters (recorded in each row's question)."""
+    names: tuple = ()
+    is_splits: int = IS_SPLITS
+    pr_neighbours: int = PR_NEIGHBOURS
+    kid_subset_size: int = KID_SUBSET_SIZE
+    kid_subsets: int = KID_SUBSETS
+
+    @classmethod
+    def parse(cls, text, **parameters):
+        """From a --metrics list (fid, is, pr, kid; FID is always measured: the other metrics use its pass)."""
+        names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+        unknown = [name for name in names if name not in ("fid", *EXTRA_METRICS)]
+        if unknown:
+            raise ValueError(f"--metrics {text!r}: unknown metric {unknown[0]!r}; valid: fid, {', '.join(EXTRA_METRICS)}")
+        return cls(tuple(name for name in names if name != "fid"), **parameters)
+
+    def questions(self, seed, num_generated, real_count=0, real=None):
+        """{metric row name: its parameters}, as recorded: KID's subset size resolved against the set sizes, and
+        for the metrics that compare with real images `real`, what identifies them (real_identity)."""
+        asked = {}
+        real = real or {}
+        if "is" in self.names:
+            asked["inception_score"] = dict(splits=self.is_splits)
+        if "pr" in self.names:
+            asked["precision"] = asked["recall"] = dict(k=self.pr_neighbours, **real)
+        if "kid" in self.names:
+            asked["kid"] = dict(subset_size=min(real_count, num_generated, self.kid_subset_size),
+                                subsets=self.kid_subsets, subset_seed=seed, **real)
+        return asked
+
+    def measure(self, features, logits, real_features, seed):
+        """{metric row name: (value, standard deviation or None)} of the generated samples' per-sample outputs."""
+        measured = {}
+        if "is" in self.names:
+            measured["inception_score"] = inception_score(logits, self.is_splits)
+        if "pr" in self.names:
+            precision, recall = precision_recall(real_features, features, self.pr_neighbours)
+            measured.update(precision=(precision, None), recall=(recall, None))
+        if "kid" in self.names:
+            measured["kid"] = kernel_inception_distance(real_features, features, self.kid_subset_size,
+                                                        self.kid_subsets, seed)[:2]
+        return measured
+
+
+def real_features_for(metric_options, detector, device, real_images=""):
+    """The real images' per-sample features the asked metrics compare with (precision/recall, KID): those of
+    `real_images` (read_images), or with the digits detector the real digits'; None when no metric needs them.
+    Refused before any work when the detector cannot give what a metric needs."""
+    if "is" in metric_options.names and not gives_class_logits(detector):
+        raise ValueError("--metrics is needs the detector's class logits: the Inception detector (its 1008-way "
+                         "output layer) and the digits detector give them, the pixels detector does not")
+    if not {"pr", "kid"} & set(metric_options.names):
+        return None
+    if real_images:
+        return image_features(read_images(real_images), detector, device)
+    if not isinstance(detector, DigitsDetector):
+        raise ValueError("--metrics pr and kid compare per-sample features of real and generated images: give the "
+                         "real images with --real_images (a samples .npz, or a folder or .zip of images, e.g. the "
+                         "training set); with --detector digits the real digits are used")
+    return digits_features(detector, device)
+
+
+def real_identity(real_features, real_images):
+    """What identifies the real set of precision/recall and KID in a question: its name and a digest of its
+    features (the same images read again give the same digest)."""
+    if real_features is None:
+        return {}
+    return dict(real_images=real_images or "the real digits (all 1,797)", real_sha256=digest_of_arrays([real_features]))
+
+
+def metric_answers(name, step, measured, asked):
+    """The metrics table's rows of one model's `measured` metrics ({metric: (value, standard deviation or None)}),
+    each with its whole question from `asked` ({metric: question}): ([(row, question)], the metrics whose value
+    is not finite, which are reported and never recorded)."""
+    answers, not_finite = [], []
+    for metric, (value, std) in measured.items():
+        if not math.isfinite(value):
+            not_finite.append(metric)
+            continue
+        row = dict(model_name=name, step=step, metric=metric, value=f"{value:.6g}",
+                   std="" if std is None else f"{std:.6g}")
+        answers.append((row, asked[metric]))
+    return answers, not_finite
+
+
+def metrics_text(measured):
+    """measured metrics as one line: 'metric value ± std, ...'."""
+    return ", ".join(f"{metric} {value:.4f}" + ("" if std is None else f" ± {std:.4f}")
+                     for metric, (value, std) in measured.items())

@@ -1,39 +1,22 @@
-"""Fréchet Inception Distance: detector loading, streaming feature statistics, reference statistics.
+"""Feature statistics and the Fréchet distance: a detector's features streamed into float64 sums per batch
+(DetectorTally, which keeps per-sample outputs only when a metric needs them), the reference statistics of a
+--fid_dataset (EDM's .npz, EDM2's .pkl with its fid and fd_dinov2 entries, the real digits computed here), their
+checks and identity."""
 
-The detector is NVIDIA's TorchScript port of TF-Inception (`inception-2015-12-05.pt`), the network
-behind the original's clean-fid `legacy_tensorflow` mode and EDM's `fid.py`: called as
-`detector(images, return_features=True)` on float NCHW pixels in [0, 255] (it resizes to 299
-itself), it returns 2048 pool features.
-
-What the detector is fed (`feed`):
-  * "float" (default, the original PID code): ((x + 1)/2·255) clipped, not quantised;
-  * "uint8" (EDM's protocol): pixels rounded to integers first, i.e. exactly the saved PNG/npz images.
-The two differ by the quantisation noise only; FIDs of a good model typically differ by a few
-hundredths. Compare numbers only under the same protocol.
-
-Other detectors: "digits" (pid_diffusion.digits: the shipped digits classifier's 64-d features;
-its reference statistics are those of the real digits, computed here, and it also classifies, which
-gives conditional accuracy) and "pixels" (raw pixels, for toy data).
-"""
-
-import dataclasses
 import os
 import zipfile
 
 import numpy as np
 import torch
 
-from . import dist
-from .download import local_file
-from .edm_pickle import EDMPickleError, is_pickle_file, read_restricted_pickle
-from .digits import DigitsDetector, load_classifier, load_digits
-from .files import (atomic_output, digest_of_arrays, find_weight_file, is_zip_archive, read_torch_file,
-                    weight_search_dirs)
-from .generate import to_pixels
-from .settings import option
+from .. import dist
+from ..digits import load_digits
+from ..download import local_file
+from ..edm_pickle import EDMPickleError, is_pickle_file, read_restricted_pickle
+from ..files import atomic_output, digest_of_arrays, is_zip_archive
+from .detectors import class_logits, detector_input, DigitsDetector, DINOv2Detector, gives_class_logits
 
-INCEPTION_FILE = "inception-2015-12-05.pt"
-INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+
 REFERENCE_STATS = {
     "cifar10": ("stats/cifar10-32x32.npz", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz"),
     "imagenet": ("stats/imagenet-64x64.npz", "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/imagenet-64x64.npz"),
@@ -42,201 +25,7 @@ REFERENCE_STATS = {
 }
 """--fid_dataset → (file under model_zoo/, where to download it): EDM's .npz files, and EDM2's .pkl files (the
 statistics EDM2's published FIDs are measured against)."""
-FEEDS = ("float", "uint8")
-ORIGINAL_FEED, FAMILY_FEED = "float", "auto"
-"""The original PID code's feed, and the default: the teacher family's (families.TeacherFamily.sampling_protocol)."""
-DINOV2_MODEL, DINOV2_HUB, DINOV2_FEATURES, DINOV2_SIDE = "dinov2_vitl14", "facebookresearch/dinov2", 1024, 224
-"""FD_DINOv2's network (EDM2's calculate_metrics.py): DINOv2 ViT-L/14 through torch.hub, its 1,024-d class token, on
-images resized to 224 × 224."""
-DINOV2_RESIZES = ("torch", "pil")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DIGITS_CLASSIFIER_FILE = "digits-classifier.pt"
 DIGITS_DATASET = "digits"
-
-
-@dataclasses.dataclass(kw_only=True)
-class DetectorOptions:
-    """What an FID is measured with: the FID walk's options, and those of FID during training."""
-    HELP_GROUP = "FID: detector and reference statistics (the walk's, and during training)"
-
-    fid_dataset: str = option("cifar10", "reference statistics: cifar10 or imagenet (model_zoo/stats/{cifar10-32x32,"
-                                         "imagenet-64x64}.npz), edm2-img64 or edm2-img512 (EDM2's model_zoo/stats/{img64,"
-                                         "img512}.pkl), or digits (computed from the real digits; --detector digits)")
-    ref_path: str = option("", "reference statistics .npz (mu, sigma) or EDM2 .pkl instead of --fid_dataset's; a path "
-                               "or an http(s) URL")
-    detector: str = option("inception", "feature detector: inception (TF-Inception TorchScript), dinov2 (DINOv2 "
-                                        "ViT-L/14: FD_DINOv2, against the fd_dinov2 entry of EDM2's reference .pkl), "
-                                        "digits (the digits classifier's features; also gives class accuracy) or pixels "
-                                        "(raw pixels)")
-    detector_path: str = option("", "path or http(s) URL of inception-2015-12-05.pt or digits-classifier.pt (default: "
-                                    "model_zoo/, torch hub cache)")
-    dinov2_repo: str = option("", "--detector dinov2: a local checkout of facebookresearch/dinov2 (torch.hub, "
-                                  "source='local'), with --detector_path its weights file (dinov2_vitl14_pretrain.pth); "
-                                  "default: torch.hub fetches both (network)")
-    dinov2_resize: str = option("torch", "--detector dinov2: resizing to 224 by torch (bicubic with antialiasing, not "
-                                         "re-quantised) or pil (PIL's bicubic, re-quantised): EDM2's two modes")
-    detector_feed: str = option(FAMILY_FEED, "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM "
-                                             "and EDM2; auto: the teacher family's (float for EDM teachers and their "
-                                             "students, uint8 for EDM2's)")
-
-
-def resolve_feed(feed, protocol):
-    """The detector feed to use: `feed`, or for FAMILY_FEED the family protocol's (ORIGINAL_FEED if it has none)."""
-    return protocol.get("detector_feed", ORIGINAL_FEED) if feed == FAMILY_FEED else feed
-
-
-class PixelDetector(torch.nn.Module):
-    """Raw pixels scaled to [0, 1] as 'features': FID in pixel space, for tests and toy teachers
-    where Inception is meaningless or unavailable."""
-
-    def forward(self, images, return_features=True):
-        return images.flatten(1).to(torch.float64) / 255.0
-
-
-def _find_file(file_name, path):
-    """`path` if given, else the first of the weight search folders holding `file_name`; (found or None, where)."""
-    if path:
-        return (path if os.path.isfile(path) else None), path
-    return find_weight_file([file_name]), " or ".join(os.path.join(d, file_name) for d in weight_search_dirs())
-
-
-class DINOv2Detector(torch.nn.Module):
-    """FD_DINOv2's detector, called like the Inception detector: float NCHW pixels in [0, 255] (a grey image's
-    channel repeated) → the network's 1,024-d class token (float64), after EDM2's preprocessing: resize to 224
-    by bicubic interpolation (torch: antialiased, the floats kept; pil: PIL's bicubic on uint8, re-quantised),
-    /255, ImageNet's mean and standard deviation."""
-
-    def __init__(self, model, resize="torch"):
-        super().__init__()
-        if resize not in DINOV2_RESIZES:
-            raise ValueError(f"--dinov2_resize {resize!r}; valid: {', '.join(DINOV2_RESIZES)}")
-        self.model, self.resize = model.eval().requires_grad_(False), resize
-        self.question_name = f"dinov2 (resize {resize})"  # what a results row says measured it
-
-    def preprocess(self, pixels):
-        x = pixels.to(torch.float32)
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        if self.resize == "pil":
-            from PIL import Image
-
-            images = to_pixels_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
-            resized = [np.asarray(Image.fromarray(image).resize((DINOV2_SIDE, DINOV2_SIDE), Image.Resampling.BICUBIC))
-                       for image in images]
-            x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(pixels.device, torch.float32)
-        else:
-            x = torch.nn.functional.interpolate(x, size=(DINOV2_SIDE, DINOV2_SIDE), mode="bicubic", antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).reshape(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).reshape(1, 3, 1, 1)
-        return (x / 255 - mean) / std
-
-    def forward(self, pixels, return_features=True):
-        features = self.model(self.preprocess(pixels))
-        if features.ndim != 2 or features.shape[1] != DINOV2_FEATURES:
-            raise ValueError(f"the DINOv2 network gave features of shape {tuple(features.shape)}, not N × "
-                             f"{DINOV2_FEATURES:,} ({DINOV2_MODEL}'s class token): another model or repository")
-        return features.to(torch.float64)
-
-
-def to_pixels_uint8(pixels):
-    """Float pixels in [0, 255] rounded to uint8 (what PIL resizes)."""
-    return pixels.round().clamp(0, 255).to(torch.uint8)
-
-
-def load_dinov2(path, device, dinov2_repo="", dinov2_resize="torch", **options):
-    """FD_DINOv2's detector: DINOv2 ViT-L/14 (1,024-d class tokens of images resized to 224) from a local
-    torch.hub checkout `dinov2_repo` with its weights file `path`, or through torch.hub's network fetch of both
-    when neither is given."""
-    if bool(dinov2_repo) != bool(path):
-        raise ValueError("--detector dinov2 from files needs both --dinov2_repo (a checkout of "
-                         f"{DINOV2_HUB}) and --detector_path (its {DINOV2_MODEL} weights); give both, or neither "
-                         "for torch.hub's download")
-    try:
-        if dinov2_repo:
-            if not os.path.isfile(os.path.join(dinov2_repo, "hubconf.py")):
-                raise FileNotFoundError(f"--dinov2_repo {dinov2_repo}: no hubconf.py there (a checkout of "
-                                        f"{DINOV2_HUB})")
-            model = torch.hub.load(dinov2_repo, DINOV2_MODEL, source="local", pretrained=False)
-            model.load_state_dict(read_torch_file(local_file(path, "the DINOv2 weights")))
-        else:
-            model = torch.hub.load(DINOV2_HUB, DINOV2_MODEL)
-    except (RuntimeError, AttributeError, ImportError) as e:
-        raise ValueError(f"DINOv2 could not be loaded ({type(e).__name__}: {e})") from e
-    return DINOv2Detector(model, dinov2_resize).to(device)
-
-
-def load_pixels(path, device, **options):
-    """Raw pixels as features (PixelDetector): their count is the image's."""
-    return PixelDetector().to(device)
-
-
-def load_digits_detector(path, device, **options):
-    """The digits classifier file: `path`, else ./model_zoo/, else torch's hub cache."""
-    found, where = _find_file(DIGITS_CLASSIFIER_FILE, local_file(path, "the digits classifier"))
-    if found is None:
-        raise FileNotFoundError(f"digits classifier {DIGITS_CLASSIFIER_FILE} not found at {where}; it ships in "
-                                "model_zoo/ (remake it with scripts/train_digits_classifier.py)")
-    return DigitsDetector(load_classifier(found)).to(device)
-
-
-def load_inception(path, device, **options):
-    """NVIDIA's TorchScript TF-Inception: `path`, else ./model_zoo/, else torch's hub cache."""
-    found, where = _find_file(INCEPTION_FILE, local_file(path, "the FID detector"))
-    if found is None:
-        raise FileNotFoundError(f"Inception detector {INCEPTION_FILE} not found at {where}. Download {INCEPTION_URL} into "
-                                f"model_zoo/ (or pass --detector_path), or use --detector pixels")
-    try:
-        detector = torch.jit.load(found, map_location=device)
-    except Exception as e:  # torch raises RuntimeError / ValueError for non-TorchScript files
-        raise ValueError(f"{found} is not a TorchScript detector ({type(e).__name__}: {e})") from e
-    return detector.eval()
-
-
-DETECTOR_LOADERS = {"inception": load_inception, "dinov2": load_dinov2, "digits": load_digits_detector,
-                    "pixels": load_pixels}
-"""--detector → its loader (path, device, **options): a new feature space is one entry. Every detector is called
-as detector(float NCHW pixels in [0, 255], return_features=True) → N × d features; the feature size is checked
-against the reference statistics before any sampling."""
-DETECTORS = tuple(DETECTOR_LOADERS)
-"""The --detector names."""
-
-
-def load_detector(name="inception", path=None, device="cpu", **options):
-    """The feature detector `name` of DETECTOR_LOADERS (`options`: dinov2_repo, dinov2_resize for DINOv2)."""
-    if name not in DETECTOR_LOADERS:
-        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
-    return DETECTOR_LOADERS[name](path, device, **options)
-
-
-def output_layer_weight(detector):
-    """The class layer's weight (classes × features) of an Inception-like detector (NVIDIA's TorchScript
-    Inception names it `output`: 1008 × 2048), or None."""
-    layer = getattr(detector, "output", None)
-    weight = getattr(layer, "weight", None)
-    return weight if torch.is_tensor(weight) and weight.ndim == 2 else None
-
-
-def gives_class_logits(detector):
-    """Whether the detector gives class logits (for the Inception Score): the digits classifier's, or Inception's."""
-    return hasattr(detector, "logits") or output_layer_weight(detector) is not None
-
-
-def class_logits(detector, pixels, features):
-    """A batch's class logits: the digits classifier's own, or the Inception's output layer applied to the FID
-    pass's pool `features` without its bias, as StyleGAN3 computes the Inception Score (no_output_bias=True):
-    one pass of the network serves FID and IS. Float64."""
-    if hasattr(detector, "logits"):
-        return detector.logits(pixels)
-    return features.to(torch.float64) @ output_layer_weight(detector).to(features.device, torch.float64).T
-
-
-def detector_input(images, feed="float"):
-    """Generated images → what the detector eats: float pixels in [0, 255]. Floats in [-1, 1] are mapped
-    (rounded first with the uint8 feed); uint8 pixels (a latent model's decoding) are taken as they are."""
-    if feed not in FEEDS:
-        raise ValueError(f"unknown detector feed {feed!r}; valid: {', '.join(FEEDS)}")
-    if feed == "uint8" or images.dtype == torch.uint8:  # exactly the integer pixels of the saved images
-        return to_pixels(images).to(torch.float32)
-    return ((images.to(torch.float32) + 1) * 127.5).clamp(0, 255)
 
 
 class FeatureStats:

@@ -18,13 +18,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .digits import CHANNELS, NUM_CLASSES, RESOLUTION, load_digits
-from .fid import DetectorTally, detector_input, digits_features, feature_stats, frechet_distance
+from ..digits import CHANNELS, load_digits, NUM_CLASSES, RESOLUTION
+from ..generate import as_images, generate, seeded_inputs, to_uint8
+from ..guidance import GuidedDenoiser
+from ..latents import output_shape
+from ..samplers import network_calls, sample
+from .detectors import detector_input
 from .metrics import inception_score, kernel_inception_distance, precision_recall
-from .generate import as_images, generate, seeded_inputs, to_uint8
-from .guidance import GuidedDenoiser
-from .latents import output_shape
-from .samplers import network_calls, sample
+from .statistics import DetectorTally, digits_features, feature_stats, frechet_distance
+
 
 TEACHER_SAMPLER = dict(sampler="heun_deter", steps=18)
 FEW_STEP_SAMPLERS = (dict(sampler="euler", steps=5), dict(sampler="euler", steps=10))
