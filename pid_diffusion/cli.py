@@ -125,11 +125,15 @@ class FIDFlags(DetectorOptions):
     checkpoints: str = option("", "comma-separated checkpoint files to evaluate (in --exp_dir, or paths); default: every "
                                   "*.pt of --exp_dir but optimizer and trainer-state files, as the original")
     save_samples: bool = option(True, "write FID/{name}_samples_NxHxWx3.npz with every sample, as the original")
-    metrics: str = option("fid", "comma list of fid, is (Inception Score), pr (precision and recall), kid: beside "
-                                 "fid_results_{seed}.csv, a row per checkpoint and metric in metrics_{seed}.csv (FID "
-                                 "is always measured: the others use its pass). is needs class logits (the inception "
-                                 "and digits detectors); pr and kid compare with --real_images (with --detector digits: "
-                                 "the real digits)")
+    metrics: str = option("fid", "comma list of fid, is (Inception Score), pr (precision and recall), kid, fd_dinov2: "
+                                 "beside fid_results_{seed}.csv, a row per checkpoint and metric in metrics_{seed}.csv "
+                                 "(FID is always measured: is, pr and kid use its pass). is needs class logits (the "
+                                 "inception and digits detectors); pr and kid compare with --real_images (with --detector "
+                                 "digits: the real digits); fd_dinov2 runs DINOv2 on the same samples (--dinov2_repo, "
+                                 "--dinov2_path, --dinov2_ref_path)")
+    dinov2_ref_path: str = option("", "--metrics fd_dinov2: DINOv2 reference statistics (an .npz of --detector dinov2 "
+                                      "--write_reference, or EDM2's .pkl); default: --ref_path's or --fid_dataset's file "
+                                      "(EDM2's .pkl files hold an fd_dinov2 entry)")
     samples: str = option("", "measure images made by any code instead of checkpoints: a samples .npz in the original's "
                               "format, or a folder or .zip of images; a row named after it in --results_dir's tables")
     write_reference: str = option("", "with --samples: write the images' feature statistics (mu, sigma) with --detector "

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from . import dist
 from .checkpoint import read_denoiser, student_from_teacher
 from .download import is_url
-from .evaluation.metrics import metric_answers, MetricOptions, metrics_text, real_features_for, real_identity
+from .evaluation.metrics import metric_answers, MetricOptions, metrics_text, real_features_for
 from .evaluation.results import (measured_against, METRICS_TABLE, record_result, results_file, sampling_description,
                                  weights_digest)
 from .evaluation.sampling import GenerationStopped, ONE_SHOT_MODE, run_generation, sampler_options
 from .families import family_of
 from .files import digest_of_arrays
-from .evaluation.detectors import DetectorOptions, DETECTORS, FAMILY_FEED, FEEDS, load_detector, resolve_feed
+from .evaluation.detectors import DetectorOptions, DETECTORS, FAMILY_FEED, FEEDS, load_configured_detector, resolve_feed
 from .evaluation.statistics import check_stats_dimension, DetectorTally, reference_name, reference_stats
 from .generate import GenerationRequest, generate, save_grid, to_uint8
 from .guidance import GuidanceOptions
@@ -169,18 +169,22 @@ class PIDTrainer(TrainingLoop):
                                  "channel(s) (latents, or greyscale): use --loss_norm l2 or l1")
             self.lpips = LPIPS(config.lpips_vgg_weights or None, config.lpips_lin_weights or None).to(
                 self.device, memory_format=self.memory_format)
-        self.detector = self.reference = self.real_features = None
-        self.real = {}  # what identifies the real set of precision/recall and KID during training
+        self.detector = self.reference = None
+        self.real = None  # the real set of precision/recall and KID during training (RealFeatures)
         self.detector_feed = resolve_feed(config.detector_feed, family.sampling_protocol)
         self.metric_options = MetricOptions.parse(config.eval_metrics)
+        if "fd_dinov2" in self.metric_options.names:
+            raise ValueError("--eval_metrics fd_dinov2 would run DINOv2 ViT-L/14 (304M parameters, every sample at "
+                             "224 × 224) beside the training: measure it on the checkpoints with "
+                             "scripts/fid_evaluation.py --metrics fd_dinov2, or make FID during training FD_DINOv2 "
+                             "with --detector dinov2")
         if self.metric_options.names and not config.eval_interval:
             raise ValueError(f"--eval_metrics {config.eval_metrics} adds to FID during training, which --eval_interval "
                              "0 turns off: give --eval_interval N")
         if config.eval_interval:  # refused before the run folder is touched when they cannot be loaded
             self.starting(f"loading the {config.detector} detector and the reference statistics of "
                           f"{reference_name(config.fid_dataset, config.ref_path)} for FID during training")
-            self.detector = load_detector(config.detector, config.detector_path or None, self.device,
-                                          dinov2_repo=config.dinov2_repo, dinov2_resize=config.dinov2_resize)
+            self.detector = load_configured_detector(config, self.device)
             self.reference = reference_stats(config.fid_dataset, config.ref_path or None, self.detector,
                                              device=self.device)
             probe = DetectorTally(self.detector, self.output_shape(), self.device, self.detector_feed)
@@ -188,8 +192,7 @@ class PIDTrainer(TrainingLoop):
             self.notes += [probe.note] if probe.note else []
             self.measured_with = measured_against(config.detector, self.detector, config.fid_dataset, config.ref_path,
                                                   self.reference)
-            self.real_features = real_features_for(self.metric_options, self.detector, self.device)
-            self.real = real_identity(self.real_features, "")
+            self.real = real_features_for(self.metric_options, self.detector, self.device)
         self.preview = None  # an eval-mode copy of the student for sample grids and evaluations
         self.latest_fids = {}
         self.answers = (None, [], [])  # (step, FID [(row, question)], other metrics'): for the tables once saved
@@ -320,8 +323,7 @@ class PIDTrainer(TrainingLoop):
         question = dict(num_samples=self.config.eval_samples, seed=self.config.seed, sampling=sampling,
                         feed=self.detector_feed, **self.measured_with)
         answers, metric_rows, measured = [], [], {}
-        asked = self.metric_options.questions(self.config.seed, self.config.eval_samples,
-                                              0 if self.real_features is None else len(self.real_features), self.real)
+        asked = self.metric_options.questions(self.config.seed, self.config.eval_samples, self.real)
         for name, (fid, accuracy) in results.items():
             checkpoint = os.path.splitext(files[name])[0]  # the checkpoint of this step, as fid_results names it
             row = dict(step=self.step, model_name=checkpoint, FID=f"{fid:.6f}", num_samples=self.config.eval_samples,
@@ -329,7 +331,7 @@ class PIDTrainer(TrainingLoop):
             if accuracy == accuracy:  # not NaN: a classifying detector and a class-conditional student
                 row["class_accuracy"] = f"{accuracy:.6f}"
             if outputs:
-                measured[name] = self.metric_options.measure(*outputs[name], self.real_features, self.config.seed)
+                measured[name] = self.metric_options.measure(*outputs[name], self.real, self.config.seed)
                 row.update({metric: f"{value:.6g}" for metric, (value, _) in measured[name].items()})
             self.logger.metrics(row, EVALUATION_FILE)
             answer = {key: row[key] for key in ("model_name", "step", "FID", "class_accuracy") if key in row}

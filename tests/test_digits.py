@@ -422,6 +422,51 @@ def test_the_walk_measures_is_pr_and_kid_beside_fid_in_a_long_table_whatever_the
     assert refused.returncode == 1 and "--metrics is needs the detector's class logits" in refused.stderr
 
 
+def test_fd_dinov2_is_a_second_detector_on_the_same_samples_and_equals_dinov2_s_own_fid(tmp_path):
+    """--metrics fd_dinov2 runs DINOv2 beside the walk's detector on the same images: its row equals the FID of a walk
+    with --detector dinov2 on them (one number, two routes), records DINOv2 and its reference (not the FID
+    detector's), and another reference is another question, measured again."""
+    from test_metrics import tiny_hub
+
+    tiny_hub(tmp_path / "hub", 1024)
+    dinov2 = ["--dinov2_repo", str(tmp_path / "hub"), "--dinov2_path", str(tmp_path / "hub" / "weights.pth")]
+    held_out, training = (((digits.load_digits(split)[0] + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+                          for split in ("held_out", "train"))
+    np.savez(tmp_path / "samples_360x8x8x1.npz", held_out.numpy())
+    np.savez(tmp_path / "training.npz", training.numpy())
+    script = [sys.executable, os.path.join(REPO, "scripts", "fid_evaluation.py")]
+
+    def run(*flags):
+        done = subprocess.run([*script, *flags], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    for name, images in (("train", "training.npz"), ("held", "samples_360x8x8x1.npz")):
+        run("--samples", str(tmp_path / images), "--detector", "dinov2", *dinov2, "--write_reference",
+            str(tmp_path / f"dinov2-{name}.npz"))
+    measured = ["--samples", str(tmp_path / "samples_360x8x8x1.npz"), "--results_dir", str(tmp_path / "results"),
+                "--batch_size", "100"]
+    run(*measured, "--detector", "digits", "--fid_dataset", "digits", "--metrics", "fid,fd_dinov2", *dinov2,
+        "--dinov2_ref_path", str(tmp_path / "dinov2-train.npz"))
+    alone = run(*measured, "--detector", "dinov2", *dinov2, "--ref_path", str(tmp_path / "dinov2-train.npz"),
+                "--results_dir", str(tmp_path / "alone"))
+    with open(tmp_path / "results" / "metrics_samples.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    fd_alone = float(re.search(r"samples_360x8x8x1: FID (-?[0-9.]+)", alone.stdout).group(1))
+    assert row["metric"] == "fd_dinov2" and float(row["value"]) == pytest.approx(fd_alone, rel=1e-4) and fd_alone > 1e-3
+    assert row["detector"].startswith("dinov2") and row["reference"].endswith("dinov2-train.npz")
+    assert row["resize"] == "torch"
+    run(*measured, "--detector", "digits", "--fid_dataset", "digits", "--metrics", "fid,fd_dinov2", *dinov2,
+        "--dinov2_ref_path", str(tmp_path / "dinov2-held.npz"))
+    with open(tmp_path / "results" / "metrics_samples.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and abs(float(rows[1]["value"])) < 1e-3  # the images against their own statistics
+    refused = subprocess.run([*script, *measured, "--detector", "digits", "--fid_dataset", "digits", "--metrics",
+                              "fid,fd_dinov2", "--dinov2_repo", str(tmp_path / "hub")], cwd=REPO, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 1 and "needs both --dinov2_repo" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_samples_made_by_any_code_are_measured_as_checkpoints_are(tmp_path):
     """fid_evaluation.py --samples: the held-out real digits as a samples file of the original's format; their
     FID is the one computed from their features directly, their rows name them by a digest of their pixels."""
@@ -491,4 +536,6 @@ def test_training_adds_the_asked_metrics_to_its_fid_and_the_walk_finds_them(tmp_
                                                                  "eval_metrics": "fid,kid"}))
     with pytest.raises(ValueError, match="unknown metric 'fd'"):
         PIDTrainer(TrainConfig(log_dir=str(tmp_path / "bad"), **{**config, "eval_metrics": "fid,fd"}))
-    assert not (tmp_path / "off").exists() and not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="--eval_metrics fd_dinov2 would run DINOv2 ViT-L/14 .* --metrics fd_dinov2"):
+        PIDTrainer(TrainConfig(log_dir=str(tmp_path / "dino"), **{**config, "eval_metrics": "fid,fd_dinov2"}))
+    assert not any((tmp_path / name).exists() for name in ("off", "bad", "dino"))

@@ -619,9 +619,11 @@ def test_the_fid_walk_measures_an_autoguided_teacher_as_its_own_question(tmp_pat
     guide = save_edm2_teacher(tmp_path / "guide.pt", tiny_edm2(seed=1), {"kind": PIXEL_ENCODER})
     pixels = np.random.default_rng(0).uniform(0, 1, (64, 8 * 8 * 3))
     np.savez(tmp_path / "ref.npz", mu=pixels.mean(0), sigma=np.cov(pixels, rowvar=False))
+    np.savez(tmp_path / "real.npz", (pixels.reshape(64, 8, 8, 3) * 255).round().astype(np.uint8))
     base = ["--exp_dir", str(folder), "--training_mode", TEACHER_MODE, "--sampler", "heun_deter", "--steps", "2",
             "--clip_denoised", "False", "--detector", "pixels", "--ref_path", str(tmp_path / "ref.npz"),
-            "--num_samples", "4", "--batch_size", "4", "--seed", "0", "--save_samples", "False"]
+            "--num_samples", "4", "--batch_size", "4", "--seed", "0", "--save_samples", "False", "--metrics",
+            "fid,pr,kid", "--real_images", str(tmp_path / "real.npz")]
     for extra in ([], ["--guide_model_path", guide, "--guidance", "1.7"]):
         done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fid_evaluation.py"), *base, *extra],
                               capture_output=True, text=True, timeout=180)
@@ -637,6 +639,13 @@ def test_the_fid_walk_measures_an_autoguided_teacher_as_its_own_question(tmp_pat
     log = (folder / "FID" / "log.txt").read_text()
     minimum = min(float(row["FID"]) for row in rows[3:])
     assert "teacher: FID over 3 disjoint sample ranges (samples 0–3: " in log and f"minimum {minimum:.4f}" in log
+    # the metrics beside FID: a row per range, and a line with each range's value and the best (KID: the lowest)
+    with open(folder / "metrics_0.csv", newline="") as f:
+        kids = [float(row["value"]) for row in csv.DictReader(f) if row["metric"] == "kid"]
+    assert len(kids) == 6 and len(set(kids[3:])) == 3
+    assert f"teacher: kid over 3 disjoint sample ranges ({', '.join(f'{v:.4g}' for v in kids[3:])}); best " \
+           f"{min(kids[3:]):.4g}" in log
+    assert "teacher: recall over 3 disjoint sample ranges (" in log
 
 
 # ------------------------------------------------------------------ classifier-free guidance (an unconditional guide)

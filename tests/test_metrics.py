@@ -67,6 +67,43 @@ def test_precision_recall_equal_torch_fidelity_s():
     assert 0 < precision < 1 and 0 < recall < 1 and precision != recall  # neither test is empty
 
 
+def test_the_real_set_s_radii_are_computed_once_and_give_the_same_precision_recall():
+    from pid_diffusion.evaluation import metrics
+
+    generator = torch.Generator().manual_seed(3)
+    real = metrics.RealFeatures(torch.randn(300, 8, generator=generator), "real.npz")
+    generated = [torch.randn(200, 8, generator=generator) + shift for shift in (0.0, 0.5)]
+    computed = []
+    original = metrics._neighbour_radii
+    metrics._neighbour_radii = lambda features, k: computed.append(len(features)) or original(features, k)
+    try:
+        options = metrics.MetricOptions(("pr",))
+        answers = [options.measure(features, None, real, 0) for features in generated]
+    finally:
+        metrics._neighbour_radii = original
+    assert computed == [300, 200, 200]  # the real set's once, each generated set's once
+    for features, answer in zip(generated, answers):
+        assert (answer["precision"][0], answer["recall"][0]) == metrics.precision_recall(real.features, features)
+    assert answers[0] != answers[1]
+    assert real.identity() == dict(real_images="real.npz", real_sha256=real.identity()["real_sha256"])
+    assert metrics.RealFeatures(real.features + 1e-9, "real.npz").identity() != real.identity()
+
+
+def test_the_vgg16_detector_loads_nvidia_s_torchscript_file_and_names_it_when_missing(tmp_path):
+    from pid_diffusion.evaluation.detectors import load_detector
+
+    class StandIn(torch.nn.Module):
+        def forward(self, images, return_features: bool = True):
+            return torch.nn.functional.adaptive_avg_pool2d(images, 2).flatten(1)
+
+    torch.jit.script(StandIn()).save(str(tmp_path / "vgg16.pt"))
+    detector = load_detector("vgg16", str(tmp_path / "vgg16.pt"))
+    images = torch.rand(3, 3, 8, 8) * 255
+    assert torch.equal(detector(images, return_features=True), StandIn()(images))
+    with pytest.raises(FileNotFoundError, match="VGG16 detector vgg16.pt not found at .*stylegan2-ada-pytorch.*vgg16.pt"):
+        load_detector("vgg16", str(tmp_path / "missing.pt"))
+
+
 def test_kid_is_the_unbiased_mmd2_written_out_and_equals_torch_fidelity_s():
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(6, 4, generator=generator, dtype=torch.float64)

@@ -44,6 +44,7 @@ def test_shortened_quickstart_distils(run_dir):
     # the paper-style columns beside FID: the trained student is nearer the real digits on each
     assert trained["digit_is"] > untrained["digit_is"] + 3 and 1 <= untrained["digit_is"] <= trained["digit_is"] <= 10
     assert trained["precision"] > untrained["precision"] and trained["recall"] > untrained["recall"]
+    assert trained["kid"] < 0.2 * untrained["kid"]  # KID (raw): the trained student is far nearer the real digits
     assert rows["teacher heun_deter 18 steps"]["class_accuracy"] > 0.97
     for name in ("fid_results_0.csv", "fid_vs_step.png", "teacher_vs_student.png", "samples_000200.png"):
         assert os.path.exists(os.path.join(run_dir, name)), name

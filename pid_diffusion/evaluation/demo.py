@@ -9,6 +9,8 @@ teacher's weights) and trained student checkpoints. Each is measured by
   digit_is         Inception Score from the classifier's softmax (1 to 10; 10 splits by sample index)
   precision        share of samples inside the 3-nearest-neighbour ball of some real digit (classifier features)
   recall           share of real digits inside that of some sample
+  kid              KID in the classifier's features against the real digits (raw, 100 subsets of 1,000 drawn with
+                   the seed)
   rmse_vs_teacher  per-pixel RMSE to the teacher's 35-call sample from the same noise and label
                    (PID learns the teacher's ODE map: this is its error)
 """
@@ -24,13 +26,14 @@ from ..guidance import GuidedDenoiser
 from ..latents import output_shape
 from ..samplers import network_calls, sample
 from .detectors import detector_input
-from .metrics import inception_score, kernel_inception_distance, precision_recall
+from .metrics import inception_score, kernel_inception_distance, PR_NEIGHBOURS, precision_recall, RealFeatures
 from .statistics import DetectorTally, digits_features, feature_stats, frechet_distance
 
 
 TEACHER_SAMPLER = dict(sampler="heun_deter", steps=18)
 FEW_STEP_SAMPLERS = (dict(sampler="euler", steps=5), dict(sampler="euler", steps=10))
-METRIC_FIELDS = ("generator", "nfe", "fid", "class_accuracy", "rmse_vs_teacher", "digit_is", "precision", "recall")
+METRIC_FIELDS = ("generator", "nfe", "fid", "class_accuracy", "rmse_vs_teacher", "digit_is", "precision", "recall",
+                 "kid")
 CLIP_DENOISED = True
 """As image_sample.py and fid_evaluation.py by default (the original's --clip_denoised True)."""
 
@@ -72,8 +75,8 @@ class DigitsMetrics:
                                                "the teacher")
         self.detector = detector.to(self.device)
         self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
-        self.real_features = digits_features(self.detector, self.device)
-        self.reference = feature_stats(self.real_features)
+        self.real = RealFeatures(digits_features(self.detector, self.device), "the real digits (all 1,797)")
+        self.reference = feature_stats(self.real.features)
         self.teacher = teacher.to(self.device)
         self.calls_per_step = 2 if isinstance(teacher, GuidedDenoiser) else 1  # a guided teacher calls its guide too
         tally, self.teacher_images, self.labels = self._generate(self.teacher, **TEACHER_SAMPLER)
@@ -94,10 +97,11 @@ class DigitsMetrics:
 
     def _row(self, name, tally, nfe, rmse_vs_teacher):
         features, logits = tally.samples()
-        precision, recall = precision_recall(self.real_features, features)
+        precision, recall = precision_recall(self.real.features, features, PR_NEIGHBOURS, self.real.radii(PR_NEIGHBOURS))
+        kid = kernel_inception_distance(self.real.features, features, seed=self.seed)[0]
         return dict(generator=name, nfe=nfe, fid=tally.fid(self.reference), class_accuracy=tally.class_accuracy(),
                     rmse_vs_teacher=rmse_vs_teacher, digit_is=inception_score(logits)[0], precision=precision,
-                    recall=recall)
+                    recall=recall, kid=kid)
 
     def measure(self, name, denoiser, sampler="oneshot", steps=1, **options):
         """(metrics row, float images [N, C, H, W]) of one generator (`options`: more sampler options); the
@@ -159,7 +163,8 @@ def real_digits_calibration(detector, device="cpu", seed=0):
 def format_table(rows):
     """The rows as a text table; a metric a row lacks (a demo_metrics.json of an older version) is shown as —."""
     columns = (("FID", "fid", 10), ("class accuracy", "class_accuracy", 16), ("digit IS", "digit_is", 10),
-               ("precision", "precision", 11), ("recall", "recall", 8), ("RMSE vs teacher", "rmse_vs_teacher", 17))
+               ("precision", "precision", 11), ("recall", "recall", 8), ("KID", "kid", 12),
+               ("RMSE vs teacher", "rmse_vs_teacher", 17))
     header = f"{'generator':<34}{'NFE':>5}" + "".join(f"{title:>{width}}" for title, _, width in columns)
     lines = [header, "-" * len(header)]
     for r in rows:

@@ -31,6 +31,8 @@ from ..settings import option
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+VGG16_FILE = "vgg16.pt"
+VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 FEEDS = ("float", "uint8")
 ORIGINAL_FEED, FAMILY_FEED = "float", "auto"
 """The original PID code's feed, and the default: the teacher family's (families.TeacherFamily.sampling_protocol)."""
@@ -54,14 +56,18 @@ class DetectorOptions:
                                "or an http(s) URL")
     detector: str = option("inception", "feature detector: inception (TF-Inception TorchScript), dinov2 (DINOv2 "
                                         "ViT-L/14: FD_DINOv2, against the fd_dinov2 entry of EDM2's reference .pkl), "
-                                        "digits (the digits classifier's features; also gives class accuracy) or pixels "
-                                        "(raw pixels)")
-    detector_path: str = option("", "path or http(s) URL of inception-2015-12-05.pt or digits-classifier.pt (default: "
-                                    "model_zoo/, torch hub cache)")
-    dinov2_repo: str = option("", "--detector dinov2: a local checkout of facebookresearch/dinov2 (torch.hub, "
-                                  "source='local'), with --detector_path its weights file (dinov2_vitl14_pretrain.pth); "
-                                  "default: torch.hub fetches both (network)")
-    dinov2_resize: str = option("torch", "--detector dinov2: resizing to 224 by torch (bicubic with antialiasing, not "
+                                        "vgg16 (NVIDIA's TorchScript VGG16: StyleGAN's precision/recall space), digits "
+                                        "(the digits classifier's features; also gives class accuracy) or pixels (raw "
+                                        "pixels)")
+    detector_path: str = option("", "path or http(s) URL of the detector's file: inception-2015-12-05.pt, vgg16.pt, "
+                                    "digits-classifier.pt, DINOv2's weights (default: model_zoo/, torch hub cache)")
+    dinov2_repo: str = option("", "DINOv2 (--detector dinov2, --metrics fd_dinov2): a local checkout of "
+                                  "facebookresearch/dinov2 (torch.hub, source='local'), with its weights file "
+                                  "(dinov2_vitl14_pretrain.pth) as --dinov2_path; default: torch.hub fetches both "
+                                  "(network)")
+    dinov2_path: str = option("", "DINOv2's weights file beside --dinov2_repo (--detector dinov2 also takes it as "
+                                  "--detector_path)")
+    dinov2_resize: str = option("torch", "DINOv2: resizing to 224 by torch (bicubic with antialiasing, not "
                                          "re-quantised) or pil (PIL's bicubic, re-quantised): EDM2's two modes")
     detector_feed: str = option(FAMILY_FEED, "float: unquantised pixels, as the original; uint8: rounded pixels, as EDM "
                                              "and EDM2; auto: the teacher family's (float for EDM teachers and their "
@@ -130,13 +136,14 @@ def to_pixels_uint8(pixels):
     return pixels.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_dinov2(path, device, dinov2_repo="", dinov2_resize="torch", **options):
+def load_dinov2(path, device, dinov2_repo="", dinov2_resize="torch", dinov2_path="", **options):
     """FD_DINOv2's detector: DINOv2 ViT-L/14 (1,024-d class tokens of images resized to 224) from a local
     torch.hub checkout `dinov2_repo` with its weights file `path`, or through torch.hub's network fetch of both
-    when neither is given."""
+    when neither is given (`dinov2_path` is the weights file when `path` is not given)."""
+    path = path or dinov2_path
     if bool(dinov2_repo) != bool(path):
-        raise ValueError("--detector dinov2 from files needs both --dinov2_repo (a checkout of "
-                         f"{DINOV2_HUB}) and --detector_path (its {DINOV2_MODEL} weights); give both, or neither "
+        raise ValueError("DINOv2 from files needs both --dinov2_repo (a checkout of "
+                         f"{DINOV2_HUB}) and --dinov2_path (its {DINOV2_MODEL} weights); give both, or neither "
                          "for torch.hub's download")
     try:
         if dinov2_repo:
@@ -168,10 +175,20 @@ def load_digits_detector(path, device, **options):
 
 def load_inception(path, device, **options):
     """NVIDIA's TorchScript TF-Inception: `path`, else ./model_zoo/, else torch's hub cache."""
-    found, where = _find_file(INCEPTION_FILE, local_file(path, "the FID detector"))
+    return _load_torchscript_detector("Inception detector", INCEPTION_FILE, INCEPTION_URL, path, device)
+
+
+def load_vgg16(path, device, **options):
+    """NVIDIA's TorchScript VGG16 (StyleGAN's precision/recall space: 4,096-d fc2 features of images it resizes to
+    224): `path`, else ./model_zoo/, else torch's hub cache."""
+    return _load_torchscript_detector("VGG16 detector", VGG16_FILE, VGG16_URL, path, device)
+
+
+def _load_torchscript_detector(what, file_name, url, path, device):
+    found, where = _find_file(file_name, local_file(path, f"the {what}"))
     if found is None:
-        raise FileNotFoundError(f"Inception detector {INCEPTION_FILE} not found at {where}. Download {INCEPTION_URL} into "
-                                f"model_zoo/ (or pass --detector_path), or use --detector pixels")
+        raise FileNotFoundError(f"{what} {file_name} not found at {where}. Download {url} into model_zoo/ (or pass "
+                                "--detector_path), or use --detector pixels")
     try:
         detector = torch.jit.load(found, map_location=device)
     except Exception as e:  # torch raises RuntimeError / ValueError for non-TorchScript files
@@ -179,8 +196,8 @@ def load_inception(path, device, **options):
     return detector.eval()
 
 
-DETECTOR_LOADERS = {"inception": load_inception, "dinov2": load_dinov2, "digits": load_digits_detector,
-                    "pixels": load_pixels}
+DETECTOR_LOADERS = {"inception": load_inception, "dinov2": load_dinov2, "vgg16": load_vgg16,
+                    "digits": load_digits_detector, "pixels": load_pixels}
 """--detector → its loader (path, device, **options): a new feature space is one entry. Every detector is called
 as detector(float NCHW pixels in [0, 255], return_features=True) → N × d features; the feature size is checked
 against the reference statistics before any sampling."""
@@ -193,6 +210,15 @@ def load_detector(name="inception", path=None, device="cpu", **options):
     if name not in DETECTOR_LOADERS:
         raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
     return DETECTOR_LOADERS[name](path, device, **options)
+
+
+def load_configured_detector(settings, device, name=None):
+    """The detector `name` (default: settings.detector) with the detector options of `settings` (the parsed flags of a
+    script, or a training config): --detector_path is the file of --detector only."""
+    name = name or settings.detector
+    path = settings.detector_path if name == settings.detector else ""
+    return load_detector(name, path or None, device, dinov2_repo=settings.dinov2_repo, dinov2_path=settings.dinov2_path,
+                         dinov2_resize=settings.dinov2_resize)
 
 
 def output_layer_weight(detector):

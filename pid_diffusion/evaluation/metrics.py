@@ -14,7 +14,7 @@ import torch
 from ..files import digest_of_arrays
 from .detectors import DigitsDetector, gives_class_logits
 from .sampling import image_features, read_images
-from .statistics import digits_features
+from .statistics import check_stats_dimension, DetectorTally, digits_features
 
 
 IS_SPLITS = 10
@@ -64,13 +64,14 @@ def _inside_some_ball(queries, centres, radii):
     return float(torch.cat(inside).to(torch.float64).mean())
 
 
-def precision_recall(real, generated, k=PR_NEIGHBOURS):
+def precision_recall(real, generated, k=PR_NEIGHBOURS, real_radii=None):
     """(precision, recall): the share of generated samples inside the k-nearest-neighbour ball of some real
     sample, and the share of real samples inside that of some generated sample (Kynkäänniemi et al.; the
-    ADM evaluator and torch-fidelity use k = 3). Rows are feature vectors."""
+    ADM evaluator and torch-fidelity use k = 3). Rows are feature vectors. `real_radii`: the real samples' radii for
+    this k when already known (RealFeatures keeps them for a walk's every checkpoint)."""
     real, generated = (torch.as_tensor(x).to(torch.float64) for x in (real, generated))
     _check_features(real, generated)
-    precision = _inside_some_ball(generated, real, _neighbour_radii(real, k))
+    precision = _inside_some_ball(generated, real, _neighbour_radii(real, k) if real_radii is None else real_radii)
     recall = _inside_some_ball(real, generated, _neighbour_radii(generated, k))
     return precision, recall
 
@@ -113,8 +114,58 @@ def _check_features(real, generated):
     if real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]:
         raise ValueError(f"features of real and generated samples must be N × d of the same d; got "
                          f"{tuple(real.shape)} and {tuple(generated.shape)}")
-EXTRA_METRICS = ("is", "pr", "kid")
-"""--metrics names beside fid: Inception Score, precision and recall, KID (pid_diffusion/metrics.py)."""
+EXTRA_METRICS = ("is", "pr", "kid", "fd_dinov2")
+"""--metrics names beside fid: Inception Score, precision and recall, KID (from the FID detector's pass), and FD_DINOv2
+(a second detector on the same samples: FrechetPass)."""
+LOWER_IS_BETTER = ("kid", "fd_dinov2")
+"""The metric rows that improve as they fall (IS, precision and recall rise)."""
+
+
+class RealFeatures:
+    """The real set that precision/recall and KID compare with: its per-sample features (float64, on the CPU), what
+    identifies it in a question, and its k-nearest-neighbour radii, computed once for all the checkpoints of a walk
+    (an N × N distance computation otherwise repeated for each)."""
+
+    def __init__(self, features, source):
+        self.features = torch.as_tensor(features).to("cpu", torch.float64)
+        self.source = source
+        self._radii = {}
+
+    def __len__(self):
+        return self.features.shape[0]
+
+    def radii(self, k):
+        if k not in self._radii:
+            self._radii[k] = _neighbour_radii(self.features, k)
+        return self._radii[k]
+
+    def identity(self):
+        """Its name and a digest of its features (the same images read again give the same digest)."""
+        return dict(real_images=self.source, real_sha256=digest_of_arrays([self.features]))
+
+
+@dataclasses.dataclass
+class FrechetPass:
+    """A Fréchet distance in a second detector's feature space from the same samples (--metrics fd_dinov2: DINOv2
+    beside the FID detector), against its own reference statistics; `against` is what the row records of both
+    (results.measured_against)."""
+    metric: str
+    detector: object
+    reference: tuple
+    against: dict
+
+    def question(self):
+        return dict(self.against, resize=getattr(self.detector, "resize", ""))
+
+    def tally(self, image_shape, device, feed):
+        """A tally of this detector, its feature size checked against the reference's."""
+        tally = DetectorTally(self.detector, image_shape, device, feed)
+        check_stats_dimension(*self.reference, tally.dimension, self.against["reference"])
+        return tally
+
+    def measure(self, tally):
+        """{metric: (distance, None)} of an all-reduced tally of this pass."""
+        return {self.metric: (tally.fid(self.reference), None)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,65 +179,61 @@ class MetricOptions:
 
     @classmethod
     def parse(cls, text, **parameters):
-        """From a --metrics list (fid, is, pr, kid; FID is always measured: the other metrics use its pass)."""
+        """From a --metrics list (fid and EXTRA_METRICS; FID is always measured: is, pr and kid use its pass)."""
         names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
         unknown = [name for name in names if name not in ("fid", *EXTRA_METRICS)]
         if unknown:
             raise ValueError(f"--metrics {text!r}: unknown metric {unknown[0]!r}; valid: fid, {', '.join(EXTRA_METRICS)}")
         return cls(tuple(name for name in names if name != "fid"), **parameters)
 
-    def questions(self, seed, num_generated, real_count=0, real=None):
-        """{metric row name: its parameters}, as recorded: KID's subset size resolved against the set sizes, and
-        for the metrics that compare with real images `real`, what identifies them (real_identity)."""
+    def questions(self, seed, num_generated, real=None, second_pass=None):
+        """{metric row name: its parameters}, as recorded: KID's subset size resolved against the set sizes, for
+        the metrics that compare with the real set `real` (RealFeatures) what identifies it, and for a FrechetPass
+        its detector and reference (they replace the FID detector's in that row's question)."""
         asked = {}
-        real = real or {}
+        identity = {} if real is None else real.identity()
         if "is" in self.names:
             asked["inception_score"] = dict(splits=self.is_splits)
         if "pr" in self.names:
-            asked["precision"] = asked["recall"] = dict(k=self.pr_neighbours, **real)
+            asked["precision"] = asked["recall"] = dict(k=self.pr_neighbours, **identity)
         if "kid" in self.names:
-            asked["kid"] = dict(subset_size=min(real_count, num_generated, self.kid_subset_size),
-                                subsets=self.kid_subsets, subset_seed=seed, **real)
+            asked["kid"] = dict(subset_size=min(0 if real is None else len(real), num_generated, self.kid_subset_size),
+                                subsets=self.kid_subsets, subset_seed=seed, **identity)
+        if second_pass is not None:
+            asked[second_pass.metric] = second_pass.question()
         return asked
 
-    def measure(self, features, logits, real_features, seed):
+    def measure(self, features, logits, real, seed):
         """{metric row name: (value, standard deviation or None)} of the generated samples' per-sample outputs."""
         measured = {}
         if "is" in self.names:
             measured["inception_score"] = inception_score(logits, self.is_splits)
         if "pr" in self.names:
-            precision, recall = precision_recall(real_features, features, self.pr_neighbours)
+            precision, recall = precision_recall(real.features, features, self.pr_neighbours,
+                                                 real.radii(self.pr_neighbours))
             measured.update(precision=(precision, None), recall=(recall, None))
         if "kid" in self.names:
-            measured["kid"] = kernel_inception_distance(real_features, features, self.kid_subset_size,
+            measured["kid"] = kernel_inception_distance(real.features, features, self.kid_subset_size,
                                                         self.kid_subsets, seed)[:2]
         return measured
 
 
 def real_features_for(metric_options, detector, device, real_images=""):
     """The real images' per-sample features the asked metrics compare with (precision/recall, KID): those of
-    `real_images` (read_images), or with the digits detector the real digits'; None when no metric needs them.
-    Refused before any work when the detector cannot give what a metric needs."""
+    `real_images` (read_images), or with the digits detector the real digits', as RealFeatures; None when no metric
+    needs them. Refused before any work when the detector cannot give what a metric needs."""
     if "is" in metric_options.names and not gives_class_logits(detector):
         raise ValueError("--metrics is needs the detector's class logits: the Inception detector (its 1008-way "
                          "output layer) and the digits detector give them, the pixels detector does not")
     if not {"pr", "kid"} & set(metric_options.names):
         return None
     if real_images:
-        return image_features(read_images(real_images), detector, device)
+        return RealFeatures(image_features(read_images(real_images), detector, device), real_images)
     if not isinstance(detector, DigitsDetector):
         raise ValueError("--metrics pr and kid compare per-sample features of real and generated images: give the "
                          "real images with --real_images (a samples .npz, or a folder or .zip of images, e.g. the "
                          "training set); with --detector digits the real digits are used")
-    return digits_features(detector, device)
-
-
-def real_identity(real_features, real_images):
-    """What identifies the real set of precision/recall and KID in a question: its name and a digest of its
-    features (the same images read again give the same digest)."""
-    if real_features is None:
-        return {}
-    return dict(real_images=real_images or "the real digits (all 1,797)", real_sha256=digest_of_arrays([real_features]))
+    return RealFeatures(digits_features(detector, device), "the real digits (all 1,797)")
 
 
 def metric_answers(name, step, measured, asked):

@@ -133,12 +133,13 @@ class GenerationStopped(Exception):
 
 
 def run_generation(model, image_shape, label_dim, request, options, device, detector=None, feed="float",
-                   keep_images=True, progress=True, decode=None, stop=None, keep_samples=False):
+                   keep_images=True, progress=True, decode=None, stop=None, keep_samples=False, more_tallies=()):
     """Generate this process's share. Returns (uint8 NHWC images, labels, indices, DetectorTally or None);
     the images are kept only when `keep_images` (the first batch is always kept for a grid), the detector's
     per-sample outputs when `keep_samples`. A latent model's samples (of `image_shape`) are decoded into images
     by `decode`. `stop`, called before each batch, ends the generation with GenerationStopped when it returns
-    true (a stop signal during training)."""
+    true (a stop signal during training). `more_tallies`: DetectorTally objects of other detectors, fed the same
+    batches (a second feature space in the same pass)."""
     from tqdm import tqdm
 
     info = dist.info()
@@ -154,8 +155,8 @@ def run_generation(model, image_shape, label_dim, request, options, device, dete
                                         desc="sampling", unit="batch")):
         if stop is not None and stop():
             raise GenerationStopped(f"stopped after {number} of {total} batches")
-        if tally is not None:
-            tally.update(batch.images, batch.labels, batch.indices)
+        for each in ([] if tally is None else [tally]) + list(more_tallies):
+            each.update(batch.images, batch.labels, batch.indices)
         if keep_images or number == 0:
             images.append(to_uint8(batch.images).cpu())
             indices.extend(batch.indices)

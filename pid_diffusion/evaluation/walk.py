@@ -16,8 +16,8 @@ from ..generate import save_grid
 from ..log import RunLogger
 from ..plots import plot_fid_vs_step
 from ..run_folder import checkpoint_step, incomplete_step_files, model_file_names
-from .detectors import load_detector, resolve_feed
-from .metrics import metric_answers, MetricOptions, metrics_text, real_features_for, real_identity
+from .detectors import load_configured_detector, resolve_feed
+from .metrics import FrechetPass, LOWER_IS_BETTER, metric_answers, MetricOptions, metrics_text, real_features_for
 from .results import (answer, measured_against, METRICS_TABLE, question_labels, read_results, record_result,
                       results_file, samples_tag, sampling_description, weights_digest)
 from .sampling import load_sampling_model, read_images, run_generation, samples_npz_path, save_samples_npz, tally_images
@@ -54,15 +54,49 @@ def results_folder(args):
     return out_dir
 
 
-def measuring_tools(args, device):
-    """(detector, the metrics beside FID, the real set's features they compare with), each refused at once when
-    it cannot be had."""
-    detector = load_detector(args.detector, args.detector_path or None, device, dinov2_repo=args.dinov2_repo,
-                             dinov2_resize=args.dinov2_resize)
-    metric_options = MetricOptions.parse(args.metrics, is_splits=args.is_splits,
-                                                    pr_neighbours=args.pr_neighbours,
-                                                    kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
-    return detector, metric_options, real_features_for(metric_options, detector, device, args.real_images)
+@dataclasses.dataclass
+class MeasuringTools:
+    """What a walk measures with, each refused at once when it cannot be had: the detector, the metrics beside FID,
+    the real set they compare with (RealFeatures or None) and the second detector's pass (FrechetPass or None)."""
+    detector: object
+    metric_options: MetricOptions
+    real: object
+    second_pass: object
+
+    @classmethod
+    def load(cls, args, device):
+        detector = load_configured_detector(args, device)
+        metric_options = MetricOptions.parse(args.metrics, is_splits=args.is_splits, pr_neighbours=args.pr_neighbours,
+                                             kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets)
+        real = real_features_for(metric_options, detector, device, args.real_images)
+        second_pass = None
+        if "fd_dinov2" in metric_options.names:
+            dinov2 = load_configured_detector(args, device, "dinov2")
+            ref_path = args.dinov2_ref_path or args.ref_path
+            reference = reference_stats(args.fid_dataset, ref_path or None, dinov2, device=device)
+            second_pass = FrechetPass("fd_dinov2", dinov2, reference,
+                                      measured_against("dinov2", dinov2, args.fid_dataset, ref_path, reference))
+        return cls(detector, metric_options, real, second_pass)
+
+    @property
+    def keeps_samples(self):
+        """Whether a metric needs the FID pass's per-sample outputs (is, pr, kid)."""
+        return bool(set(self.metric_options.names) - {"fd_dinov2"})
+
+    def questions(self, question, seed, num_generated):
+        """{metric: its whole question} of the metrics beside FID, FID's `question` extended by each one's own."""
+        return {metric: {**question, "metric": metric, **parameters} for metric, parameters in
+                self.metric_options.questions(seed, num_generated, self.real, self.second_pass).items()}
+
+    def more_tallies(self, image_shape, device, feed):
+        return [] if self.second_pass is None else [self.second_pass.tally(image_shape, device, feed)]
+
+    def measure(self, outputs, more_tallies, seed):
+        """{metric: (value, std)} from the FID pass's per-sample `outputs` and the second pass's all-reduced tallies."""
+        measured = self.metric_options.measure(*outputs, self.real, seed) if outputs else {}
+        for tally in more_tallies:
+            measured.update(self.second_pass.measure(tally))
+        return measured
 
 
 def evaluate_samples(args, device):
@@ -72,18 +106,22 @@ def evaluate_samples(args, device):
     if args.write_reference and os.path.exists(args.write_reference):
         raise FileExistsError(f"--write_reference {args.write_reference} exists; nothing was replaced: give another path")
     out_dir = None if args.write_reference else results_folder(args)
-    detector, metric_options, real_features = measuring_tools(args, device)
+    tools = MeasuringTools.load(args, device)
+    detector = tools.detector
     images = read_images(args.samples)
-    tally = DetectorTally(detector, (images.shape[3], images.shape[1], images.shape[2]), device, "uint8",
-                          keep_samples=bool(metric_options.names))
+    image_shape = (images.shape[3], images.shape[1], images.shape[2])
+    tally = DetectorTally(detector, image_shape, device, "uint8", keep_samples=tools.keeps_samples)
     if args.write_reference:
         write_reference_stats(args, images, tally, device)
         return
     reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
     check_stats_dimension(*reference, tally.dimension, reference_name(args.fid_dataset, args.ref_path))
-    tally_images(tally, images, device, args.batch_size, shared=True)
-    outputs = tally.samples_in_order() if metric_options.names else None
-    tally.all_reduce()
+    more_tallies = tools.more_tallies(image_shape, device, "uint8")
+    for each in [tally, *more_tallies]:
+        tally_images(each, images, device, args.batch_size, shared=True)
+    outputs = tally.samples_in_order() if tools.keeps_samples else None
+    for each in [tally, *more_tallies]:
+        each.all_reduce()
     name = os.path.splitext(os.path.basename(os.path.normpath(args.samples)))[0]
     question = dict(num_samples=len(images), seed="", sampling=f"samples={os.path.abspath(args.samples)}",
                     feed="uint8", weights_sha256=digest_of_arrays([images]),
@@ -96,10 +134,8 @@ def evaluate_samples(args, device):
     seed = "samples"
     row = dict(model_name=name, step=0, FID=f"{fid:.6f}")
     record_result(results_file(out_dir, seed), row, question)
-    measured = metric_options.measure(*outputs, real_features, args.seed) if outputs else {}
-    asked = {metric: {**question, "metric": metric, **parameters} for metric, parameters in metric_options.questions(
-        args.seed, len(images), 0 if real_features is None else len(real_features),
-        real_identity(real_features, args.real_images)).items()}
+    measured = tools.measure(outputs, more_tallies, args.seed)
+    asked = tools.questions(question, args.seed, len(images))
     answers, not_finite = metric_answers(name, 0, measured, asked)
     for metric_row, metric_question in answers:
         record_result(results_file(out_dir, seed, METRICS_TABLE), metric_row,
@@ -136,7 +172,8 @@ def evaluate_folder(args, given, device):
     # a guided teacher's rows answer their own question (unguided descriptions stay as they were)
     guided = dict(guidance=guidance.guidance, guide_model_path=guidance.guide_model_path) if (
         guidance.guide_model_path) else {}
-    detector, metric_options, real_features = measuring_tools(args, device)
+    tools = MeasuringTools.load(args, device)
+    detector = tools.detector
     checkpoints = checkpoints_in(args.exp_dir, [n for n in args.checkpoints.split(",") if n])
     if not checkpoints:
         orphans = incomplete_step_files(args.exp_dir)
@@ -150,7 +187,7 @@ def evaluate_folder(args, given, device):
     if dist.is_main():
         os.makedirs(sample_dir, exist_ok=True)
     log = RunLogger(sample_dir).log  # the terminal and FID/log.txt, as the original's logger
-    walk = Walk(args, detector, reference, sample_dir, log, device, metric_options, real_features)
+    walk = Walk(args, tools, reference, sample_dir, log, device)
     unreadable = []
     for name in incomplete_step_files(args.exp_dir):
         if name.startswith("ema_") and not args.checkpoints:
@@ -168,16 +205,17 @@ def evaluate_folder(args, given, device):
         measurement = dict(num_samples=first.num_samples, seed=first.seed,
                            feed=resolve_feed(args.detector_feed, loaded.protocol), **measured_with)
         weights = weights_digest(loaded.model)
-        fids = []
+        fids, questions = [], []
         for k in range(loaded.setting("seed_ranges", args, given)):  # disjoint ranges of samples, a row each
             request = dataclasses.replace(first, first_index=k * first.num_samples)
             sampling = sampling_description({**loaded.options, **guided}, request)
-            fids.append(walk.measure(name, step, loaded, request, {**measurement, "sampling": sampling,
-                                                                   "weights_sha256": weights}))
+            questions.append({**measurement, "sampling": sampling, "weights_sha256": weights})
+            fids.append(walk.measure(name, step, loaded, request, questions[-1]))
         if len(fids) > 1 and None not in fids:
             ranges = ", ".join(f"samples {k * first.num_samples}–{(k + 1) * first.num_samples - 1}: {fid:.4f}"
                                for k, fid in enumerate(fids))
             log(f"{name}: FID over {len(fids)} disjoint sample ranges ({ranges}); minimum {min(fids):.4f}")
+            walk.summarise_ranges(name, questions, first)
     if len(unreadable) == len(checkpoints):
         raise ValueError(f"nothing could be evaluated: none of the {len(checkpoints)} checkpoints in {args.exp_dir} "
                          "can be loaded (see the reasons above)")
@@ -199,10 +237,9 @@ class Walk:
     """One FID measurement after another, each a row of fid_results_{seed}.csv beside `sample_dir` (the results
     folder's FID/) answering its question."""
 
-    def __init__(self, args, detector, reference, sample_dir, log, device, metric_options, real_features):
-        self.args, self.detector, self.reference, self.sample_dir, self.log = args, detector, reference, sample_dir, log
-        self.device, self.metric_options, self.real_features = device, metric_options, real_features
-        self.real = real_identity(real_features, args.real_images)
+    def __init__(self, args, tools, reference, sample_dir, log, device):
+        self.args, self.tools, self.reference, self.sample_dir, self.log = args, tools, reference, sample_dir, log
+        self.detector, self.device = tools.detector, device
         self.checked_dimension, self.failed = False, []
 
     def measure(self, name, step, loaded, request, question):
@@ -213,9 +250,7 @@ class Walk:
         rows = read_results(results_path)  # read again each time: another walk may have answered it
         known = dist.broadcast_object(answer(rows, name, question) if dist.is_main() else None)
         metrics_path = results_file(os.path.dirname(self.sample_dir), request.seed, METRICS_TABLE)
-        real_count = 0 if self.real_features is None else len(self.real_features)
-        asked = {metric: {**question, "metric": metric, **parameters} for metric, parameters in
-                 self.metric_options.questions(request.seed, request.num_samples, real_count, self.real).items()}
+        asked = self.tools.questions(question, request.seed, request.num_samples)
         metric_rows = read_results(metrics_path, METRICS_TABLE) if asked else []
         unanswered = [metric for metric, metric_question in asked.items()
                       if answer(metric_rows, name, metric_question) is None]
@@ -238,11 +273,15 @@ class Walk:
             if probe.note:
                 log(probe.note)
             self.checked_dimension = True
+        more_tallies = self.tools.more_tallies(loaded.output_shape(device), device, question["feed"])
         images, labels, indices, tally = run_generation(
             loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, device, detector=self.detector,
-            feed=question["feed"], keep_images=args.save_samples, decode=loaded.decode, keep_samples=bool(asked))
-        outputs = tally.samples_in_order() if asked else None  # every process's, in sample order (collective)
-        tally.all_reduce()
+            feed=question["feed"], keep_images=args.save_samples, decode=loaded.decode,
+            keep_samples=self.tools.keeps_samples, more_tallies=more_tallies)
+        # every process's per-sample outputs, in sample order (collective)
+        outputs = tally.samples_in_order() if self.tools.keeps_samples else None
+        for each in [tally, *more_tallies]:
+            each.all_reduce()
         shown = min(100, request.batch_size, len(images))  # the first global batch (this process's first): in order
         grid = (images[:shown], None if labels is None else labels[:shown])
         if args.save_samples:
@@ -257,14 +296,30 @@ class Walk:
             else:
                 self.record(name, step, fid, tally, request, question, grid, images, labels, results_path, tag)
                 if asked:
-                    self.record_metrics(name, step, outputs, asked, metrics_path, request.seed)
+                    self.record_metrics(name, step, self.tools.measure(outputs, more_tallies, request.seed), asked,
+                                        metrics_path)
         dist.barrier()
         return dist.broadcast_object(fid)
 
-    def record_metrics(self, name, step, outputs, asked, metrics_path, seed):
-        """The metrics beside FID of one checkpoint's samples (`outputs`: their features and logits in sample
-        order), a row each in the metrics table; a value that is not finite is reported, not recorded."""
-        measured = self.metric_options.measure(*outputs, self.real_features, seed)
+    def summarise_ranges(self, name, questions, first):
+        """One line per metric beside FID over the disjoint sample ranges of `questions` (their rows in the metrics
+        table): each range's value and the best (the lowest KID and FD_DINOv2, the highest IS, precision, recall)."""
+        asked = [self.tools.questions(question, first.seed, first.num_samples) for question in questions]
+        if not dist.is_main() or not asked[0]:
+            return
+        rows = read_results(results_file(os.path.dirname(self.sample_dir), first.seed, METRICS_TABLE), METRICS_TABLE)
+        for metric in asked[0]:
+            found = [answer(rows, name, by_range[metric]) for by_range in asked]
+            if None in found:  # not recorded (a value that was not finite)
+                continue
+            values = [float(row["value"]) for row in found]
+            best = min(values) if metric in LOWER_IS_BETTER else max(values)
+            shown = ", ".join(f"{value:.4g}" for value in values)
+            self.log(f"{name}: {metric} over {len(values)} disjoint sample ranges ({shown}); best {best:.4g}")
+
+    def record_metrics(self, name, step, measured, asked, metrics_path):
+        """The metrics beside FID of one checkpoint's samples, a row each in the metrics table; a value that is not
+        finite is reported, not recorded."""
         answers, not_finite = metric_answers(name, step, measured, asked)
         for row, question in answers:
             record_result(metrics_path, row, question, table=METRICS_TABLE)
