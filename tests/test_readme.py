@@ -20,9 +20,9 @@ def test_ci_runs_exactly_the_readme_commands():
 def test_model_zoo_readme_lists_every_file_the_code_looks_for():
     listed = open(os.path.join(REPO, "model_zoo", "README.md")).read()
     from pid_diffusion import lpips
-    from pid_diffusion.evaluation.detectors import DIGITS_CLASSIFIER_FILE, INCEPTION_FILE
+    from pid_diffusion.evaluation.detectors import DIGITS_CLASSIFIER_FILE, INCEPTION_FILE, VGG16_FILE
     from pid_diffusion.evaluation.statistics import REFERENCE_STATS
-    for name in (INCEPTION_FILE, lpips.VGG16_WEIGHTS_FILE, lpips.LPIPS_WEIGHTS_FILE,
+    for name in (INCEPTION_FILE, VGG16_FILE, lpips.VGG16_WEIGHTS_FILE, lpips.LPIPS_WEIGHTS_FILE,
                  "edm-cifar10-32x32-uncond-vp.pkl", "edm-imagenet-64x64-cond-adm.pkl", "digits-ddpmpp.pt",
                  DIGITS_CLASSIFIER_FILE,
                  *(os.path.basename(path) for path, _ in REFERENCE_STATS.values())):
