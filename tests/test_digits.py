@@ -461,6 +461,19 @@ def test_fd_dinov2_is_a_second_detector_on_the_same_samples_and_equals_dinov2_s_
     with open(tmp_path / "results" / "metrics_samples.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and abs(float(rows[1]["value"])) < 1e-3  # the images against their own statistics
+    # a walk over checkpoints feeds DINOv2 from its sampling pass: the same number as a --detector dinov2 walk
+    walk = ["--exp_dir", str(tmp_path), "--checkpoints", SHIPPED_TEACHER, "--training_mode",
+            "one_shot_pinn_edm_edm_teacher", "--sampler", "euler", "--steps", "2", "--num_samples", "30", "--batch_size",
+            "10", "--save_samples", "False"]
+    run(*walk, "--detector", "digits", "--fid_dataset", "digits", "--metrics", "fid,fd_dinov2", *dinov2,
+        "--dinov2_ref_path", str(tmp_path / "dinov2-train.npz"), "--results_dir", str(tmp_path / "walk"))
+    run(*walk, "--detector", "dinov2", *dinov2, "--ref_path", str(tmp_path / "dinov2-train.npz"), "--results_dir",
+        str(tmp_path / "walk-alone"))
+    with open(tmp_path / "walk" / "metrics_42.csv", newline="") as f:
+        (walked,) = list(csv.DictReader(f))
+    with open(tmp_path / "walk-alone" / "fid_results_42.csv", newline="") as f:
+        (walked_alone,) = list(csv.DictReader(f))
+    assert walked["metric"] == "fd_dinov2" and float(walked["value"]) == pytest.approx(float(walked_alone["FID"]), rel=1e-4)
     refused = subprocess.run([*script, *measured, "--detector", "digits", "--fid_dataset", "digits", "--metrics",
                               "fid,fd_dinov2", "--dinov2_repo", str(tmp_path / "hub")], cwd=REPO, capture_output=True,
                              text=True, timeout=60)
