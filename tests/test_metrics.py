@@ -137,6 +137,24 @@ def test_kid_is_the_unbiased_mmd2_written_out_and_equals_torch_fidelity_s():
         kernel_inception_distance(real[:1], generated)
 
 
+def test_kid_from_the_whole_sets_kernels_equals_kid_from_each_subset_s(monkeypatch):
+    """Small sets (the digits demo) sum each subset's blocks of the whole sets' kernels; large ones (50,000 samples)
+    compute each subset's kernels: one answer."""
+    from pid_diffusion.evaluation import metrics
+
+    generator = torch.Generator().manual_seed(5)
+    real = torch.randn(150, 16, generator=generator, dtype=torch.float64)
+    generated = torch.randn(130, 16, generator=generator, dtype=torch.float64) * 1.1 + 0.2
+    whole = kernel_inception_distance(real, generated, subset_size=60, subsets=30, seed=4)
+    called = []
+    monkeypatch.setattr(metrics, "unbiased_mmd2", lambda x, y: called.append(1) or unbiased_mmd2(x, y))
+    assert kernel_inception_distance(real, generated, subset_size=60, subsets=30, seed=4) == whole and not called
+    monkeypatch.setattr(metrics, "KID_WHOLE_KERNELS", 150 ** 2)  # too small for these sets: subset by subset
+    by_subset = kernel_inception_distance(real, generated, subset_size=60, subsets=30, seed=4)
+    assert len(called) == 30 and whole[2] == by_subset[2] == 60
+    assert whole[:2] == (pytest.approx(by_subset[0], rel=1e-12), pytest.approx(by_subset[1], rel=1e-10))
+
+
 class BiasedStandInInception(torch.nn.Module):
     """Called like NVIDIA's TorchScript Inception: pool features with return_features=True, else the softmax of
     its `output` layer, with that layer's bias unless no_output_bias (which StyleGAN3's Inception Score sets)."""
