@@ -118,7 +118,7 @@ def test_every_file_the_tools_load_accepts_a_url(hub, tmp_path):
         assert mu.shape == (4,) and sigma.shape == (4, 4)
         lpips = LPIPS(server.url + "vgg16.pth", server.url + "lin.pt")
         assert lpips(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)).shape == (1,)
-        with pytest.raises(DownloadError, match="the FID detector: cannot download .*HTTP 404"):
+        with pytest.raises(DownloadError, match="the Inception detector: cannot download .*HTTP 404"):
             load_detector("inception", server.url + "inception-2015-12-05.pt")
     finally:
         server.close()
