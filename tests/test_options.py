@@ -35,7 +35,7 @@ PID_VALUES = {  # a valid value other than the default for every flag that is a 
     "channels_last": True, "compile": True, "compile_mode": "reduce-overhead", "cudnn_benchmark": False,
     "ddp_bucket_cap_mb": 64, "speculative_step": True, "allow_changed_settings": True, "log_format": "stdout,tensorboard", "eval_interval": 500,
     "eval_samples": 300, "eval_metrics": "fid,is",
-    "detector": "digits", "detector_path": "d.pt", "detector_feed": "uint8", "dinov2_repo": "dinov2", "dinov2_resize": "pil", "fid_dataset": "digits", "ref_path": "r.npz",
+    "detector": "digits", "detector_path": "d.pt", "detector_feed": "uint8", "dinov2_repo": "dinov2", "dinov2_path": "w.pth", "dinov2_resize": "pil", "fid_dataset": "digits", "ref_path": "r.npz",
     "guide_model_path": "guide.pt", "guidance": 1.5, "vae_path": "vae",
 }
 
