@@ -39,7 +39,12 @@ def weightings(weight_schedule, t, sigma_data=SIGMA_DATA):
     return WEIGHTINGS[weight_schedule](t ** -2, sigma_data)
 
 
-LOSS_NORMS = ("l1", "l2", "lpips")
+LOSS_NORMS = ("l1", "l2", "lpips", "pseudo_huber")
+PSEUDO_HUBER_C = 0.00054
+"""The pseudo-Huber distance's c per √(values per image) (Song & Dhariwal 2023, "Improved techniques for training
+consistency models": c = 0.00054·√d for images in [−1, 1])."""
+FINITE_DIFFERENCES = ("first", "second")
+"""--finite_difference: the paper's two-point difference, or the three-point one (one more student call)."""
 EDM_P_MEAN = -1.2
 EDM_P_STD = 1.2
 
@@ -87,6 +92,25 @@ def implied_denoised(x_t, x_t_next, t, t_next):
     return x_t - t * slope
 
 
+def implied_denoised_second_order(x_t, x_a, x_b, t, t_a, t_b):
+    """x − t·dx/dt with the three-point derivative at t: the slope at t of the quadratic in t through (t, x_t),
+    (t_a, x_a) and (t_b, x_b), on the non-uniform ρ-grid (exact for a trajectory quadratic in t, where the
+    two-point difference errs by O(h)). The weights, per sample, are computed in float64: in float32 the products
+    of the small steps near σ_max lose digits the two-point difference's one quotient keeps."""
+    t, t_a, t_b = (level.to(torch.float64).reshape(-1, 1, 1, 1) for level in (t, t_a, t_b))
+    h_a, h_b = t_a - t, t_b - t
+    weights = (-t * -(h_a + h_b) / (h_a * h_b), -t * h_b / (h_a * (h_b - h_a)), -t * -h_a / (h_b * (h_b - h_a)))
+    w_t, w_a, w_b = (weight.to(x_t.dtype) for weight in weights)
+    return x_t + w_t * x_t + w_a * x_a + w_b * x_b
+
+
+def pseudo_huber_distance(a, b):
+    """√(‖a − b‖² + c²) − c per sample, c = PSEUDO_HUBER_C·√(values per image): ‖a − b‖²/(2c) for small differences,
+    ‖a − b‖ for large ones, so outliers weigh less than under l2."""
+    c = PSEUDO_HUBER_C * a[0].numel() ** 0.5
+    return ((a - b).flatten(1).square().sum(dim=1) + c ** 2).sqrt() - c
+
+
 def _mean_over_pixels(x):
     return x.flatten(1).mean(dim=1)
 
@@ -101,29 +125,34 @@ def lpips_distance(lpips, a, b):
 
 
 def pid_loss(student, teacher, z, t, t_next, class_labels=None, loss_norm="l2", weight_schedule="uniform",
-             lpips=None, batched_student=False):
+             lpips=None, batched_student=False, t_third=None):
     """Per-sample PID loss [N] for noise z = σ_max·ε at noise levels t and partner levels t_next.
 
     `batched_student` evaluates x_θ(z, t) and x_θ(z, t_next) in one call on a doubled batch (the
-    same function: every layer acts per sample; faster on GPUs)."""
+    same function: every layer acts per sample; faster on GPUs). With `t_third` (pid_third_index's levels) the
+    derivative is the three-point difference (implied_denoised_second_order), at one more student call."""
     if loss_norm not in LOSS_NORMS:
         raise ValueError(f"unknown loss_norm {loss_norm!r}; valid: {', '.join(LOSS_NORMS)}")
     if loss_norm == "lpips" and lpips is None:
         raise ValueError("loss_norm 'lpips' needs an LPIPS module: pass lpips=LPIPS(...)")
     weight = weightings(weight_schedule, t)
+    levels = [t, t_next] + ([] if t_third is None else [t_third])
     if batched_student:
-        labels = None if class_labels is None else torch.cat([class_labels, class_labels])
-        x_t, x_t_next = student(torch.cat([z, z]), torch.cat([t, t_next]), labels).chunk(2)
+        labels = None if class_labels is None else torch.cat([class_labels] * len(levels))
+        outputs = student(torch.cat([z] * len(levels)), torch.cat(levels), labels).chunk(len(levels))
     else:
-        x_t = student(z, t, class_labels)
-        x_t_next = student(z, t_next, class_labels)
-    implied = implied_denoised(x_t, x_t_next, t, t_next)
+        outputs = [student(z, level, class_labels) for level in levels]
+    x_t = outputs[0]
+    implied = (implied_denoised(*outputs, t, t_next) if t_third is None else
+               implied_denoised_second_order(*outputs, t, t_next, t_third))
     with torch.no_grad():
         target = teacher(x_t.detach(), t, class_labels).to(implied.dtype)
     if loss_norm == "l2":
         distance = _mean_over_pixels((implied - target) ** 2)
     elif loss_norm == "l1":
         distance = _mean_over_pixels((implied - target).abs())
+    elif loss_norm == "pseudo_huber":
+        distance = pseudo_huber_distance(implied, target)
     else:
         distance = lpips_distance(lpips, implied, target)
     return weight * distance

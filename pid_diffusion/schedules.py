@@ -74,6 +74,17 @@ def pid_partner_index(index, num_scales):
     return torch.where(index + 1 == num_scales, index - 1, index + 1)
 
 
+def pid_third_index(index, num_scales):
+    """The third grid index of a three-point (second-order) difference at `index`, beside pid_partner_index's: the
+    previous (larger) σ, so that the levels index − 1, index, index + 1 centre the difference; at σ_max (index 0)
+    index 2 and at σ_min (N − 1) index N − 3, one-sided. Needs N ≥ 3."""
+    _check_num_scales(num_scales)
+    if num_scales < 3:
+        raise ValueError(f"a second-order difference needs at least 3 noise levels, got num_scales={num_scales}")
+    index = torch.as_tensor(index)
+    return torch.where(index == 0, 2, torch.where(index + 1 == num_scales, index - 2, index - 1))
+
+
 def sample_pid_times(batch_size, num_scales, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
                      generator=None, device=None):
     """The official draw: index i ~ U{0..N−1} per sample, t = σ(i), t_next = σ(partner(i)).

@@ -29,10 +29,10 @@ from .guidance import GuidanceOptions
 from .latents import LatentOptions, output_shape
 from .log import PROGRESS_FILE
 from .loop import LoopConfig, TrainingLoop
-from .losses import LOSS_NORMS, WEIGHTINGS, pid_loss
+from .losses import FINITE_DIFFERENCES, LOSS_NORMS, WEIGHTINGS, pid_loss
 from .lpips import LPIPS
 from .run_folder import PID_RUN, checkpoint_files
-from .schedules import NoiseLevels, check_noise_levels, sample_pid_times
+from .schedules import NoiseLevels, check_noise_levels, index_to_sigma, pid_third_index, sample_pid_times
 from .settings import option, setting
 from .speed import STUDENT_PRECISION
 
@@ -61,6 +61,9 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, Lat
                              defines_run=True)
     loss_norm: str = option("lpips", f"distance between implied and teacher denoised images: {', '.join(LOSS_NORMS)}",
                             defines_run=True)
+    finite_difference: str = option("first", "the derivative dx/dt of the PID residual: first (the paper's two-point "
+                                             "difference) or second (three-point on the ρ-grid, central inside it; one "
+                                             "more student call per sample; docs/quality.md)", defines_run=True)
     weight_schedule: str = option("karras", f"loss weighting λ(t): {', '.join(WEIGHTINGS)}", defines_run=True)
     dropout: float = option(0.0, "student dropout (the teacher runs in eval mode)")
     lpips_vgg_weights: str = option("", "path or http(s) URL of torchvision's vgg16-397923af.pth (default: model_zoo/, "
@@ -85,6 +88,7 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, Lat
 
     def choices(self):
         return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,
+                "finite_difference": FINITE_DIFFERENCES,
                 "student_precision": STUDENT_PRECISION, "detector": DETECTORS,
                 "detector_feed": (*FEEDS, FAMILY_FEED)}
 
@@ -94,6 +98,9 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, Lat
             raise ValueError("--teacher_model_path is required: the teacher is what PID distils")
         if self.start_scales < 2 or self.end_scales < 2:
             raise ValueError("--start_scales/--end_scales: the ρ-grid needs at least 2 noise levels")
+        if self.finite_difference == "second" and min(self.start_scales, self.end_scales) < 3:
+            raise ValueError("--finite_difference second needs at least 3 noise levels: give --start_scales (and "
+                             "--end_scales) of 3 or more")
         check_noise_levels(self.sigma_min, self.sigma_max, self.rho)
         self.check_guidance()
         if not 0 <= self.dropout < 1:
@@ -356,25 +363,30 @@ class PIDTrainer(TrainingLoop):
         return columns
 
     def step_inputs(self, step):
-        """This process's share of the step's global batch: z = σ_max·ε, t, t', one-hot labels."""
+        """This process's share of the step's global batch: z = σ_max·ε, t, t', one-hot labels, and the third levels
+        of a second-order difference (None for the first-order one). The draws are the same either way."""
         generator = self.step_generator(step)
         num_scales = num_scales_at(self.config, step)
         noise = torch.randn((self.global_batch, *self.image_shape), generator=generator, device=self.device)
         noise = noise.contiguous(memory_format=self.memory_format)
-        _, t, t_next = sample_pid_times(self.global_batch, num_scales, self.config.sigma_min, self.config.sigma_max,
-                                        self.config.rho, generator, self.device)
+        indices, t, t_next = sample_pid_times(self.global_batch, num_scales, self.config.sigma_min,
+                                              self.config.sigma_max, self.config.rho, generator, self.device)
+        t_third = None
+        if self.config.finite_difference == "second":
+            t_third = self.share(index_to_sigma(pid_third_index(indices, num_scales), num_scales, self.config.sigma_min,
+                                                self.config.sigma_max, self.config.rho).to(torch.float32))
         labels = None
         if self.label_dim:
             classes = torch.randint(0, self.label_dim, (self.global_batch,), generator=generator, device=self.device)
             labels = self.share(F.one_hot(classes, self.label_dim).to(torch.float32))
-        return self.config.sigma_max * self.share(noise), self.share(t), self.share(t_next), labels
+        return self.config.sigma_max * self.share(noise), self.share(t), self.share(t_next), labels, t_third
 
     def batch_losses(self, model, inputs, eager=False):
-        z, t, t_next, labels = inputs
+        z, t, t_next, labels, t_third = inputs
         student = model if self.config.student_precision != "fp32" else float32_call(model)
         teacher, lpips = (self.teacher, self.lpips) if eager else (self.teacher_call, self.lpips_call)
         return pid_loss(student, teacher, z, t, t_next, labels, self.config.loss_norm,
-                        self.config.weight_schedule, lpips, self.config.batched_student)
+                        self.config.weight_schedule, lpips, self.config.batched_student, t_third)
 
 
 def float32_call(module):

@@ -25,9 +25,11 @@ WEIGHTS = {  # λ(t) of the official --weight_schedule names, from snr = 1/t²
     "truncated-snr": lambda t: torch.clamp(t ** -2, min=1.0),
     "uniform": lambda t: torch.ones_like(t),
 }
-DISTANCES = {  # per-sample mean over C, H, W
+DISTANCES = {  # per-sample mean over C, H, W; pseudo-Huber over the whole image, c = 0.00054·√(values per image)
     "l2": lambda d: d.flatten(1).square().mean(1),
     "l1": lambda d: d.flatten(1).abs().mean(1),
+    "pseudo_huber": lambda d: (d.flatten(1).square().sum(1) + 0.00054 ** 2 * d[0].numel()).sqrt()
+    - 0.00054 * d[0].numel() ** 0.5,
 }
 
 
@@ -77,7 +79,7 @@ def test_student_output_is_the_blend_of_noise_and_network_with_the_log_label():
 
 
 @pytest.mark.parametrize("batched_student", [False, True])
-@pytest.mark.parametrize("loss_norm", ["l2", "l1"])
+@pytest.mark.parametrize("loss_norm", ["l2", "l1", "pseudo_huber"])
 @pytest.mark.parametrize("weight_schedule", list(WEIGHTS))
 def test_pid_loss_is_the_weighted_distance_of_the_implied_image_to_the_teachers(loss_norm, weight_schedule,
                                                                                  batched_student):
@@ -100,6 +102,71 @@ def test_pid_loss_is_the_weighted_distance_of_the_implied_image_to_the_teachers(
     assert torch.all((wrong - expected).abs() > 1e-3 * expected)
 
 
+def test_the_three_point_difference_is_exact_on_a_quadratic_trajectory_where_the_two_point_one_errs():
+    """x(t) = A + B·t + C·t²: x − t·dx/dt = A − C·t² exactly, at every level of the ρ-grid with its partner and third
+    levels (central inside the grid, one-sided at σ_max and σ_min)."""
+    from pid_diffusion.losses import implied_denoised, implied_denoised_second_order
+    from pid_diffusion.schedules import pid_partner_index, pid_third_index
+
+    generator = torch.Generator().manual_seed(2)
+    a, b, c = (torch.randn(1, 2, 3, 3, generator=generator, dtype=torch.float64) for _ in range(3))
+    grid = torch.tensor(rho_grid(8), dtype=torch.float64)
+    index = torch.arange(8)
+    t, t_a, t_b = grid, grid[pid_partner_index(index, 8)], grid[pid_third_index(index, 8)]
+    assert pid_third_index(index, 8).tolist() == [2, 0, 1, 2, 3, 4, 5, 5]  # i−1 inside, i+2 and i−2 at the ends
+
+    def x(level):
+        level = level.reshape(-1, 1, 1, 1)
+        return a + b * level + c * level ** 2
+
+    truth = a - c * t.reshape(-1, 1, 1, 1) ** 2
+    second = implied_denoised_second_order(x(t), x(t_a), x(t_b), t, t_a, t_b)
+    first = implied_denoised(x(t), x(t_a), t, t_a)
+    scale = truth.abs().amax(dim=(1, 2, 3))
+    assert torch.all((second - truth).abs().amax(dim=(1, 2, 3)) <= 1e-9 * scale)
+    assert torch.all((first - truth).abs().amax(dim=(1, 2, 3)) > 1e-6 * scale)  # O(h) of the two-point difference
+    with pytest.raises(ValueError, match="at least 3 noise levels"):
+        pid_third_index(index[:2], 2)
+
+
+@pytest.mark.parametrize("batched_student", [False, True])
+def test_pid_loss_with_a_third_level_takes_the_three_point_difference(batched_student):
+    from pid_diffusion.losses import implied_denoised_second_order
+
+    student, teacher = PIDStudent(LinearNet()), gaussian_mixture()
+    z = torch.randn(4, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 80
+    grid = rho_grid(10)
+    t, t_next, t_third = (torch.tensor([grid[i] for i in indices], dtype=torch.float32)
+                          for indices in ((0, 3, 6, 9), (1, 4, 7, 8), (2, 2, 5, 7)))
+    got = pid_loss(student, teacher, z, t, t_next, loss_norm="l2", batched_student=batched_student, t_third=t_third)
+    first = pid_loss(student, teacher, z, t, t_next, loss_norm="l2", batched_student=batched_student)
+    with torch.no_grad():
+        x_t, x_next, x_third = student(z, t), student(z, t_next), student(z, t_third)
+        implied_image = implied_denoised_second_order(x_t, x_next, x_third, t.double(), t_next.double(), t_third.double())
+        expected = DISTANCES["l2"](implied_image - teacher(x_t, t))
+    assert torch.all((got.detach() - expected).abs() <= rounding_bound(8) * expected)
+    assert torch.all((first.detach() - expected).abs() > 1e-4 * expected)  # without it: the two-point difference
+
+
+def test_a_second_order_run_draws_the_first_order_run_s_levels_and_their_third(teacher_path, tmp_path):
+    first = PIDTrainer(small_run_config(teacher_path, tmp_path / "first", start_scales=5))
+    second = PIDTrainer(small_run_config(teacher_path, tmp_path / "second", start_scales=5,
+                                         finite_difference="second"))
+    as_float32 = [float(torch.tensor(s, dtype=torch.float32)) for s in rho_grid(5)]
+    thirds = {}
+    for step in range(20):
+        *same, t_third = second.step_inputs(step)
+        *reference, none = first.step_inputs(step)
+        assert none is None and all(torch.equal(x, y) for x, y in zip(same, reference) if x is not None)
+        thirds.update(zip(same[1].tolist(), t_third.tolist()))
+    assert thirds == {as_float32[0]: as_float32[2], as_float32[1]: as_float32[0], as_float32[2]: as_float32[1],
+                      as_float32[3]: as_float32[2], as_float32[4]: as_float32[2]}
+    first.close()
+    second.close()
+    with pytest.raises(ValueError, match="--finite_difference second needs at least 3 noise levels"):
+        PIDTrainer(small_run_config(teacher_path, tmp_path / "two", start_scales=2, finite_difference="second"))
+
+
 @pytest.fixture(scope="module")
 def trainers(teacher_path, tmp_path_factory):
     """PID trainers on the tiny teacher, one per loss norm and weighting (separate student calls, as the
@@ -120,9 +187,10 @@ def trainers(teacher_path, tmp_path_factory):
                                                        ("l1", "snr+1"), ("l2", "uniform")])
 def test_trainer_loss_follows_loss_norm_and_weight_schedule(trainers, loss_norm, weight_schedule):
     trainer = trainers[loss_norm, weight_schedule]
-    z, t, t_next, labels = trainer.step_inputs(0)
+    z, t, t_next, labels, t_third = trainer.step_inputs(0)
+    assert t_third is None  # the paper's first-order difference
     with torch.no_grad():
-        got = trainer.batch_losses(trainer.model, (z, t, t_next, labels))
+        got = trainer.batch_losses(trainer.model, (z, t, t_next, labels, None))
         x_t, x_next = trainer.student(z, t, labels), trainer.student(z, t_next, labels)
         target = trainer.teacher(x_t, t, labels)
     difference = implied(x_t.double(), x_next.double(), t.double(), t_next.double()) - target.double()
@@ -142,7 +210,7 @@ def test_training_draws_every_level_of_its_grid_and_its_partner(teacher_path, tm
         grid = rho_grid(5, **grid_options)
         drawn = {}
         for step in range(30):
-            _, t, t_next, _ = trainer.step_inputs(step)
+            _, t, t_next, _, _ = trainer.step_inputs(step)
             z = trainer.step_inputs(step)[0]
             assert z.abs().max() > 0.5 * trainer.config.sigma_max  # z = σ_max·ε
             for level, partner in zip(t.tolist(), t_next.tolist()):
@@ -252,7 +320,7 @@ def test_student_dropout_is_the_flags(teacher_path, tmp_path):
         trainer = PIDTrainer(small_run_config(teacher_path, tmp_path / str(dropout), dropout=dropout))
         rates = {m.dropout for m in trainer.student.net.modules() if hasattr(m, "dropout")}
         assert rates == {dropout}
-        z, t, t_next, labels = trainer.step_inputs(0)
+        z, t, t_next, labels, _ = trainer.step_inputs(0)
         with torch.no_grad():  # in training mode: dropout draws another mask on every call
             outputs[dropout] = [trainer.student(z, t_next, labels) for _ in range(2)]
         trainer.close()
@@ -267,7 +335,7 @@ def test_dropout_masks_follow_the_seed(teacher_path, tmp_path):
     outputs = []
     for run, seed in enumerate((7, 7, 8)):
         trainer = PIDTrainer(small_run_config(teacher_path, tmp_path / str(run), dropout=0.3, seed=seed))
-        z, t, _, labels = inputs
+        z, t, _, labels, _ = inputs
         with torch.no_grad():
             outputs.append(trainer.student(z, t, labels))
         trainer.close()

@@ -179,7 +179,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint(teacher_path, tmp_path
 
 def test_microbatches_sum_gradients_like_the_original(teacher_path, tmp_path):
     trainer = PIDTrainer(make_config(teacher_path, tmp_path, microbatch=4, lr=0.0))
-    z, t, t_next, labels = trainer.step_inputs(0)
+    z, t, t_next, labels, _ = trainer.step_inputs(0)
     trainer.train_step()
     got = [p.grad.clone() for p in trainer.student.net.parameters()]
     trainer.optimizer.zero_grad()

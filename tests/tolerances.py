@@ -174,7 +174,7 @@ def pid_step_bounds(trainer):
     from pid_diffusion.losses import implied_denoised
 
     config, student, teacher = trainer.config, trainer.student, trainer.teacher
-    z, t, t_next, labels = trainer.step_inputs(0)
+    z, t, t_next, labels, _ = trainer.step_inputs(0)
     resolution = trainer.image_shape[-1]
     with torch.no_grad():
         x_t, x_t_next = student(z, t, labels), student(z, t_next, labels)
