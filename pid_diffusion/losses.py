@@ -39,7 +39,6 @@ def weightings(weight_schedule, t, sigma_data=SIGMA_DATA):
     return WEIGHTINGS[weight_schedule](t ** -2, sigma_data)
 
 
-LOSS_NORMS = ("l1", "l2", "lpips", "pseudo_huber")
 PSEUDO_HUBER_C = 0.00054
 """The pseudo-Huber distance's c per √(values per image) (Song & Dhariwal 2023, "Improved techniques for training
 consistency models": c = 0.00054·√d for images in [−1, 1])."""
@@ -124,6 +123,16 @@ def lpips_distance(lpips, a, b):
     return lpips((a + 1) / 2, (b + 1) / 2)
 
 
+LOSS_NORMS = {
+    "l1": lambda a, b, lpips: _mean_over_pixels((a - b).abs()),
+    "l2": lambda a, b, lpips: _mean_over_pixels((a - b) ** 2),
+    "lpips": lambda a, b, lpips: lpips_distance(lpips, a, b),
+    "pseudo_huber": lambda a, b, lpips: pseudo_huber_distance(a, b),
+}
+"""--loss_norm → the per-sample distance d(implied, target, lpips module) of the PID loss: a new norm is one entry
+(and its closed form in tests/test_formulas.py)."""
+
+
 def pid_loss(student, teacher, z, t, t_next, class_labels=None, loss_norm="l2", weight_schedule="uniform",
              lpips=None, batched_student=False, t_third=None):
     """Per-sample PID loss [N] for noise z = σ_max·ε at noise levels t and partner levels t_next.
@@ -147,12 +156,4 @@ def pid_loss(student, teacher, z, t, t_next, class_labels=None, loss_norm="l2", 
                implied_denoised_second_order(*outputs, t, t_next, t_third))
     with torch.no_grad():
         target = teacher(x_t.detach(), t, class_labels).to(implied.dtype)
-    if loss_norm == "l2":
-        distance = _mean_over_pixels((implied - target) ** 2)
-    elif loss_norm == "l1":
-        distance = _mean_over_pixels((implied - target).abs())
-    elif loss_norm == "pseudo_huber":
-        distance = pseudo_huber_distance(implied, target)
-    else:
-        distance = lpips_distance(lpips, implied, target)
-    return weight * distance
+    return weight * LOSS_NORMS[loss_norm](implied, target, lpips)
