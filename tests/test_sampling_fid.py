@@ -197,7 +197,7 @@ def test_fid_sharded_over_two_processes_equals_one(workspace, tmp_path, num_samp
 def test_bad_inputs(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt.*nvlabs-fi-cdn"):
         load_detector("inception", path=str(tmp_path / "missing.pt"))
-    with pytest.raises(ValueError, match="valid: inception, dinov2, digits, pixels"):
+    with pytest.raises(ValueError, match="valid: inception, dinov2, vgg16, digits, pixels"):
         load_detector("clip")
     with pytest.raises(FileNotFoundError, match="cifar10-32x32.npz.*fid-refs"):
         load_reference_stats(str(tmp_path / "stats" / "cifar10-32x32.npz"))
@@ -256,7 +256,6 @@ def test_fid_walk_exit_codes_and_damaged_results(workspace, tmp_path):
 
 
 def test_a_walk_writes_its_results_outside_the_folder_it_measures_when_asked(workspace, tmp_path, monkeypatch):
-    import importlib.util
     import types
 
     folder, results = tmp_path / "run", tmp_path / "elsewhere" / "results"
@@ -273,12 +272,11 @@ def test_a_walk_writes_its_results_outside_the_folder_it_measures_when_asked(wor
     here = run("fid_evaluation.py", args[:2] + args[4:], workspace)  # without it: the folder's own table, measured
     assert here.returncode == 0 and "already evaluated" not in here.stdout and (folder / "fid_results_42.csv").exists()
 
-    spec = importlib.util.spec_from_file_location("walk_script", os.path.join(REPO, "scripts", "fid_evaluation.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from pid_diffusion.evaluation.walk import results_folder
+
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only folder (root may write anywhere)
     with pytest.raises(PermissionError, match="is not writable .*give --results_dir <a folder you can write to>"):
-        script.results_folder(types.SimpleNamespace(results_dir="", exp_dir=str(folder)))
+        results_folder(types.SimpleNamespace(results_dir="", exp_dir=str(folder)))
 
 
 def test_a_shortened_results_row_is_damage_not_a_row_of_the_originals_format(tmp_path):
