@@ -57,6 +57,11 @@ def network_calls(options):
     return (3 if options.get("finite_difference") == "second" else 2), (2 if options.get("guide_model_path") else 1)
 
 
+def teacher_guidance(options):
+    """(guide file, weight) of the guidance an option distils ("" and 1 for most)."""
+    return options.get("guide_model_path", ""), options.get("guidance", 1.0)
+
+
 def scores(denoiser, detector, reference, image_shape, num_samples, eval_seed, **sampler):
     """Digit FID and conditional accuracy of `num_samples` samples of evaluation seed `eval_seed`."""
     tally = DetectorTally(detector, image_shape)
@@ -108,7 +113,8 @@ def table(json_paths):
         with open(path) as f:
             study = json.load(f)
         runs += study["runs"]
-        teachers.update({(study["meta"]["teacher"], seed): row for seed, row in study["teacher"].items()})
+        teachers.update({(name, seed): row for name, by_seed in study["teachers"].items()
+                         for seed, row in by_seed.items()})
     lines = ["| option | training seeds | EMA 0.99 digit FID | Δ vs baseline (paired) | raw digit FID | "
              "spread over evaluation seeds | EMA accuracy | train s | calls per sample (student + teacher) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -128,7 +134,7 @@ def table(json_paths):
                      f"{100 * accuracy:.2f}% | {statistics.mean(run['train_seconds'] for run in chosen):.0f} | "
                      f"{chosen[0]['student_calls']} + {chosen[0]['teacher_calls']} |")
     for (teacher, seed), row in teachers.items():
-        lines.append(f"| teacher {os.path.basename(teacher)}, Heun 18 steps (35 calls), evaluation seed {seed} | — | "
+        lines.append(f"| teacher {teacher}, Heun 18 steps, evaluation seed {seed} | — | "
                      f"{row['fid']:.2f} | — | — | — | {100 * row['class_accuracy']:.2f}% | — | — |")
     return "\n".join(lines)
 
@@ -158,12 +164,16 @@ def main(argv=None):
     dist.init("cpu")
     detector = load_detector("digits")
     reference = digits_reference_stats(detector)
-    teacher, _, _ = read_denoiser(args.teacher, GuidanceOptions())
-    image_shape = check_digits_teacher(teacher, args.teacher)
-    teacher_scores = {str(seed): scores(teacher, detector, reference, image_shape, args.num_samples, seed,
-                                        **TEACHER_SAMPLER) for seed in args.eval_seeds}
-    print("teacher: " + ", ".join(f"evaluation seed {seed}: digit FID {row['fid']:.3f}"
-                                  for seed, row in teacher_scores.items()), flush=True)
+    teacher_scores = {}  # the teacher, and the guided teacher each option distils, for reference
+    for guide, weight in dict.fromkeys(teacher_guidance(run_options(option)) for option in options):
+        teacher, _, _ = read_denoiser(args.teacher, GuidanceOptions(guide_model_path=guide, guidance=weight))
+        image_shape = check_digits_teacher(teacher, args.teacher)
+        name = os.path.basename(args.teacher) + (f" guided by {os.path.basename(guide)} at w = {weight:g}" if guide
+                                                 else "")
+        teacher_scores[name] = {str(seed): scores(teacher, detector, reference, image_shape, args.num_samples, seed,
+                                                  **TEACHER_SAMPLER) for seed in args.eval_seeds}
+        print(f"teacher {name}: " + ", ".join(f"evaluation seed {seed}: digit FID {row['fid']:.3f}"
+                                              for seed, row in teacher_scores[name].items()), flush=True)
     meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__, command=" ".join(sys.argv),
                 teacher=args.teacher, steps=args.steps, num_samples=args.num_samples, threads=args.threads,
                 settings=QUALITY_SETTINGS)
@@ -175,7 +185,7 @@ def main(argv=None):
                                       os.path.join(tmp, f"{len(runs)}"))
                 runs.append(run)
                 with open(args.json + ".tmp", "w") as f:
-                    json.dump(dict(meta=meta, teacher=teacher_scores, runs=runs), f, indent=2)
+                    json.dump(dict(meta=meta, teachers=teacher_scores, runs=runs), f, indent=2)
                 os.replace(args.json + ".tmp", args.json)
                 print(f"{option:<55} seed {seed}: EMA 0.99 digit FID {mean_over_eval_seeds(run, 'ema_0.99'):.3f}, raw "
                       f"{mean_over_eval_seeds(run, 'raw'):.3f} ({run['train_seconds']:.0f} s)", flush=True)

@@ -28,15 +28,15 @@ def test_the_table_gives_means_over_seeds_and_the_difference_paired_by_training_
     runs = [fake_run("baseline", 0, [3.0, 3.2]), fake_run("baseline", 1, [5.0, 5.2]),
             fake_run("finite_difference=second", 1, [5.5, 5.7], 3), fake_run("finite_difference=second", 0, [2.0, 2.2], 3)]
     path = tmp_path / "study.json"
-    path.write_text(json.dumps(dict(meta=dict(teacher="t.pt"), teacher={"0": dict(fid=1.9, class_accuracy=0.995)},
-                                    runs=runs)))
+    path.write_text(json.dumps(dict(meta=dict(teacher="t.pt"), runs=runs,
+                                    teachers={"t.pt": {"0": dict(fid=1.9, class_accuracy=0.995)}})))
     lines = study.table([str(path)]).splitlines()
     baseline, second = lines[2], lines[3]
     assert baseline.startswith("| baseline | 0,1 | 4.10 ± 1.41 | — |")
     # paired by seed: seed 0 −1.0, seed 1 +0.5 → −0.25 ± 1.06 (unpaired, the means would differ by −0.25 ± nothing)
     assert second.startswith("| finite_difference=second | 1,0 | 3.85 ± 2.47 | -0.25 ± 1.06 |")
     assert second.endswith("| 3 + 1 |") and "| 0.14 |" in second  # spread over evaluation seeds: stdev(x, x + 0.2)
-    assert "teacher t.pt, Heun 18 steps (35 calls), evaluation seed 0 | — | 1.90 |" in lines[4]
+    assert "teacher t.pt, Heun 18 steps, evaluation seed 0 | — | 1.90 |" in lines[4]
 
 
 def test_a_run_trains_its_steps_and_scores_its_networks_and_bad_options_are_refused_first(tmp_path):
@@ -49,7 +49,7 @@ def test_a_run_trains_its_steps_and_scores_its_networks_and_bad_options_are_refu
     for run in result["runs"]:
         assert set(run["scores"]) == {"ema_0.99", "raw"} and set(run["scores"]["raw"]) == {"0", "1"}
     assert result["runs"][0]["scores"]["raw"]["0"] != result["runs"][0]["scores"]["raw"]["1"]  # other samples
-    assert set(result["teacher"]) == {"0", "1"}
+    assert list(result["teachers"]) == ["digits-ddpmpp.pt"] and set(result["teachers"]["digits-ddpmpp.pt"]) == {"0", "1"}
     for bad, reason in (("finite_difference=third", "finite_difference"), ("finite_differnce=second", "unknown")):
         with pytest.raises(ValueError, match=reason):
             study.main(["--options", f"baseline,{bad}", "--json", str(tmp_path / "bad.json")])
