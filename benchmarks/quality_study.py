@@ -7,7 +7,7 @@ classifier (never used in training: PID reads no data).
     python benchmarks/quality_study.py --table quality.json[,confirm.json]
 
 An option is `baseline` or `+`-joined `<flag>=<value>` overrides of the quickstart's settings (l2, uniform weighting,
-N = 250, RAdam 3e-3, batch 64, EMA 0.99 and 0.995; e.g. `scale_mode=progressive+start_scales=10+end_scales=250`,
+N = 250, RAdam 3e-3, batch 64, EMA 0.99 and 0.995, with `--settings` on top for every run; e.g. `scale_mode=progressive+start_scales=10+end_scales=250`,
 `guide_model_path=model_zoo/digits-edm2-autoguide.pt+guidance=1.7`); `--teacher` names the teacher. Every run is one
 process of `--threads` CPU threads (the same work on the same cores, so wall times compare) and trains `--steps`
 steps with training seed s (the noise, levels and labels of every step; runs with the same s are paired). Its final
@@ -46,9 +46,10 @@ QUALITY_SETTINGS = dict(loss_norm="l2", weight_schedule="uniform", start_scales=
 BASELINE = "baseline"
 
 
-def run_options(option):
-    """The trainer options of an option string (on the CPU's eager preset)."""
-    return {} if option == BASELINE else mode_options([f"eager+{option}"], "cpu")[0][1]
+def run_options(option, settings=""):
+    """The trainer options of an option string on top of `settings` (overrides every run shares, the same form)."""
+    shared = mode_options([f"eager+{settings}"], "cpu")[0][1] if settings else {}
+    return shared if option == BASELINE else {**shared, **mode_options([f"eager+{option}"], "cpu")[0][1]}
 
 
 def network_calls(options):
@@ -75,13 +76,13 @@ def run_config(args, option, seed, folder):
     """The trainer configuration of one run (validated: an unknown flag or value is refused)."""
     config = TrainConfig(teacher_model_path=args.teacher, log_dir=folder, total_training_steps=args.steps,
                          save_interval=args.steps, log_interval=max(1, args.steps // 4), seed=seed,
-                         **{**QUALITY_SETTINGS, **run_options(option)})
+                         **{**QUALITY_SETTINGS, **run_options(option, args.settings)})
     config.validate()
     return config
 
 
 def train_and_score(args, option, seed, detector, reference, image_shape, folder):
-    options = run_options(option)
+    options = run_options(option, args.settings)
     config = run_config(args, option, seed, folder)
     started = time.time()
     train(config)
@@ -143,6 +144,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--options", default=f"{BASELINE},finite_difference=second", help="comma list of options")
     parser.add_argument("--teacher", default="model_zoo/digits-ddpmpp.pt", help="digits teacher file")
+    parser.add_argument("--settings", default="", help="+-joined <flag>=<value> overrides of the quickstart's settings "
+                                                       "for every run, the baseline's too (e.g. lr=0.01 for EDM2 "
+                                                       "teachers, as scripts/edm2_digits.py distils them)")
     parser.add_argument("--seeds", default="0,1,2", help="comma list of training seeds (paired across options)")
     parser.add_argument("--eval_seeds", default="0,1", help="comma list of evaluation seeds")
     parser.add_argument("--steps", type=int, default=400, help="PID steps per run")
@@ -176,7 +180,7 @@ def main(argv=None):
                                               for seed, row in teacher_scores[name].items()), flush=True)
     meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__, command=" ".join(sys.argv),
                 teacher=args.teacher, steps=args.steps, num_samples=args.num_samples, threads=args.threads,
-                settings=QUALITY_SETTINGS)
+                settings={**QUALITY_SETTINGS, **run_options(BASELINE, args.settings)})
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:  # seed by seed: a study cut short keeps complete pairs

@@ -54,3 +54,13 @@ def test_a_run_trains_its_steps_and_scores_its_networks_and_bad_options_are_refu
         with pytest.raises(ValueError, match=reason):
             study.main(["--options", f"baseline,{bad}", "--json", str(tmp_path / "bad.json")])
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_settings_apply_to_every_run_and_an_option_goes_on_top():
+    study = load_study()
+    assert study.run_options("baseline") == {}
+    assert study.run_options("baseline", "lr=0.01")["lr"] == 0.01
+    both = study.run_options("lr=0.002+finite_difference=second", "lr=0.01+start_scales=40")
+    assert (both["lr"], both["finite_difference"], both["start_scales"]) == (0.002, "second", 40)
+    assert study.network_calls(both) == (3, 1)
+    assert study.network_calls(study.run_options("guide_model_path=g.pt+guidance=1.5")) == (2, 2)
