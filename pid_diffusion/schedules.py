@@ -85,15 +85,41 @@ def pid_third_index(index, num_scales):
     return torch.where(index == 0, 2, torch.where(index + 1 == num_scales, index - 2, index - 1))
 
 
+LEVEL_DISTRIBUTIONS = ("uniform", "lognormal")
+"""--level_distribution: the paper's uniform draw of grid indices, or iCT's lognormal one."""
+LOGNORMAL_P_MEAN, LOGNORMAL_P_STD = -1.1, 2.0
+"""iCT's lognormal noise distribution (Song & Dhariwal 2023, §3.5): ln σ ~ N(−1.1, 2.0²)."""
+
+
+def level_probabilities(num_scales, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, p_mean=LOGNORMAL_P_MEAN,
+                        p_std=LOGNORMAL_P_STD):
+    """The lognormal draw's probability of each grid index (float64 [N]): proportional to the lognormal mass of the
+    interval between the index's level and its partner's (iCT's discrete lognormal), the last index sharing its
+    partner's interval."""
+    _check_num_scales(num_scales)
+    sigmas = index_to_sigma(torch.arange(num_scales), num_scales, sigma_min, sigma_max, rho)
+    cdf = torch.special.erf((sigmas.log() - p_mean) / (math.sqrt(2) * p_std))
+    masses = cdf[:-1] - cdf[1:]  # interval [σ(i+1), σ(i)] for i < N − 1
+    masses = torch.cat([masses, masses[-1:]])
+    return masses / masses.sum()
+
+
 def sample_pid_times(batch_size, num_scales, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
-                     generator=None, device=None):
-    """The official draw: index i ~ U{0..N−1} per sample, t = σ(i), t_next = σ(partner(i)).
+                     generator=None, device=None, distribution="uniform"):
+    """The official draw: index i ~ U{0..N−1} per sample, t = σ(i), t_next = σ(partner(i)); with
+    distribution="lognormal" i is drawn by level_probabilities instead.
 
     Returns (indices int64 [B], t float32 [B], t_next float32 [B]).
     """
     _check_num_scales(num_scales)
-    indices = torch.randint(0, num_scales, (batch_size,), generator=generator,
-                            device=generator.device if generator is not None else "cpu")
+    if distribution not in LEVEL_DISTRIBUTIONS:
+        raise ValueError(f"unknown level distribution {distribution!r}; valid: {', '.join(LEVEL_DISTRIBUTIONS)}")
+    where = generator.device if generator is not None else "cpu"
+    if distribution == "uniform":
+        indices = torch.randint(0, num_scales, (batch_size,), generator=generator, device=where)
+    else:
+        probabilities = level_probabilities(num_scales, sigma_min, sigma_max, rho).to(where)
+        indices = torch.multinomial(probabilities, batch_size, replacement=True, generator=generator)
     partners = pid_partner_index(indices, num_scales)
     t = index_to_sigma(indices, num_scales, sigma_min, sigma_max, rho).to(torch.float32)
     t_next = index_to_sigma(partners, num_scales, sigma_min, sigma_max, rho).to(torch.float32)

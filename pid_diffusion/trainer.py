@@ -32,7 +32,8 @@ from .loop import LoopConfig, TrainingLoop
 from .losses import FINITE_DIFFERENCES, LOSS_NORMS, WEIGHTINGS, pid_loss
 from .lpips import LPIPS
 from .run_folder import PID_RUN, checkpoint_files
-from .schedules import NoiseLevels, check_noise_levels, index_to_sigma, pid_third_index, sample_pid_times
+from .schedules import (LEVEL_DISTRIBUTIONS, NoiseLevels, check_noise_levels, index_to_sigma, pid_third_index,
+                        sample_pid_times)
 from .settings import option, setting
 from .speed import STUDENT_PRECISION
 
@@ -61,6 +62,9 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, Lat
                              defines_run=True)
     loss_norm: str = option("lpips", f"distance between implied and teacher denoised images: {', '.join(LOSS_NORMS)}",
                             defines_run=True)
+    level_distribution: str = option("uniform", "how each sample's grid level is drawn: uniform (the paper's) or "
+                                                "lognormal (iCT's: the lognormal mass of ln σ ~ N(−1.1, 2²) between a "
+                                                "level and its partner; docs/quality.md)", defines_run=True)
     finite_difference: str = option("first", "the derivative dx/dt of the PID residual: first (the paper's two-point "
                                              "difference) or second (three-point on the ρ-grid, central inside it; one "
                                              "more student call per sample; docs/quality.md)", defines_run=True)
@@ -88,7 +92,7 @@ class TrainConfig(LoopConfig, NoiseLevels, DetectorOptions, GuidanceOptions, Lat
 
     def choices(self):
         return {**super().choices(), "scale_mode": SCALE_MODES, "loss_norm": LOSS_NORMS, "weight_schedule": WEIGHTINGS,
-                "finite_difference": FINITE_DIFFERENCES,
+                "finite_difference": FINITE_DIFFERENCES, "level_distribution": LEVEL_DISTRIBUTIONS,
                 "student_precision": STUDENT_PRECISION, "detector": DETECTORS,
                 "detector_feed": (*FEEDS, FAMILY_FEED)}
 
@@ -370,7 +374,8 @@ class PIDTrainer(TrainingLoop):
         noise = torch.randn((self.global_batch, *self.image_shape), generator=generator, device=self.device)
         noise = noise.contiguous(memory_format=self.memory_format)
         indices, t, t_next = sample_pid_times(self.global_batch, num_scales, self.config.sigma_min,
-                                              self.config.sigma_max, self.config.rho, generator, self.device)
+                                              self.config.sigma_max, self.config.rho, generator, self.device,
+                                              self.config.level_distribution)
         t_third = None
         if self.config.finite_difference == "second":
             t_third = self.share(index_to_sigma(pid_third_index(indices, num_scales), num_scales, self.config.sigma_min,

@@ -167,6 +167,36 @@ def test_a_second_order_run_draws_the_first_order_run_s_levels_and_their_third(t
         PIDTrainer(small_run_config(teacher_path, tmp_path / "two", start_scales=2, finite_difference="second"))
 
 
+def test_the_lognormal_level_draw_follows_the_lognormal_mass_between_a_level_and_its_partner():
+    from pid_diffusion.schedules import level_probabilities, sample_pid_times
+
+    grid = rho_grid(5)
+    cdf = [math.erf((math.log(sigma) + 1.1) / (math.sqrt(2) * 2.0)) for sigma in grid]
+    masses = [cdf[i] - cdf[i + 1] for i in range(4)] + [cdf[3] - cdf[4]]  # σ_min shares its partner's interval
+    expected = torch.tensor([m / sum(masses) for m in masses], dtype=torch.float64)
+    assert torch.allclose(level_probabilities(5), expected, rtol=1e-12, atol=0)
+    indices, t, t_next = sample_pid_times(40_000, 5, generator=torch.Generator().manual_seed(0), distribution="lognormal")
+    frequencies = torch.bincount(indices, minlength=5).double() / 40_000
+    assert torch.all((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / 40_000).sqrt() + 1e-4)
+    uniform = sample_pid_times(40_000, 5, generator=torch.Generator().manual_seed(0))[0]
+    assert (torch.bincount(uniform, minlength=5).double() / 40_000 - 0.2).abs().max() < 0.01  # the paper's draw
+    with pytest.raises(ValueError, match="unknown level distribution 'normal'"):
+        sample_pid_times(4, 5, distribution="normal")
+
+
+def test_a_lognormal_run_draws_its_levels_by_seed(teacher_path, tmp_path):
+    def levels(name, **options):
+        trainer = PIDTrainer(small_run_config(teacher_path, tmp_path / name, start_scales=6, **options))
+        drawn = torch.cat([trainer.step_inputs(step)[1] for step in range(10)])
+        trainer.close()
+        return drawn
+
+    lognormal = levels("a", level_distribution="lognormal")
+    assert torch.equal(lognormal, levels("b", level_distribution="lognormal"))  # the same seed, the same levels
+    assert not torch.equal(lognormal, levels("c", level_distribution="lognormal", seed=5))
+    assert not torch.equal(lognormal, levels("d"))  # the uniform draw is another
+
+
 @pytest.fixture(scope="module")
 def trainers(teacher_path, tmp_path_factory):
     """PID trainers on the tiny teacher, one per loss norm and weighting (separate student calls, as the

@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PID_VALUES = {  # a valid value other than the default for every flag that is a TrainConfig field
     "teacher_model_path": "teacher.pt", "start_scales": 18, "end_scales": 30, "scale_mode": "progressive",
-    "sigma_min": 0.004, "sigma_max": 60.0, "rho": 5.0, "loss_norm": "l1", "weight_schedule": "snr+1", "finite_difference": "second",
+    "sigma_min": 0.004, "sigma_max": 60.0, "rho": 5.0, "loss_norm": "l1", "weight_schedule": "snr+1", "finite_difference": "second", "level_distribution": "lognormal",
     "dropout": 0.2, "lpips_vgg_weights": "vgg.pth", "lpips_lin_weights": "lin.pt", "global_batch_size": 24,
     "batch_size": 3, "microbatch": 1, "lr": 3e-4, "weight_decay": 0.01, "lr_anneal_steps": 77, "optimizer": "adam",
     "opt_eps": 1e-6, "ema_rate": "0.5,0.75", "log_interval": 3, "save_interval": 9, "total_training_steps": 27,
