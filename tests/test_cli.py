@@ -132,7 +132,7 @@ def test_what_defines_a_run_and_the_teachers_defaults_are_declared_with_the_opti
     assert set(defining_settings(TrainConfig)) == {
         "teacher_model_path", "loss_norm", "weight_schedule", "start_scales", "end_scales", "scale_mode", "sigma_min",
         "sigma_max", "rho", "seed", "lr", "optimizer", "ema_rate", "global_batch_size", "guide_model_path", "guidance",
-        "weight_decay", "opt_eps", "lr_anneal_steps", "fp16_scale_growth"}
+        "weight_decay", "opt_eps", "lr_anneal_steps", "fp16_scale_growth", "finite_difference", "level_distribution"}
     assert set(defining_settings(TeacherTrainConfig)) == {
         "dataset", "network_config", "p_mean", "p_std", "sigma_data", "seed", "lr", "optimizer", "ema_rate",
         "global_batch_size", "family", "lr_ref_steps", "lr_rampup_steps", "latent_vae", "weight_decay", "opt_eps",
