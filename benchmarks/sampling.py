@@ -145,8 +145,8 @@ def main():
 
     def end_to_end(num_samples):
         request = GenerationRequest(num_samples, args.batch_size, seed=0, use_fp16=True)
-        return run_generation(student, shape, 0, request, options, device, detector=detector,
-                                         keep_images=False, progress=False)
+        return run_generation(student, shape, 0, request, options, device, detector=detector, keep_images=False,
+                              progress=False)
 
     end_to_end(args.batch_size)  # warm-up: one batch through the same path
     (_, _, _, tally), seconds = timed(lambda: end_to_end(args.num_samples))

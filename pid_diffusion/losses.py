@@ -98,7 +98,7 @@ def implied_denoised_second_order(x_t, x_a, x_b, t, t_a, t_b):
     of the small steps near σ_max lose digits the two-point difference's one quotient keeps."""
     t, t_a, t_b = (level.to(torch.float64).reshape(-1, 1, 1, 1) for level in (t, t_a, t_b))
     h_a, h_b = t_a - t, t_b - t
-    weights = (-t * -(h_a + h_b) / (h_a * h_b), -t * h_b / (h_a * (h_b - h_a)), -t * -h_a / (h_b * (h_b - h_a)))
+    weights = (t * (h_a + h_b) / (h_a * h_b), -t * h_b / (h_a * (h_b - h_a)), t * h_a / (h_b * (h_b - h_a)))
     w_t, w_a, w_b = (weight.to(x_t.dtype) for weight in weights)
     return x_t + w_t * x_t + w_a * x_a + w_b * x_b
 

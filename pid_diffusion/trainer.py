@@ -307,7 +307,7 @@ class PIDTrainer(TrainingLoop):
                                                detector=self.detector, feed=self.detector_feed,
                                                keep_images=False, progress=False, decode=self.decode,
                                                stop=(lambda: self.stop_signal is not None) if single else None,
-                                               keep_samples=bool(self.metric_options.names))[3]
+                                               keep_samples=self.metric_options.keeps_samples)[3]
         except GenerationStopped as e:
             self.logger.log(f"FID at step {self.step} interrupted by a stop signal ({e}); the checkpoint is written "
                             "next and the run ends")

@@ -32,8 +32,8 @@ GRID_FILE = "samples_grid.png"
 def sample_to_folder(args, given, info):
     options = cli.sampling_options(args)
     cli.generation_request(args, given)  # its values are checked before the model is loaded
-    loaded = load_sampling_model(args.training_mode, args.model_path, cli.network_flags(args, given),
-                                            info.device, options, given, cli.guidance(args), args.vae_path)
+    loaded = load_sampling_model(args.training_mode, args.model_path, cli.network_flags(args, given), info.device,
+                                 options, given, cli.guidance(args), args.vae_path)
     request = cli.generation_request(args, given, loaded)
     check_class_label(request.class_label, loaded.label_dim)  # before the output folder is made
     out_dir = dist.broadcast_object(cli.default_log_dir() if dist.is_main() else None)
@@ -45,8 +45,8 @@ def sample_to_folder(args, given, info):
                               "folder (OPENAI_LOGDIR), or --overwrite True to replace it")
     if dist.is_main():
         prepare_log_dir(out_dir)
-    images, labels, indices, _ = run_generation(loaded.model, loaded.shape, loaded.label_dim, request,
-                                                           loaded.options, info.device, decode=loaded.decode)
+    images, labels, indices, _ = run_generation(loaded.model, loaded.shape, loaded.label_dim, request, loaded.options,
+                                                info.device, decode=loaded.decode)
     images, labels = dist.gather_in_order(images, labels, indices)
     if dist.is_main():
         path = save_samples_npz(images, labels, out_dir)

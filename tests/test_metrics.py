@@ -85,8 +85,8 @@ def test_the_real_set_s_radii_are_computed_once_and_give_the_same_precision_reca
     for features, answer in zip(generated, answers):
         assert (answer["precision"][0], answer["recall"][0]) == metrics.precision_recall(real.features, features)
     assert answers[0] != answers[1]
-    assert real.identity() == dict(real_images="real.npz", real_sha256=real.identity()["real_sha256"])
-    assert metrics.RealFeatures(real.features + 1e-9, "real.npz").identity() != real.identity()
+    assert real.identity == dict(real_images="real.npz", real_sha256=real.identity["real_sha256"])
+    assert metrics.RealFeatures(real.features + 1e-9, "real.npz").identity != real.identity
 
 
 def test_the_vgg16_detector_loads_nvidia_s_torchscript_file_and_names_it_when_missing(tmp_path):

@@ -44,8 +44,8 @@ def test_a_run_trains_its_steps_and_scores_its_networks_and_bad_options_are_refu
     study.main(["--options", "baseline,finite_difference=second", "--seeds", "0", "--eval_seeds", "0,1", "--steps",
                 "2", "--num_samples", "50", "--json", str(tmp_path / "study.json")])
     result = json.loads((tmp_path / "study.json").read_text())
-    assert [(run["option"], run["student_calls"]) for run in result["runs"]] == [("baseline", 2),
-                                                                               ("finite_difference=second", 3)]
+    assert [(run["option"], run["student_calls"]) for run in result["runs"]] == [
+        ("baseline", 2), ("finite_difference=second", 3)]
     for run in result["runs"]:
         assert set(run["scores"]) == {"ema_0.99", "raw"} and set(run["scores"]["raw"]) == {"0", "1"}
     assert result["runs"][0]["scores"]["raw"]["0"] != result["runs"][0]["scores"]["raw"]["1"]  # other samples

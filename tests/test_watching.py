@@ -282,7 +282,7 @@ def test_a_grid_has_gaps_its_images_enlarged_their_labels_and_a_caption(tmp_path
 
 
 def test_a_non_finite_fid_during_training_is_logged_but_never_written_as_an_answer(teacher_path, tmp_path,
-                                                                                    pixel_reference):
+                                                                                   pixel_reference):
     """The walk's results table holds finite values only (a NaN row there is damage): a NaN FID during training
     stays in fid_during_training.csv and the log; the finite ones of another run become rows."""
     trainer = PIDTrainer(evaluated_config(teacher_path, tmp_path / "nan", pixel_reference))

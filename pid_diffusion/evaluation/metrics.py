@@ -138,9 +138,13 @@ def _check_features(real, generated):
     if real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]:
         raise ValueError(f"features of real and generated samples must be N × d of the same d; got "
                          f"{tuple(real.shape)} and {tuple(generated.shape)}")
+
+
 EXTRA_METRICS = ("is", "pr", "kid", "fd_dinov2")
 """--metrics names beside fid: Inception Score, precision and recall, KID (from the FID detector's pass), and FD_DINOv2
 (a second detector on the same samples: FrechetPass)."""
+FID_PASS_METRICS = ("is", "pr", "kid")
+"""The metrics computed from the FID detector's per-sample outputs (which the FID pass then keeps)."""
 LOWER_IS_BETTER = ("kid", "fd_dinov2")
 """The metric rows that improve as they fall (IS, precision and recall rise)."""
 
@@ -152,7 +156,8 @@ class RealFeatures:
 
     def __init__(self, features, source):
         self.features = torch.as_tensor(features).to("cpu", torch.float64)
-        self.source = source
+        self.identity = dict(real_images=source, real_sha256=digest_of_arrays([self.features]))
+        """Its name and a digest of its features, for questions (the same images read again give the same digest)."""
         self._radii = {}
 
     def __len__(self):
@@ -162,10 +167,6 @@ class RealFeatures:
         if k not in self._radii:
             self._radii[k] = _neighbour_radii(self.features, k)
         return self._radii[k]
-
-    def identity(self):
-        """Its name and a digest of its features (the same images read again give the same digest)."""
-        return dict(real_images=self.source, real_sha256=digest_of_arrays([self.features]))
 
 
 @dataclasses.dataclass
@@ -210,12 +211,17 @@ class MetricOptions:
             raise ValueError(f"--metrics {text!r}: unknown metric {unknown[0]!r}; valid: fid, {', '.join(EXTRA_METRICS)}")
         return cls(tuple(name for name in names if name != "fid"), **parameters)
 
+    @property
+    def keeps_samples(self):
+        """Whether a metric needs the FID pass's per-sample outputs (FID_PASS_METRICS)."""
+        return bool(set(self.names) & set(FID_PASS_METRICS))
+
     def questions(self, seed, num_generated, real=None, second_pass=None):
         """{metric row name: its parameters}, as recorded: KID's subset size resolved against the set sizes, for
         the metrics that compare with the real set `real` (RealFeatures) what identifies it, and for a FrechetPass
         its detector and reference (they replace the FID detector's in that row's question)."""
         asked = {}
-        identity = {} if real is None else real.identity()
+        identity = {} if real is None else real.identity
         if "is" in self.names:
             asked["inception_score"] = dict(splits=self.is_splits)
         if "pr" in self.names:

@@ -229,18 +229,20 @@ def read_images(path):
     return torch.from_numpy(stacked[..., None] if stacked.ndim == 3 else stacked)
 
 
-def tally_images(tally, images, device, batch_size=250, shared=False):
-    """Feed uint8 NHWC `images` to `tally` in batches, with their sample indices: all of them, or with `shared`
-    this process's share (batches rank, rank + processes, ...)."""
+def tally_images(tallies, images, device, batch_size=250, shared=False):
+    """Feed uint8 NHWC `images` to every one of `tallies` in batches, with their sample indices: all of them, or with
+    `shared` this process's share (batches rank, rank + processes, ...). Each batch is moved to the device once."""
     info = dist.info()
     first, stride = (info.rank, info.world_size) if shared else (0, 1)
     for start in range(first * batch_size, len(images), stride * batch_size):
         stop = min(start + batch_size, len(images))
-        tally.update(images[start:stop].permute(0, 3, 1, 2).to(device), None, range(start, stop))
+        batch = images[start:stop].permute(0, 3, 1, 2).to(device)
+        for tally in tallies:
+            tally.update(batch, None, range(start, stop))
 
 
 def image_features(images, detector, device):
     """The detector's per-sample features (float64) of uint8 NHWC images, in order."""
     tally = DetectorTally(detector, (images.shape[3], images.shape[1], images.shape[2]), device, keep_samples=True)
-    tally_images(tally, images, device)
+    tally_images([tally], images, device)
     return tally.samples()[0]

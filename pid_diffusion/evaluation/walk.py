@@ -78,11 +78,6 @@ class MeasuringTools:
                                       measured_against("dinov2", dinov2, args.fid_dataset, ref_path, reference))
         return cls(detector, metric_options, real, second_pass)
 
-    @property
-    def keeps_samples(self):
-        """Whether a metric needs the FID pass's per-sample outputs (is, pr, kid)."""
-        return bool(set(self.metric_options.names) - {"fd_dinov2"})
-
     def questions(self, question, seed, num_generated):
         """{metric: its whole question} of the metrics beside FID, FID's `question` extended by each one's own."""
         return {metric: {**question, "metric": metric, **parameters} for metric, parameters in
@@ -110,16 +105,16 @@ def evaluate_samples(args, device):
     detector = tools.detector
     images = read_images(args.samples)
     image_shape = (images.shape[3], images.shape[1], images.shape[2])
-    tally = DetectorTally(detector, image_shape, device, "uint8", keep_samples=tools.keeps_samples)
+    keeps_samples = tools.metric_options.keeps_samples
+    tally = DetectorTally(detector, image_shape, device, "uint8", keep_samples=keeps_samples)
     if args.write_reference:
         write_reference_stats(args, images, tally, device)
         return
     reference = reference_stats(args.fid_dataset, args.ref_path or None, detector, device=device)
     check_stats_dimension(*reference, tally.dimension, reference_name(args.fid_dataset, args.ref_path))
     more_tallies = tools.more_tallies(image_shape, device, "uint8")
-    for each in [tally, *more_tallies]:
-        tally_images(each, images, device, args.batch_size, shared=True)
-    outputs = tally.samples_in_order() if tools.keeps_samples else None
+    tally_images([tally, *more_tallies], images, device, args.batch_size, shared=True)
+    outputs = tally.samples_in_order() if keeps_samples else None
     for each in [tally, *more_tallies]:
         each.all_reduce()
     name = os.path.splitext(os.path.basename(os.path.normpath(args.samples)))[0]
@@ -138,8 +133,7 @@ def evaluate_samples(args, device):
     asked = tools.questions(question, args.seed, len(images))
     answers, not_finite = metric_answers(name, 0, measured, asked)
     for metric_row, metric_question in answers:
-        record_result(results_file(out_dir, seed, METRICS_TABLE), metric_row,
-                                 metric_question, table=METRICS_TABLE)
+        record_result(results_file(out_dir, seed, METRICS_TABLE), metric_row, metric_question, table=METRICS_TABLE)
     shown = ", ".join([f"FID {fid:.4f}", *([metrics_text(measured)] if measured else [])])
     print(f"{name}: {shown} ({len(images)} images; {results_file(out_dir, seed)})", flush=True)
     if not_finite:
@@ -148,7 +142,7 @@ def evaluate_samples(args, device):
 
 def write_reference_stats(args, images, tally, device):
     """The images' feature statistics as a reference .npz (mu, sigma: EDM's format), each process its share."""
-    tally_images(tally, images, device, args.batch_size, shared=True)
+    tally_images([tally], images, device, args.batch_size, shared=True)
     tally.all_reduce()
     if dist.is_main():
         mu, sigma = tally.stats.mean_cov()
@@ -195,8 +189,8 @@ def evaluate_folder(args, given, device):
     measurement = None
     for name, step, path in checkpoints:
         try:
-            loaded = load_sampling_model(args.training_mode, path, cli.network_flags(args, given), device,
-                                                    options, given, guidance, args.vae_path)
+            loaded = load_sampling_model(args.training_mode, path, cli.network_flags(args, given), device, options,
+                                         given, guidance, args.vae_path)
         except (ValueError, RuntimeError) as e:  # unreadable or foreign checkpoint files
             log(f"{name}: skipped, cannot be loaded ({e})")
             unreadable.append(name)
@@ -224,7 +218,7 @@ def evaluate_folder(args, given, device):
         shown = [r for r in read_results(results) if "first_sample=" not in r.get("sampling", "")]
         labels, shared = question_labels(shown)
         common = ", ".join(text.format(shared[k]) for k, text in (("detector", "{} detector"), ("num_samples", "{} samples"),
-                                                                   ("seed", "seed {}")) if shared.get(k))
+                                                                  ("seed", "seed {}")) if shared.get(k))
         plot_fid_vs_step(shown, os.path.join(out_dir, "fid_vs_step.png"), labels=labels,
                          title=f"FID by step ({common})\n{os.path.basename(os.path.abspath(args.exp_dir))}/"
                                f"{os.path.basename(results)}")
@@ -277,9 +271,9 @@ class Walk:
         images, labels, indices, tally = run_generation(
             loaded.model, loaded.shape, loaded.label_dim, request, loaded.options, device, detector=self.detector,
             feed=question["feed"], keep_images=args.save_samples, decode=loaded.decode,
-            keep_samples=self.tools.keeps_samples, more_tallies=more_tallies)
+            keep_samples=self.tools.metric_options.keeps_samples, more_tallies=more_tallies)
         # every process's per-sample outputs, in sample order (collective)
-        outputs = tally.samples_in_order() if self.tools.keeps_samples else None
+        outputs = tally.samples_in_order() if self.tools.metric_options.keeps_samples else None
         for each in [tally, *more_tallies]:
             each.all_reduce()
         shown = min(100, request.batch_size, len(images))  # the first global batch (this process's first): in order
@@ -343,7 +337,7 @@ class Walk:
             save_samples_npz(images, labels, self.sample_dir, prefix=tag)
         # the row last: a row in the results file means its samples are written too
         record_result(results_path, row, question,
-                                 on_wait=lambda holder: log(f"waiting for {holder} to finish writing {results_path}"))
+                      on_wait=lambda holder: log(f"waiting for {holder} to finish writing {results_path}"))
         extra = f", class accuracy {accuracy:.4f}" if "class_accuracy" in row else ""
         log(f"{name}: FID {fid:.4f}{extra} ({int(tally.stats.count)} samples from sample {request.first_index}, seed "
             f"{request.seed}, {args.detector} detector)")
